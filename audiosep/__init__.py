@@ -1,0 +1,3 @@
+"""audiosep: audio source separation with deep generative priors."""
+
+__version__ = "0.1.0"

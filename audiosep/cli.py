@@ -1,0 +1,172 @@
+"""The `audiosep` command: parse arguments, call library functions, print. No logic here.
+
+A `UserError` (bad file, bad argument, wrong checkpoint) prints one line and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from .data.synth import list_pieces, synthesize
+
+    if args.list:
+        for piece in list_pieces(args.preset):
+            print(f"{piece.split}\t{piece.path}")
+        return
+    if args.output is None:
+        raise UserError("synth needs -o/--output DIR (or --list)")
+    counts = args.tracks
+    if any(n is not None for n in (args.train, args.valid, args.test)):
+        counts = {s: n or 0 for s, n in (("train", args.train), ("valid", args.valid), ("test", args.test))}
+    index = synthesize(
+        args.preset, args.output, n_tracks=counts, excerpts_per_piece=args.excerpts_per_piece,
+        duration=args.duration, sample_rate=args.sample_rate, seed=args.seed, soundfonts=args.soundfont,
+        pieces=args.piece, gain_db=args.gain_db, timeout=args.timeout, overwrite=args.overwrite,
+    )
+    by_split: dict[str, int] = {}
+    for record in index["tracks"]:
+        by_split[record["split"]] = by_split.get(record["split"], 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(by_split.items())) or "no tracks"
+    print(f"wrote {summary} to {args.output} ({len(index['skipped'])} pieces skipped)")
+
+
+def _cmd_mel(args: argparse.Namespace) -> None:
+    from .spectral.files import save_mel
+
+    paths = save_mel(args.input, args.output, args.preset, picture=not args.no_png)
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _cmd_invert(args: argparse.Namespace) -> None:
+    from .spectral.files import invert_mel_file
+
+    path = invert_mel_file(args.input, args.output, method=args.method, mix=args.mix,
+                           n_iter=args.iters, seed=args.seed)
+    print(f"wrote {path}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .eval.report import evaluate_dirs, summarize, write_reports
+
+    table = evaluate_dirs(args.references, args.estimates, args.win, args.hop, method=args.method)
+    paths = write_reports(table, args.output, args.win)
+    _print_summary(summarize(table))
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _cmd_oracle(args: argparse.Namespace) -> None:
+    from .eval.report import summarize
+    from .oracle.dataset import oracle_dataset
+
+    table, paths = oracle_dataset(args.method, args.data, args.output, split=args.split,
+                                  preset=args.preset, win_seconds=args.win)
+    _print_summary(summarize(table))
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _print_summary(summary) -> None:
+    wide = summary.pivot_table(index=["method", "target"], columns="metric", values="score")
+    print(wide.round(2).to_string())
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="render a multi-stem dataset from the music21 corpus with FluidSynth")
+    p.add_argument("preset", choices=["piano_violin", "drums_bass"])
+    p.add_argument("-o", "--output", type=Path, help="dataset folder (DATA/<split>/<track>/{mix,<source>}.wav)")
+    p.add_argument("--list", action="store_true", help="list the usable corpus pieces and their splits, then exit")
+    p.add_argument("--tracks", type=int, help="excerpts in all (shared by the split fractions); default: all pieces")
+    p.add_argument("--train", type=int, help="excerpts in the train split (with --valid/--test)")
+    p.add_argument("--valid", type=int, help="excerpts in the valid split")
+    p.add_argument("--test", type=int, help="excerpts in the test split")
+    p.add_argument("--excerpts-per-piece", type=int, default=4)
+    p.add_argument("--duration", type=float, default=10.0, help="excerpt length in seconds (default 10)")
+    p.add_argument("--sample-rate", type=int, default=16000, help="Hz (default 16000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--soundfont", nargs="+", help="one or more .sf2 files (one drawn per piece)")
+    p.add_argument("--piece", nargs="+", help="restrict to these corpus paths (e.g. bach/bwv66.6.mxl)")
+    p.add_argument("--gain-db", type=float, default=0.0, help="random gain per source in ±dB")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per FluidSynth render")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in the folder")
+    p.set_defaults(run=_cmd_synth)
+
+
+def _add_mel(sub) -> None:
+    p = sub.add_parser("mel", help="audio → normalised mel spectrogram (.npy, .json settings, .png picture)")
+    p.add_argument("input", type=Path, help="audio file (wav/flac/ogg/mp3)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output .npy (C, n_mels, frames) in [0, 1]")
+    p.add_argument("--preset", default="default", help="front-end preset (default, audiosourcesep)")
+    p.add_argument("--no-png", action="store_true", help="do not draw the picture")
+    p.set_defaults(run=_cmd_mel)
+
+
+def _add_invert(sub) -> None:
+    p = sub.add_parser("invert", help="mel spectrogram (.npy written by `audiosep mel`) → audio")
+    p.add_argument("input", type=Path, help=".npy written by `audiosep mel` (its .json must be beside it)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output audio file")
+    p.add_argument("--method", choices=["griffinlim", "phase"], default="griffinlim",
+                   help="phase from Griffin-Lim, or from --mix")
+    p.add_argument("--mix", type=Path, help="audio whose STFT phase to use (with --method phase)")
+    p.add_argument("--iters", type=int, default=64, help="Griffin-Lim iterations (fast variant)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_cmd_invert)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="BSSEval v4 of estimates against references (museval-compatible)")
+    p.add_argument("references", type=Path, help="folder of tracks: REF_DIR/<track>/<source>.wav")
+    p.add_argument("estimates", type=Path, help="folder of tracks: EST_DIR/<track>/<source>.wav")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="report folder, or a .csv path (summary.csv and json/ go beside it)")
+    p.add_argument("--win", type=float, default=1.0, help="window in seconds (default 1)")
+    p.add_argument("--hop", type=float, help="hop in seconds (default: the window)")
+    p.add_argument("--method", default="estimates", help="name for the method column")
+    p.set_defaults(run=_cmd_evaluate)
+
+
+def _add_oracle(sub) -> None:
+    from .oracle import ORACLES
+
+    p = sub.add_parser("oracle", help="oracle separation of a stems dataset, written and evaluated")
+    p.add_argument("data", type=Path, help="dataset folder DATA/<split>/<track>/{mix,<source>}.wav (or MUSDB18/Slakh)")
+    p.add_argument("--method", required=True, choices=list(ORACLES))
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="folder for OUT/<track>/<source>.wav and the reports")
+    p.add_argument("--split", default="test", help="dataset split (default test)")
+    p.add_argument("--preset", default="default", help="front end for the mel oracles")
+    p.add_argument("--win", type=float, default=1.0, help="BSSEval window in seconds (default 1)")
+    p.set_defaults(run=_cmd_oracle)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiosep", description="Audio source separation with deep generative priors."
+    )
+    parser.add_argument("--version", action="version", version=f"audiosep {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_synth, _add_mel, _add_invert, _add_evaluate, _add_oracle):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `audiosep` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as err:
+        print(f"audiosep {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("audiosep: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,656 @@
+"""Offline multi-stem datasets: music21 corpus scores rendered per instrument with FluidSynth.
+
+A preset says how a score's parts become sources:
+
+- ``piano_violin``: the top part (highest mean pitch) played by a violin (GM 40), every other
+  part by a piano (GM 0).
+- ``drums_bass``: the bottom part played by a GM bass (programs 32–35, chosen by seed), plus a
+  drum pattern generated on GM channel 10 on the piece's own bar grid and tempo map.
+
+Every instrument of a piece is rendered once over the whole piece; excerpts of ``duration``
+seconds in which every source is active are then cut from the renders, loudness-balanced and
+written as mono float32 wavs::
+
+    out_dir/<split>/<track>/{mix,<source>}.wav      (mix = sum of the stems, sample for sample)
+    out_dir/index.json                              (one record per track)
+
+Splits are made *by piece* from a hash of the piece's corpus path, so a piece lands in the same
+split whatever the seed or selection. Pieces by Haydn and Mozart are reserved (kept out of every
+dataset) and cannot be selected.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import shutil
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import soundfile as sf
+
+from ..errors import UserError
+from ..io import atomic_output, write_audio
+
+SPLITS = ("train", "valid", "test")
+RESERVED_COMPOSERS = ("haydn", "mozart")
+SYSTEM_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+# Corpus folders of test files and exercises rather than music.
+NON_MUSIC_FOLDERS = ("demos", "theoryExercises")
+PREFERRED_COMPOSER = "bach"  # its ~370 four-part chorales are used first by default
+MAX_PARTS = 16
+
+ACTIVITY_HOP = 0.5  # seconds: every window of an excerpt must be active in every source
+RENDER_GAIN = 0.5  # FluidSynth master gain; output is float, so nothing clips
+TARGET_RMS = 0.1  # every source of an excerpt is scaled to this RMS before the random offsets
+PEAK = 0.9  # all stems are scaled down together until the mix and every stem peak at ≤ PEAK
+
+GM_PIANO, GM_VIOLIN = 0, 40
+GM_BASSES = (32, 33, 34, 35)  # acoustic, finger, pick, fretless
+VIOLIN_LOWEST, BASS_LOWEST = 55, 28  # G3, E1 (MIDI note numbers)
+KICK, SNARE, CRASH = 36, 38, 49
+HATS = (42, 42, 44, 51)  # closed hi-hat (twice as likely), pedal hi-hat, ride
+TOMS = (50, 48, 47, 45, 43)  # high to low
+
+
+class RenderError(RuntimeError):
+    """FluidSynth failed, produced no audio, or ran past its timeout."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A corpus score that a preset can use.
+
+    path: corpus-relative path (e.g. ``bach/bwv66.6.mxl``); composer: its corpus folder;
+    parts: number of parts; split: the split it belongs to.
+    """
+
+    path: str
+    composer: str
+    parts: int
+    split: str
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sources and the arrangement that turns a parsed score into one MIDI instrument per source."""
+
+    name: str
+    sources: tuple[str, ...]
+    arrange: Callable  # (music21 Score, np.random.Generator) -> dict[str, pretty_midi.Instrument]
+
+
+# ----------------------------------------------------------------------------- corpus selection
+
+
+@functools.lru_cache(maxsize=1)
+def _corpus_entries() -> tuple[tuple[str, str, int], ...]:
+    """(relative path, metadata composer, number of parts) for every single-work corpus file."""
+    from music21 import corpus
+
+    entries = []
+    for entry in corpus.corpora.CoreCorpus().metadataBundle._metadataEntries.values():
+        meta = entry.metadata
+        if entry.number is not None or meta is None or not meta.numberOfParts:
+            continue
+        entries.append((str(entry.sourcePath), str(meta.composer or ""), int(meta.numberOfParts)))
+    return tuple(sorted(set(entries)))
+
+
+def is_reserved(text: str) -> bool:
+    """True if a corpus path, folder or composer name belongs to a reserved composer."""
+    return any(name in text.lower() for name in RESERVED_COMPOSERS)
+
+
+def split_of(piece_path: str, splits: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
+    """The split of a piece: a uniform number from a hash of its path, cut by the fractions."""
+    fractions = _check_splits(splits)
+    u = int(hashlib.sha1(piece_path.encode()).hexdigest()[:12], 16) / 16**12
+    edges = np.cumsum(fractions)
+    return SPLITS[min(int(np.searchsorted(edges, u, side="right")), len(SPLITS) - 1)]
+
+
+def list_pieces(
+    preset: str, composers: Sequence[str] | None = None, splits: Sequence[float] = (0.8, 0.1, 0.1)
+) -> list[Piece]:
+    """Every corpus piece the preset can use (2–16 parts, no reserved composer), sorted by path.
+
+    composers: corpus folder names to keep (e.g. ``["bach", "beethoven"]``); None keeps all.
+    """
+    _get_preset(preset)
+    fractions = _check_splits(splits)
+    pieces = [
+        Piece(path, path.split("/")[0], parts, split_of(path, fractions))
+        for path, composer, parts in _corpus_entries()
+        if 2 <= parts <= MAX_PARTS
+        and path.split("/")[0] not in NON_MUSIC_FOLDERS
+        and not is_reserved(path)
+        and not is_reserved(composer)
+    ]
+    if composers is not None:
+        _check_composers(composers, {p.composer for p in pieces})
+        pieces = [p for p in pieces if p.composer in composers]
+    return pieces
+
+
+def _check_composers(composers: Sequence[str], available: set[str]) -> None:
+    for name in composers:
+        if is_reserved(name):
+            raise UserError(f"composer '{name}' is reserved (Haydn and Mozart are kept out of every dataset)")
+        if name not in available:
+            raise UserError(f"no usable corpus pieces for composer '{name}'; choose from: {', '.join(sorted(available))}")
+
+
+def _select_pieces(
+    preset: str, composers: Sequence[str] | None, pieces: Sequence[str] | None,
+    fractions: tuple[float, ...], seed: int,
+) -> list[Piece]:
+    """The candidate pieces in processing order: composers in the given order (default: Bach
+    first, then the other folders alphabetically), each composer's pieces shuffled by seed."""
+    usable = list_pieces(preset, composers, fractions)
+    if pieces is not None:
+        usable = _match_pieces(pieces, usable)
+    order = list(composers) if composers is not None else sorted(
+        {p.composer for p in usable}, key=lambda c: (c != PREFERRED_COMPOSER, c))
+    rng = np.random.default_rng(seed)
+    ordered = []
+    for composer in order:
+        group = [p for p in usable if p.composer == composer]
+        ordered += [group[i] for i in rng.permutation(len(group))]
+    return ordered
+
+
+def _match_pieces(requested: Sequence[str], usable: list[Piece]) -> list[Piece]:
+    by_path = {p.path: p for p in usable} | {p.path.rsplit(".", 1)[0]: p for p in usable}
+    chosen = []
+    for path in requested:
+        if is_reserved(path):
+            raise UserError(f"piece '{path}' is by a reserved composer (Haydn and Mozart are kept out of every dataset)")
+        if path not in by_path:
+            raise UserError(f"'{path}' is not a usable corpus piece for this preset (see list_pieces)")
+        chosen.append(by_path[path])
+    return list(dict.fromkeys(chosen))
+
+
+# ----------------------------------------------------------------------------- score → MIDI
+
+
+def _parse(path: str):
+    """Parse a corpus file (music21 caches parsed files); music21's own warnings are muted."""
+    from music21 import common, converter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return converter.parse(str(common.getCorpusFilePath() / path))
+
+
+def _tempo_map(score) -> Callable[[np.ndarray], np.ndarray]:
+    """Map quarter-note offsets to seconds through the score's metronome marks (120 bpm if none)."""
+    quarters, seconds = [0.0], [0.0]
+    rate = 0.5
+    for start, end, mark in score.metronomeMarkBoundaries():
+        if end <= start:
+            continue
+        rate = float(mark.secondsPerQuarter())
+        quarters.append(float(end))
+        seconds.append(seconds[-1] + (float(end) - float(start)) * rate)
+    quarters.append(quarters[-1] + 1e6)
+    seconds.append(seconds[-1] + 1e6 * rate)
+    return lambda q: np.interp(q, quarters, seconds)
+
+
+def _part_events(part) -> list[tuple[float, float, list[int]]]:
+    """(start, end) in quarter notes and MIDI pitches of every sounding note/chord of a part."""
+    events = []
+    for note in part.stripTies().flatten().notes:
+        length = float(note.quarterLength)
+        pitches = [p.midi for p in getattr(note, "pitches", ())]
+        if length > 0 and pitches:
+            start = float(note.offset)
+            events.append((start, start + length, pitches))
+    return events
+
+
+def _octave_shift(events, lowest: int) -> int:
+    """Semitones (a multiple of 12) moving the part's lowest note into [lowest, lowest + 12)."""
+    low = min(min(pitches) for _, _, pitches in events)
+    return 12 * math.floor((lowest + 11 - low) / 12)
+
+
+def _instrument(events, to_seconds, rng, *, program: int, shift: int = 0, lowest_only: bool = False):
+    """A pretty_midi instrument playing the events (velocities 90 ± 8, by rng)."""
+    import pretty_midi
+
+    inst = pretty_midi.Instrument(program=program)
+    for start, end, pitches in events:
+        t0, t1 = (float(t) for t in to_seconds(np.array([start, end])))
+        for pitch in ([min(pitches)] if lowest_only else pitches):
+            velocity = int(np.clip(90 + rng.integers(-8, 9), 1, 127))
+            inst.notes.append(pretty_midi.Note(velocity, int(np.clip(pitch + shift, 0, 127)), t0, t1))
+    return inst
+
+
+def _sounding_parts(score) -> list[list]:
+    """The events of every part that has notes, ordered from highest to lowest mean pitch."""
+    parts = [ev for ev in (_part_events(p) for p in score.parts) if ev]
+    if len(parts) < 2:
+        raise ValueError("fewer than two parts with notes")
+    return sorted(parts, key=lambda ev: -np.mean([np.mean(p) for _, _, p in ev]))
+
+
+def _arrange_piano_violin(score, rng) -> dict:
+    """Top part → violin (raised by octaves if it goes below the violin's G3), others → piano."""
+    parts = _sounding_parts(score)
+    to_seconds = _tempo_map(score)
+    top, rest = parts[0], [e for part in parts[1:] for e in part]
+    return {
+        "piano": _instrument(rest, to_seconds, rng, program=GM_PIANO),
+        "violin": _instrument(top, to_seconds, rng, program=GM_VIOLIN,
+                              shift=max(0, _octave_shift(top, VIOLIN_LOWEST))),
+    }
+
+
+def _arrange_drums_bass(score, rng) -> dict:
+    """Bottom part (lowest note of chords) → a GM bass; generated drums on the piece's bars."""
+    bottom = _sounding_parts(score)[-1]
+    to_seconds = _tempo_map(score)
+    return {
+        "bass": _instrument(bottom, to_seconds, rng, program=int(rng.choice(GM_BASSES)),
+                            shift=_octave_shift(bottom, BASS_LOWEST), lowest_only=True),
+        "drums": _drum_track(_bars(score), to_seconds, rng),
+    }
+
+
+def _bars(score) -> list[tuple[float, float, float, float]]:
+    """(downbeat, start, end, beat length) in quarter notes for each bar of the first part.
+
+    A pickup bar starts after its (virtual) downbeat; bars follow time-signature changes.
+    """
+    from music21 import meter
+
+    first = score.recurse().getElementsByClass(meter.TimeSignature).first()
+    signature = first or meter.TimeSignature("4/4")
+    bars = []
+    for measure in score.parts[0].getElementsByClass("Measure"):
+        signature = measure.timeSignature or signature
+        start = float(measure.offset)
+        downbeat = start - float(measure.paddingLeft)
+        end = start + float(measure.duration.quarterLength)
+        if end > start:
+            bars.append((downbeat, start, end, float(signature.beatDuration.quarterLength)))
+    if not bars:
+        length = float(score.highestTime)
+        bars = [(float(q), float(q), min(q + 4.0, length), 1.0) for q in np.arange(0.0, length, 4.0)]
+    return bars
+
+
+def _drum_track(bars, to_seconds, rng):
+    """A drum kit (GM channel 10) on the bar grid, with a groove drawn once per piece.
+
+    The groove: a hat (closed, pedal or ride) in 4ths, 8ths or 16ths; kick on the downbeat plus
+    extra 8th-note kicks; snare on the backbeats (every other beat, or every beat but the first
+    in odd meters). Each bar varies the kicks and adds ghost snares; the last bar of every
+    phrase (4 or 8 bars) ends with a snare/tom fill, and a crash marks each phrase start.
+    """
+    import pretty_midi
+
+    kick_density = rng.uniform(0.1, 0.4)
+    groove = {
+        "hat": int(rng.choice(HATS)),
+        "hat_step": float(rng.choice([0.25, 0.5, 0.5, 1.0])),
+        "kicks": {k for k in range(1, 16) if rng.random() < kick_density},  # in 8ths after the downbeat
+    }
+    phrase = int(rng.choice([4, 8]))
+    drums = pretty_midi.Instrument(program=0, is_drum=True)
+    pickup = 1 if bars and bars[0][1] > bars[0][0] else 0  # phrases count from the first full bar
+    for i, (downbeat, start, end, beat) in enumerate(bars):
+        number = i - pickup
+        hits = _drum_bar(groove, end - downbeat, beat, number % phrase == 0, number % phrase == phrase - 1, rng)
+        for position, pitch, velocity in hits:
+            if start <= downbeat + position < end:
+                t0 = float(to_seconds(np.array(downbeat + position)))
+                velocity = int(np.clip(velocity + rng.integers(-6, 7), 1, 127))
+                drums.notes.append(pretty_midi.Note(velocity, pitch, t0, t0 + 0.1))
+    return drums
+
+
+def _drum_bar(groove: dict, length: float, beat: float, crash: bool, fill: bool,
+              rng: np.random.Generator) -> list[tuple[float, int, int]]:
+    """(position in quarter notes from the downbeat, GM drum note, velocity) of one bar."""
+    n_beats = max(1, round(length / beat))
+    backbeats = range(1, n_beats, 2) if n_beats % 2 == 0 else range(1, n_beats)
+    kicks = {k for k in groove["kicks"] if rng.random() > 0.15}
+    if rng.random() < 0.15:
+        kicks.add(int(rng.integers(1, 16)))
+    hits = [(float(q), groove["hat"], 80 if q % beat == 0 else 70) for q in np.arange(0.0, length, groove["hat_step"])]
+    hits += [(0.0, KICK, 110)] + [(0.5 * k, KICK, 95) for k in kicks if 0.5 * k < length]
+    hits += [(b * beat, SNARE, 105) for b in backbeats]
+    hits += [(float(q), SNARE, 40) for q in np.arange(0.25, length, 0.5) if rng.random() < 0.08]
+    if crash:
+        hits.append((0.0, CRASH, 100))
+    if fill:
+        fill_start = length - beat
+        hits = [h for h in hits if h[0] < fill_start]
+        notes = rng.choice((SNARE,) + TOMS, size=max(1, int(round(beat / 0.25))))
+        hits += [(fill_start + 0.25 * i, int(p), 100) for i, p in enumerate(notes)]
+    return hits
+
+
+PRESETS = {
+    "piano_violin": Preset("piano_violin", ("piano", "violin"), _arrange_piano_violin),
+    "drums_bass": Preset("drums_bass", ("bass", "drums"), _arrange_drums_bass),
+}
+
+
+def _get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UserError(f"unknown synth preset '{name}'; choose from: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def default_soundfont() -> Path:
+    """FluidR3_GM from fluid-soundfont-gm if installed, else the TimGM6mb.sf2 bundled with pretty_midi."""
+    import pretty_midi
+
+    return SYSTEM_SOUNDFONT if SYSTEM_SOUNDFONT.exists() else Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
+
+
+def _fluidsynth_command(soundfont: Path, midi_path: Path, wav_path: Path, sample_rate: int) -> list[str]:
+    """Fast offline render (no shell, no audio driver) to a float wav at `sample_rate`."""
+    return ["fluidsynth", "-ni", "-q", "-F", str(wav_path), "-T", "wav", "-O", "float",
+            "-r", str(sample_rate), "-g", str(RENDER_GAIN), str(soundfont), str(midi_path)]
+
+
+def require_fluidsynth() -> None:
+    """Raise UserError if the fluidsynth program is not on PATH."""
+    if shutil.which("fluidsynth") is None:
+        raise UserError("fluidsynth not found on PATH: apt-get install fluidsynth fluid-soundfont-gm")
+
+
+def render_midi(midi_path: Path, soundfont: Path, sample_rate: int, timeout: float) -> np.ndarray:
+    """Render a MIDI file with FluidSynth; returns mono float32 audio (N,) at `sample_rate`.
+
+    The process is killed after `timeout` seconds (some corpus MIDI files make FluidSynth run
+    forever). Raises RenderError on a timeout, a failure, or an empty render.
+    """
+    wav_path = Path(midi_path).with_suffix(".wav")
+    command = _fluidsynth_command(Path(soundfont), Path(midi_path), wav_path, sample_rate)
+    try:
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RenderError(f"FluidSynth ran past its {timeout:g} s timeout") from None
+    if result.returncode != 0 or not wav_path.exists():
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise RenderError(f"FluidSynth failed ({detail[-1] if detail else f'exit {result.returncode}'})")
+    audio, _ = sf.read(str(wav_path), dtype="float32", always_2d=True)
+    if audio.shape[0] == 0:
+        raise RenderError("FluidSynth rendered no audio")
+    return audio.mean(axis=1)
+
+
+def _render_piece(instruments: Mapping, soundfont: Path, sample_rate: int, timeout: float) -> dict[str, np.ndarray]:
+    """Render each instrument over the whole piece; mono (N,) arrays padded to one length."""
+    import pretty_midi
+
+    renders = {}
+    with tempfile.TemporaryDirectory(prefix="audiosep-synth-") as tmp:
+        for source, instrument in instruments.items():
+            midi = pretty_midi.PrettyMIDI()
+            midi.instruments.append(instrument)
+            midi_path = Path(tmp) / f"{source}.mid"
+            midi.write(str(midi_path))
+            renders[source] = render_midi(midi_path, soundfont, sample_rate, timeout)
+    n = max(len(x) for x in renders.values())
+    return {s: np.pad(x, (0, n - len(x))) for s, x in renders.items()}
+
+
+# ----------------------------------------------------------------------------- excerpts and mixing
+
+
+def window_rms(x: np.ndarray, hop: int) -> np.ndarray:
+    """RMS of consecutive non-overlapping windows of `hop` samples of a mono signal (N,)."""
+    n = len(x) // hop
+    return np.sqrt(np.mean(x[: n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1))
+
+
+def active_windows(x: np.ndarray, hop: int, threshold_db: float) -> np.ndarray:
+    """Windows whose RMS is within `threshold_db` (negative) of the source's loud level.
+
+    The loud level is the 95th percentile of the window RMS over the whole render.
+    """
+    rms = window_rms(x, hop)
+    if rms.size == 0:
+        return rms > 0
+    floor = max(np.percentile(rms, 95) * 10 ** (threshold_db / 20), 1e-5)
+    return rms >= floor
+
+
+def excerpt_starts(renders: Mapping[str, np.ndarray], sample_rate: int, duration: float,
+                   count: int, threshold_db: float, rng: np.random.Generator) -> list[int]:
+    """Start samples of up to `count` non-overlapping excerpts in which every source is active
+    in every ACTIVITY_HOP window; as many as fit (leftmost packing), a random subset if more."""
+    hop = int(round(ACTIVITY_HOP * sample_rate))
+    length = int(round(duration * sample_rate))
+    width = math.ceil(length / hop - 1e-9)
+    active = np.logical_and.reduce([active_windows(x, hop, threshold_db) for x in renders.values()])
+    inactive_before = np.concatenate([[0], np.cumsum(~active)])
+    starts, next_free = [], 0
+    for i in range(len(active) - width + 1):
+        if i >= next_free and inactive_before[i + width] == inactive_before[i]:
+            starts.append(i)
+            next_free = i + width
+    if len(starts) > count:
+        starts = sorted(rng.choice(starts, size=count, replace=False).tolist())
+    return [i * hop for i in starts]
+
+
+def balance(excerpts: Mapping[str, np.ndarray], rng: np.random.Generator, gain_db: float) -> dict[str, float]:
+    """Linear gains giving every source the same RMS (times a random offset in ±gain_db dB),
+    then one common factor so that neither the mix nor any stem peaks above PEAK."""
+    offsets = {s: float(rng.uniform(-gain_db, gain_db)) if gain_db > 0 else 0.0 for s in excerpts}
+    gains = {s: TARGET_RMS / max(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))), 1e-12)
+             * 10 ** (offsets[s] / 20) for s, x in excerpts.items()}
+    mix = sum(g * excerpts[s].astype(np.float64) for s, g in gains.items())
+    peak = max([float(np.max(np.abs(mix)))] + [g * float(np.max(np.abs(excerpts[s]))) for s, g in gains.items()])
+    scale = min(1.0, PEAK / peak) if peak > 0 else 1.0
+    return {s: g * scale for s, g in gains.items()}
+
+
+# ----------------------------------------------------------------------------- the generator
+
+
+def synthesize(
+    preset: str,
+    out_dir: str | Path,
+    *,
+    n_tracks: int | Mapping[str, int] | None = None,
+    excerpts_per_piece: int = 4,
+    duration: float = 10.0,
+    sample_rate: int = 16000,
+    seed: int = 0,
+    soundfonts: Sequence[str | Path] | None = None,
+    composers: Sequence[str] | None = None,
+    pieces: Sequence[str] | None = None,
+    splits: Sequence[float] = (0.8, 0.1, 0.1),
+    gain_db: float = 0.0,
+    threshold_db: float = -30.0,
+    timeout: float = 60.0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Render a multi-stem dataset; returns the index (also written to ``out_dir/index.json``).
+
+    Args:
+        preset: ``piano_violin`` or ``drums_bass``.
+        out_dir: dataset folder; refused if it already holds a dataset unless `overwrite`.
+        n_tracks: excerpts to make — an int (shared among splits by `splits`), a mapping
+            ``{split: count}`` (missing splits get none), or None for every usable piece.
+        excerpts_per_piece: at most this many non-overlapping excerpts per piece.
+        duration: excerpt length in seconds.
+        sample_rate: Hz (8000–96000); stems are mono float32 wavs.
+        seed: drives piece order, instrument choices, drum grooves, velocities, excerpt choice,
+            gains and soundfont choice; the same arguments give the same files.
+        soundfonts: one or several .sf2 files, one drawn per piece (default: `default_soundfont`).
+        composers: corpus folders to draw from, in priority order (default: Bach, then the rest).
+        pieces: corpus paths to restrict the selection to (e.g. ``bach/bwv66.6.mxl``).
+        splits: train/valid/test fractions of pieces (assigned by a hash of the piece path).
+        gain_db: each source gets a random gain in ±gain_db dB around equal loudness.
+        threshold_db: a 0.5 s window counts as active within this many dB of the source's level.
+        timeout: seconds allowed for each FluidSynth render.
+        progress: show a tqdm bar over pieces.
+    Raises:
+        UserError: unknown preset, reserved or unknown composer/piece, bad argument, missing
+            fluidsynth or soundfont, or an `out_dir` already holding a dataset.
+
+    A piece that fails to parse or render is skipped with a warning.
+    """
+    from tqdm.auto import tqdm
+
+    chosen = _get_preset(preset)
+    fractions = _check_splits(splits)
+    _check_numbers(duration, sample_rate, excerpts_per_piece, gain_db, timeout)
+    fonts = _check_soundfonts(soundfonts)
+    targets = _split_targets(n_tracks, fractions)
+    candidates = _select_pieces(preset, composers, pieces, fractions, seed)
+    require_fluidsynth()
+    out_dir = _prepare_out_dir(Path(out_dir), overwrite)
+
+    index = {"preset": preset, "sources": list(chosen.sources), "sample_rate": sample_rate,
+             "duration": duration, "seed": seed, "splits": dict(zip(SPLITS, fractions)),
+             "soundfonts": [str(f) for f in fonts], "tracks": [], "skipped": {}}
+    counts = dict.fromkeys(SPLITS, 0)
+    bar = tqdm(total=len(candidates) if targets is None else None, unit="piece", disable=not progress)
+    for piece in candidates:
+        wanted = _still_wanted(targets, counts, piece.split, excerpts_per_piece)
+        if wanted == 0:
+            if all(_still_wanted(targets, counts, s, 1) == 0 for s in SPLITS):
+                break
+            continue
+        bar.update()
+        try:
+            records = _make_piece(piece, chosen, out_dir, wanted, duration, sample_rate, seed,
+                                  fonts, gain_db, threshold_db, timeout)
+        except Exception as err:  # noqa: BLE001 — any parse/render failure skips the piece
+            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            index["skipped"][piece.path] = reason
+            warnings.warn(f"skipping {piece.path}: {reason}", stacklevel=2)
+            continue
+        if not records:
+            index["skipped"][piece.path] = "no excerpt with every source active"
+        index["tracks"] += records
+        counts[piece.split] += len(records)
+        bar.set_postfix(counts)
+        _write_index(out_dir, index)
+    bar.close()
+    _write_index(out_dir, index)
+    for split, target in (targets or {}).items():
+        if counts[split] < target:
+            warnings.warn(f"{split}: only {counts[split]} of {target} tracks (ran out of usable pieces)", stacklevel=2)
+    return index
+
+
+def _make_piece(piece: Piece, preset: Preset, out_dir: Path, wanted: int, duration: float,
+                sample_rate: int, seed: int, fonts: list[Path], gain_db: float,
+                threshold_db: float, timeout: float) -> list[dict]:
+    """Parse, arrange, render and cut one piece; write its tracks; return their index records."""
+    piece_seed = int(hashlib.sha1(f"{seed}:{piece.path}".encode()).hexdigest()[:15], 16)
+    rng = np.random.default_rng(piece_seed)
+    soundfont = fonts[int(rng.integers(len(fonts)))]
+    instruments = preset.arrange(_parse(piece.path), rng)
+    renders = _render_piece(instruments, soundfont, sample_rate, timeout)
+    length = int(round(duration * sample_rate))
+    records = []
+    for k, start in enumerate(excerpt_starts(renders, sample_rate, duration, wanted, threshold_db, rng)):
+        excerpts = {s: renders[s][start : start + length] for s in preset.sources}
+        gains = balance(excerpts, rng, gain_db)
+        stems = {s: (gains[s] * excerpts[s]).astype(np.float32) for s in preset.sources}
+        mix = np.sum(np.stack(list(stems.values())), axis=0, dtype=np.float32)
+        name = f"{piece.path.rsplit('.', 1)[0].replace('/', '-')}-{k:02d}"
+        track_dir = out_dir / piece.split / name
+        for source, stem in stems.items():
+            write_audio(track_dir / f"{source}.wav", stem[None], sample_rate)
+        write_audio(track_dir / "mix.wav", mix[None], sample_rate)
+        records.append({
+            "track": name, "split": piece.split, "piece": piece.path, "composer": piece.composer,
+            "soundfont": str(soundfont), "offset": start / sample_rate, "duration": duration,
+            "gains": gains, "programs": {s: int(i.program) for s, i in instruments.items() if not i.is_drum},
+            "seed": piece_seed,
+        })
+    return records
+
+
+def _still_wanted(targets: dict | None, counts: dict, split: str, per_piece: int) -> int:
+    if targets is None:
+        return per_piece
+    return max(0, min(per_piece, targets.get(split, 0) - counts[split]))
+
+
+def _write_index(out_dir: Path, index: dict) -> None:
+    with atomic_output(out_dir / "index.json") as tmp:
+        tmp.write_text(json.dumps(index, indent=1))
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
+    existing = [p for p in [out_dir / "index.json", *(out_dir / s for s in SPLITS)] if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{out_dir} already holds a dataset ({existing[0].name}); pass overwrite to replace it")
+    for path in existing:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def _check_splits(splits: Sequence[float]) -> tuple[float, ...]:
+    fractions = tuple(float(f) for f in splits)
+    if len(fractions) != len(SPLITS) or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        raise UserError(f"splits must be three non-negative fractions (train, valid, test) summing to 1, got {tuple(splits)}")
+    return fractions
+
+
+def _split_targets(n_tracks: int | Mapping[str, int] | None, fractions: tuple[float, ...]) -> dict[str, int] | None:
+    if n_tracks is None:
+        return None
+    if isinstance(n_tracks, Mapping):
+        unknown = set(n_tracks) - set(SPLITS)
+        if unknown:
+            raise UserError(f"unknown split(s) {sorted(unknown)} in n_tracks; use {', '.join(SPLITS)}")
+        targets = {s: int(n_tracks.get(s, 0)) for s in SPLITS}
+    else:
+        valid, test = (int(round(n_tracks * f)) for f in fractions[1:])
+        targets = {"train": int(n_tracks) - valid - test, "valid": valid, "test": test}
+    if min(targets.values()) < 0:
+        raise UserError(f"track counts must be non-negative, got {n_tracks}")
+    return targets
+
+
+def _check_numbers(duration, sample_rate, excerpts_per_piece, gain_db, timeout) -> None:
+    if not duration > 0:
+        raise UserError(f"duration must be positive seconds, got {duration}")
+    if not 8000 <= sample_rate <= 96000:
+        raise UserError(f"sample rate must be within FluidSynth's 8000–96000 Hz, got {sample_rate}")
+    if excerpts_per_piece < 1:
+        raise UserError(f"excerpts per piece must be at least 1, got {excerpts_per_piece}")
+    if gain_db < 0:
+        raise UserError(f"gain range must be non-negative dB, got {gain_db}")
+    if not timeout > 0:
+        raise UserError(f"render timeout must be positive seconds, got {timeout}")
+
+
+def _check_soundfonts(soundfonts: Sequence[str | Path] | None) -> list[Path]:
+    fonts = [Path(f) for f in soundfonts] if soundfonts else [default_soundfont()]
+    for font in fonts:
+        if not font.is_file():
+            raise UserError(f"{font}: soundfont not found")
+    return fonts

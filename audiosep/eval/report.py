@@ -1,0 +1,317 @@
+"""Evaluation tables: museval-compatible long format, per-track JSON, summaries, and
+BSSEval v4 over two folders of stems.
+
+The long table has one row per (track, target, metric, window) with the columns
+`time, target, metric, score, track, method` (museval's `EvalStore.df` plus `method`):
+`time` is the window start in seconds, `metric` one of SDR, SIR, ISR, SAR (dB). As in
+museval's stores, a non-finite score (silent window, or ±inf from a zero denominator) is
+NaN. `summarize` takes the median over windows, then over tracks (NaN ignored), as
+museval's `MethodStore.agg_frames_tracks_scores`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..io import atomic_output, read_audio
+from .bsseval import bss_eval_v4
+
+COLUMNS = ["time", "target", "metric", "score", "track", "method"]
+METRICS = ("SDR", "SIR", "ISR", "SAR")
+SUMMARY_COLUMNS = ["method", "target", "metric", "score", "n_tracks"]
+# Stems in a reference track folder that hold the mixture, not a target (case-insensitive).
+MIXTURE_NAMES = ("mix", "mixture")
+# The museval release whose per-track JSON layout `write_track_json` reproduces.
+MUSEVAL_FORMAT_VERSION = "0.4.1"
+_JSON_METRIC_ORDER = ("SDR", "SIR", "SAR", "ISR")  # museval's TrackStore order
+_JSON_DECIMALS = 5  # museval quantises scores to 1e-5
+
+
+def track_frame(
+    track: str,
+    targets: Sequence[str],
+    sdr: np.ndarray,
+    isr: np.ndarray,
+    sir: np.ndarray,
+    sar: np.ndarray,
+    hop_seconds: float,
+    method: str,
+) -> pd.DataFrame:
+    """The long table of one track from `bss_eval_v4`'s outputs.
+
+    Args:
+        track: track name. targets: K target names, in the order of the score rows.
+        sdr, isr, sir, sar: scores (K, nwin) in dB (the order `bss_eval_v4` returns them).
+        hop_seconds: seconds between window starts (window i starts at i·hop_seconds).
+        method: the name of the separation method.
+    Returns:
+        DataFrame with columns `COLUMNS`, K·4·nwin rows (target, then metric, then time).
+    """
+    scores = {"SDR": sdr, "SIR": sir, "ISR": isr, "SAR": sar}
+    scores = {m: np.asarray(v, dtype=np.float64).reshape(len(targets), -1) for m, v in scores.items()}
+    n_win = scores["SDR"].shape[1]
+    times = np.arange(n_win) * float(hop_seconds)
+    parts = [
+        pd.DataFrame({"time": times, "target": name, "metric": metric, "score": scores[metric][k]})
+        for k, name in enumerate(targets)
+        for metric in METRICS
+    ]
+    df = pd.concat(parts, ignore_index=True)
+    df["score"] = df["score"].where(np.isfinite(df["score"]))
+    df["track"] = track
+    df["method"] = method
+    return df[COLUMNS]
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table as CSV (no index, NaN as "NaN") atomically: temporary file + rename."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        df.to_csv(tmp, index=False, na_rep="NaN")
+    return path
+
+
+def track_json(df_track: pd.DataFrame, win_seconds: float) -> dict:
+    """One track's long table as museval's per-track JSON structure (`TrackStore.scores`).
+
+    Args:
+        df_track: rows of a single track and method (columns `COLUMNS`).
+        win_seconds: window length in seconds (each frame's "duration").
+    Returns:
+        `{"targets": [{"name", "frames": [{"time", "duration", "metrics": {SDR, SIR, SAR,
+        ISR}}]}], "museval_version"}` with scores rounded to 1e-5 and NaN for missing ones.
+    """
+    for key in ("track", "method"):
+        if df_track[key].nunique() > 1:
+            raise ValueError(f"track_json needs one {key}, got {sorted(df_track[key].unique())}")
+    targets = []
+    for name, rows in df_track.groupby("target", sort=False):
+        table = rows.pivot(index="time", columns="metric", values="score").sort_index()
+        frames = [
+            {
+                "time": float(time),
+                "duration": float(win_seconds),
+                "metrics": {m: _json_score(values.get(m, np.nan)) for m in _JSON_METRIC_ORDER},
+            }
+            for time, values in table.iterrows()
+        ]
+        targets.append({"name": str(name), "frames": frames})
+    return {"targets": targets, "museval_version": MUSEVAL_FORMAT_VERSION}
+
+
+def _json_score(value: float) -> float:
+    return round(float(value), _JSON_DECIMALS) if np.isfinite(value) else float("nan")
+
+
+def write_track_json(df_track: pd.DataFrame, path: str | os.PathLike, win_seconds: float) -> Path:
+    """Write one track's scores in museval's per-track JSON format (see `track_json`), atomically.
+
+    NaN is written as the bare literal `NaN`, as museval does (read it back with
+    `json.load` or `simplejson.loads(..., allow_nan=True)`).
+    """
+    path = Path(path)
+    text = json.dumps(track_json(df_track, win_seconds), indent=2, allow_nan=True)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text + "\n")
+    return path
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Median over windows per (method, track, target, metric), then median over tracks.
+
+    NaN scores are ignored at both stages.
+
+    Args:
+        df: long table (columns `COLUMNS`).
+    Returns:
+        DataFrame with columns `SUMMARY_COLUMNS`; `n_tracks` counts the tracks whose
+        window median is defined (not NaN).
+    """
+    per_track = df.groupby(["method", "track", "target", "metric"], sort=False)["score"].median()
+    summary = per_track.groupby(level=["method", "target", "metric"], sort=False).agg(["median", "count"])
+    summary = summary.rename(columns={"median": "score", "count": "n_tracks"}).reset_index()
+    return summary[SUMMARY_COLUMNS]
+
+
+def write_summary_csv(df: pd.DataFrame, path: str | os.PathLike) -> pd.DataFrame:
+    """Summarise the long table `df` (see `summarize`), write it as CSV atomically, return it."""
+    summary = summarize(df)
+    write_csv(summary, path)
+    return summary
+
+
+def write_reports(df: pd.DataFrame, output: str | os.PathLike, win_seconds: float) -> list[Path]:
+    """Write the long table, its summary and one museval JSON per track, atomically.
+
+    `output` is a folder (→ `report.csv`, `summary.csv`, `json/<track>.json` in it) or a
+    `.csv` path for the long table (the summary and `json/` go beside it).
+    Returns the report, summary and JSON folder paths.
+    """
+    output = Path(output)
+    folder, report = (output.parent, output) if output.suffix == ".csv" else (output, output / "report.csv")
+    paths = [write_csv(df, report)]
+    write_summary_csv(df, folder / "summary.csv")
+    paths.append(folder / "summary.csv")
+    for (track, method), rows in df.groupby(["track", "method"], sort=False):
+        name = f"{track}.json" if df["method"].nunique() == 1 else f"{track}.{method}.json"
+        write_track_json(rows, folder / "json" / name, win_seconds)
+    return paths + [folder / "json"]
+
+
+def _is_silent(wav: np.ndarray) -> bool:
+    """BSSEval's notion of silence: the channel sum is zero at every sample."""
+    return not np.any(wav.sum(axis=0) != 0)
+
+
+def _reference_stems(track_dir: Path) -> list[Path]:
+    """The target stems `<source>.wav` of a reference track folder (mixture excluded), sorted."""
+    return sorted(
+        p for p in track_dir.glob("*.wav") if p.is_file() and p.stem.lower() not in MIXTURE_NAMES
+    )
+
+
+def _load_references(track_dir: Path) -> tuple[list[str], np.ndarray, int]:
+    """Targets, references (K, C, N) and the rate of a reference track folder."""
+    stems = _reference_stems(track_dir)
+    if not stems:
+        raise UserError(f"{track_dir}: no target stems (<source>.wav other than mix/mixture)")
+    first, rate = read_audio(stems[0])
+    refs = [first]
+    for path in stems[1:]:
+        wav, sr = read_audio(path)
+        _check_like(path, wav, sr, first, rate, "the track's first reference")
+        if wav.shape[-1] != first.shape[-1]:
+            raise UserError(f"{path}: {wav.shape[-1]} samples but {stems[0].name} has {first.shape[-1]}")
+        refs.append(wav)
+    for path, wav in zip(stems, refs):
+        if _is_silent(wav):
+            raise UserError(f"{path}: reference is silent over the whole track; BSSEval is undefined for it")
+    return [p.stem for p in stems], np.stack(refs), rate
+
+
+def _check_like(path: Path, wav: np.ndarray, sr: int, ref: np.ndarray, ref_sr: int, what: str) -> None:
+    """UserError naming `path` if its rate or channel count differs from `what`'s."""
+    if sr != ref_sr:
+        raise UserError(f"{path}: sample rate {sr} Hz differs from {what} ({ref_sr} Hz)")
+    if wav.shape[0] != ref.shape[0]:
+        raise UserError(f"{path}: {wav.shape[0]} channel(s) but {what} has {ref.shape[0]}")
+
+
+def _load_estimates(est_dir: Path, targets: list[str], refs: np.ndarray, rate: int) -> np.ndarray:
+    """Estimates (K, C, N) for `targets`, zero-padded or cut to the references' length N."""
+    length = refs.shape[-1]
+    ests = np.zeros_like(refs)
+    for k, target in enumerate(targets):
+        path = est_dir / f"{target}.wav"
+        if not path.is_file():
+            raise UserError(f"{path}: missing estimate for target '{target}'")
+        wav, sr = read_audio(path)
+        _check_like(path, wav, sr, refs[k], rate, "the reference")
+        if _is_silent(wav):
+            raise UserError(f"{path}: estimate is silent over the whole track; BSSEval is undefined for it")
+        n = min(length, wav.shape[-1])
+        ests[k, :, :n] = wav[:, :n]
+    return ests
+
+
+def _window_samples(seconds: float, rate: int, what: str) -> int:
+    samples = round(seconds * rate)
+    if samples < 1:
+        raise UserError(f"{what} of {seconds} s is shorter than one sample at {rate} Hz")
+    return samples
+
+
+def evaluate_track(
+    ref_track: str | os.PathLike,
+    est_track: str | os.PathLike,
+    win_seconds: float = 1.0,
+    hop_seconds: float | None = None,
+    method: str = "estimates",
+) -> pd.DataFrame:
+    """BSSEval v4 of one track folder of estimates against one of references.
+
+    Args:
+        ref_track: folder of reference stems `<source>.wav` (a `mix.wav`/`mixture.wav` in it
+            is not a target).
+        est_track: folder with one `<source>.wav` per reference target (other files are ignored).
+        win_seconds, hop_seconds: BSSEval window and hop (hop defaults to the window),
+            rounded to samples at the track's rate.
+        method: value of the `method` column.
+    Returns:
+        the track's long table (columns `COLUMNS`); the track name is the folder name.
+    Raises:
+        UserError naming the file: a missing estimate, a sample-rate or channel mismatch,
+        references of unequal length, a silent reference or estimate.
+    """
+    ref_track, est_track = Path(ref_track), Path(est_track)
+    targets, refs, rate = _load_references(ref_track)
+    ests = _load_estimates(est_track, targets, refs, rate)
+    return score_track(ref_track.name, targets, refs, ests, rate, win_seconds, hop_seconds, method)
+
+
+def score_track(
+    track: str,
+    targets: Sequence[str],
+    references: np.ndarray,
+    estimates: np.ndarray,
+    rate: int,
+    win_seconds: float = 1.0,
+    hop_seconds: float | None = None,
+    method: str = "estimates",
+) -> pd.DataFrame:
+    """BSSEval v4 of in-memory stems, as the track's long table.
+
+    Args:
+        references, estimates: `(K, C, N)` at `rate` Hz, targets in the order of `targets`.
+        win_seconds, hop_seconds: window and hop (hop defaults to the window), rounded to samples.
+    Returns:
+        the long table (columns `COLUMNS`).
+    """
+    win = _window_samples(win_seconds, rate, "window")
+    hop = _window_samples(win_seconds if hop_seconds is None else hop_seconds, rate, "hop")
+    sdr, isr, sir, sar = bss_eval_v4(
+        np.asarray(references).transpose(0, 2, 1), np.asarray(estimates).transpose(0, 2, 1), win=win, hop=hop
+    )
+    return track_frame(track, targets, sdr, isr, sir, sar, hop / rate, method)
+
+
+def evaluate_dirs(
+    ref_dir: str | os.PathLike,
+    est_dir: str | os.PathLike,
+    win_seconds: float = 1.0,
+    hop_seconds: float | None = None,
+    method: str = "estimates",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """BSSEval v4 of every track `ref_dir/<track>/` against `est_dir/<track>/`.
+
+    A track is a sub-folder of `ref_dir` holding `.wav` files; see `evaluate_track` for
+    what it must contain and the errors.
+
+    Args:
+        ref_dir: folder of reference track folders. est_dir: folder of estimate track folders.
+        win_seconds, hop_seconds: BSSEval window and hop in seconds (hop defaults to the window).
+        method: value of the `method` column.
+        progress: show a tqdm bar over tracks.
+    Returns:
+        the long table of all tracks (columns `COLUMNS`).
+    """
+    ref_dir, est_dir = Path(ref_dir), Path(est_dir)
+    for folder, what in ((ref_dir, "reference"), (est_dir, "estimate")):
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no such {what} folder")
+    tracks = sorted(p for p in ref_dir.iterdir() if p.is_dir() and any(p.glob("*.wav")))
+    if not tracks:
+        raise UserError(f"{ref_dir}: no track folders with .wav stems (expected {ref_dir}/<track>/<source>.wav)")
+    tables = [
+        evaluate_track(track, est_dir / track.name, win_seconds, hop_seconds, method)
+        for track in tqdm(tracks, desc="evaluate", unit="track", disable=not progress)
+    ]
+    return pd.concat(tables, ignore_index=True)

@@ -1,0 +1,64 @@
+"""Shared plumbing of the oracle separators: input checks, the STFT they share, masking.
+
+Oracles compute in float64 torch on the CPU. They take the true sources `(K, C, N)` as a
+numpy array or torch tensor and give estimates of the same kind and shape: float32 numpy
+for numpy input, a tensor of the input's dtype and device for torch input.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..spectral import functional as F
+
+# sigsep-mus-oracle's analysis: Hann window of 2048 samples, hop 1024 (50 % overlap).
+N_FFT = 2048
+HOP = 1024
+# Added to mask denominators (as numpy's float64 eps in sigsep-mus-oracle).
+EPS = float(np.finfo(np.float64).eps)
+
+
+def as_sources(sources) -> Tensor:
+    """True sources as a float64 CPU tensor `(K, C, N)`; ValueError for other shapes."""
+    x = sources.detach().cpu() if isinstance(sources, Tensor) else torch.from_numpy(np.ascontiguousarray(sources))
+    if x.ndim != 3 or min(x.shape) == 0:
+        raise ValueError(f"oracle sources must be (K sources, C channels, N samples), got shape {tuple(x.shape)}")
+    return x.to(torch.float64)
+
+
+def like_input(estimates: Tensor, sources):
+    """Return `estimates` as the same kind of array as `sources` (see the module docstring)."""
+    if isinstance(sources, Tensor):
+        return estimates.to(device=sources.device, dtype=sources.dtype)
+    return estimates.numpy().astype(np.float32)
+
+
+def stft(wav: Tensor, n_fft: int = N_FFT, hop: int = HOP) -> Tensor:
+    """Centred Hann STFT with zero padding (any length works): `(..., N)` → `(..., F, T)`.
+
+    One signal at a time into a preallocated output, so the peak memory is the output's
+    plus one signal's working set rather than several copies of the whole batch.
+    """
+    flat = wav.reshape(-1, wav.shape[-1])
+    first = F.stft(flat[0], n_fft, hop, center=True, pad_mode="constant")
+    out = torch.empty((flat.shape[0], *first.shape), dtype=first.dtype)
+    out[0] = first
+    for i in range(1, flat.shape[0]):
+        out[i] = F.stft(flat[i], n_fft, hop, center=True, pad_mode="constant")
+    return out.reshape(*wav.shape[:-1], *first.shape)
+
+
+def istft(spec: Tensor, length: int, n_fft: int = N_FFT, hop: int = HOP) -> Tensor:
+    """The inverse of `stft`, one signal at a time: `(..., F, T)` → `(..., length)`."""
+    flat = spec.reshape(-1, *spec.shape[-2:])
+    out = torch.stack([F.istft(x, n_fft, hop, center=True, length=length) for x in flat])
+    return out.reshape(*spec.shape[:-2], length)
+
+
+def apply_masks(masks: Tensor, mix_spec: Tensor, length: int, n_fft: int = N_FFT, hop: int = HOP) -> Tensor:
+    """Multiply the mixture STFT `(C, F, T)` by real masks `(K, C, F, T)` and invert → `(K, C, length)`.
+
+    Source by source, so only one masked spectrogram exists at a time.
+    """
+    return torch.stack([istft(mask * mix_spec, length, n_fft, hop) for mask in masks])

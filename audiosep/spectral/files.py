@@ -1,0 +1,115 @@
+"""Mel spectrograms on disk: `.npy` of [0, 1] values, a `.json` of the settings beside it
+(so the spectrogram can be inverted without knowing how it was made) and a `.png` picture.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..io import atomic_output, read_audio, write_audio
+from .frontend import Frontend, get_frontend
+from .inversion import griffin_lim, mel_to_stft_magnitude, mixture_phase
+
+
+def _sidecar(npy: Path) -> Path:
+    return npy.with_suffix(".json")
+
+
+def save_mel(audio: str | Path, output: str | Path, preset: str = "default", picture: bool = True) -> list[Path]:
+    """Audio file → `output` (.npy of shape (C, n_mels, frames), float32 in [0, 1]) with its
+    settings in `output.json` and, if `picture`, a picture in `output.png`.
+
+    The audio is resampled to the front end's rate; channels are kept.
+    """
+    output = Path(output)
+    if output.suffix != ".npy":
+        raise UserError(f"{output}: the mel output must be a .npy file")
+    frontend = get_frontend(preset)
+    wav, sr_in = read_audio(audio, sample_rate=frontend.sample_rate)
+    unit = frontend.encode(torch.from_numpy(wav)).numpy().astype(np.float32)  # (C, n_mels, T)
+    meta = {"frontend": frontend.to_dict(), "samples": wav.shape[1], "channels": wav.shape[0],
+            "source": str(audio), "source_sample_rate": sr_in}
+    with atomic_output(output) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, unit)
+    with atomic_output(_sidecar(output)) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
+    paths = [output, _sidecar(output)]
+    if picture:
+        paths.append(save_mel_picture(unit, frontend, output.with_suffix(".png")))
+    return paths
+
+
+def save_mel_picture(unit: np.ndarray, frontend: Frontend, path: Path) -> Path:
+    """Draw a (C, n_mels, frames) [0, 1] mel spectrogram, one panel per channel, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_chan, n_mels, n_frames = unit.shape
+    seconds = n_frames * frontend.hop_length / frontend.sample_rate
+    fig, axes = plt.subplots(n_chan, 1, figsize=(10, 2.6 * n_chan), squeeze=False)
+    for c, ax in enumerate(axes[:, 0]):
+        image = ax.imshow(unit[c], origin="lower", aspect="auto", cmap="magma", vmin=0, vmax=1,
+                          extent=(0, seconds, 0, n_mels))
+        ax.set_ylabel(f"mel band (ch {c})")
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.colorbar(image, ax=axes[:, 0].tolist(),
+                 label=f"[0, 1] ↔ [{frontend.db_lo:g}, {frontend.db_hi:g}] dB")
+    fig.suptitle(f"{frontend.name}: {n_mels} mels, {frontend.fmin:g}–{frontend.fmax:g} Hz, "
+                 f"{frontend.sample_rate} Hz")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path
+
+
+def load_mel(npy: str | Path) -> tuple[np.ndarray, Frontend, dict]:
+    """Read a mel file written by `save_mel`: ([0, 1] array (C, n_mels, T), front end, metadata)."""
+    npy = Path(npy)
+    meta_path = _sidecar(npy)
+    if not npy.is_file():
+        raise UserError(f"{npy}: no such file")
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path}: missing (the settings written beside the .npy by `audiosep mel`)")
+    try:
+        unit = np.load(npy, allow_pickle=False)
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, OSError) as err:
+        raise UserError(f"{npy}: not a mel file written by `audiosep mel` ({err})") from None
+    frontend = Frontend.from_dict(meta["frontend"])
+    if unit.ndim != 3 or unit.shape[1] != frontend.n_mels:
+        raise UserError(f"{npy}: expected shape (channels, {frontend.n_mels}, frames), got {unit.shape}")
+    return unit, frontend, meta
+
+
+def invert_mel_file(
+    npy: str | Path, output: str | Path, method: str = "griffinlim", mix: str | Path | None = None,
+    n_iter: int = 64, seed: int = 0,
+) -> Path:
+    """Mel file → audio at the front end's rate: NNLS to STFT magnitudes, then phase by
+    fast Griffin-Lim ("griffinlim") or from the STFT of `mix` ("phase")."""
+    unit, frontend, meta = load_mel(npy)
+    magnitude = mel_to_stft_magnitude(frontend.from_unit(torch.from_numpy(unit)),
+                                      frontend.filterbank(), frontend.power)  # (C, F, T)
+    length = int(meta["samples"])
+    if method == "phase":
+        if mix is None:
+            raise UserError("--method phase needs --mix AUDIO (the file whose phase to use)")
+        mix_wav, _ = read_audio(mix, sample_rate=frontend.sample_rate, channels=unit.shape[0])
+        mix_stft = frontend.stft(torch.from_numpy(mix_wav))
+        if mix_stft.shape[-1] != magnitude.shape[-1]:
+            raise UserError(f"{mix}: {mix_stft.shape[-1]} frames, the mel spectrogram has {magnitude.shape[-1]}")
+        wav = frontend.istft(mixture_phase(magnitude, mix_stft), length=length)
+    elif method == "griffinlim":
+        wav = griffin_lim(magnitude, frontend.n_fft, frontend.hop_length, n_iter=n_iter, length=length,
+                          seed=seed, win_length=frontend.win_length, window=frontend.window,
+                          center=frontend.center, pad_mode=frontend.pad_mode)
+    else:
+        raise UserError(f"unknown inversion method {method!r}; choose griffinlim or phase")
+    return write_audio(output, wav.numpy(), frontend.sample_rate)

@@ -1,0 +1,239 @@
+"""From estimated spectrograms back to waveforms: mel → STFT magnitude (non-negative least
+squares), Griffin-Lim (plain and fast), mixture phase, single- and multi-channel Wiener
+filters, and `invert_mel_powers`, the one path every mel-domain method goes through.
+
+All functions are stateless torch, batched over leading dims, and run on any device.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+
+if TYPE_CHECKING:
+    from .frontend import Frontend
+
+METHODS = ("wiener", "phase", "griffinlim")
+
+
+def nnls(A: Tensor, B: Tensor, n_iter: int = 200) -> Tensor:
+    """Non-negative least squares min_{X ≥ 0} ‖A X − B‖²_F, column by column, batched.
+
+    Accelerated projected gradient (FISTA with step 1/‖A‖₂² and gradient-based adaptive
+    restart), started from the pseudo-inverse solution clipped at 0 (librosa's start).
+    Only matrix products, so it runs batched on a GPU with a fixed cost.
+
+    Args:
+        A: `(m, n)`. B: `(..., m, T)`.
+        n_iter: projected-gradient steps.
+    Returns:
+        X `(..., n, T)`, non-negative, in B's dtype.
+    """
+    A = A.to(device=B.device, dtype=B.dtype)
+    step = 1.0 / torch.linalg.matrix_norm(A.double(), ord=2).item() ** 2
+    x = torch.linalg.pinv(A.double()).to(B.dtype).matmul(B).clamp(min=0.0)
+    y = x
+    t = torch.ones_like(B[..., :1, :])  # FISTA's t, one per column
+    for _ in range(n_iter):
+        x_new = (y - step * A.T.matmul(A.matmul(y) - B)).clamp(min=0.0)
+        # restart columns whose momentum points uphill (O'Donoghue & Candès 2015)
+        uphill = ((y - x_new) * (x_new - x)).sum(dim=-2, keepdim=True) > 0
+        t = torch.where(uphill, 1.0, t)
+        t_new = (1.0 + torch.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        y = x_new + (t - 1.0) / t_new * (x_new - x)
+        x, t = x_new, t_new
+    return x
+
+
+def mel_to_stft_magnitude(mel_power: Tensor, fb: Tensor, power: float = 2.0, n_iter: int = 200) -> Tensor:
+    """Approximate STFT magnitudes from a mel spectrogram (librosa's `feature.inverse.mel_to_stft`).
+
+    Solves fb · |S|^power ≈ mel_power for |S|^power ≥ 0 by `nnls`, then takes the
+    power-th root.
+
+    Args:
+        mel_power: `(..., n_mels, T)`, mel of |STFT|**power.
+        fb: mel filterbank `(n_mels, F)`.
+        power: the exponent the mel spectrogram was made with (2 = power, 1 = magnitude).
+        n_iter: NNLS iterations.
+    Returns:
+        magnitude `(..., F, T)`.
+    """
+    return nnls(fb, mel_power, n_iter).pow(1.0 / power)
+
+
+def _initial_phase(init: str | Tensor, shape: torch.Size, like: Tensor, seed: int | None) -> Tensor:
+    """Unit phasors `(shape)` from "random" (uniform, seeded on the CPU so every device
+    agrees), "zeros", a real tensor of angles in radians, or a complex tensor (its phase)."""
+    if isinstance(init, Tensor):
+        angle = init.angle() if init.is_complex() else init
+        return torch.polar(torch.ones_like(like), angle.to(like.device, like.dtype).expand(shape))
+    if init == "zeros":
+        return torch.polar(torch.ones_like(like), torch.zeros_like(like))
+    if init == "random":
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        angle = 2 * math.pi * torch.rand(shape, generator=gen, dtype=like.dtype)
+        return torch.polar(torch.ones_like(like), angle.to(like.device))
+    raise ValueError(f"init must be 'random', 'zeros' or a tensor, got {init!r}")
+
+
+def griffin_lim(
+    magnitude: Tensor,
+    n_fft: int,
+    hop_length: int,
+    n_iter: int = 32,
+    momentum: float = 0.99,
+    length: int | None = None,
+    init: str | Tensor = "random",
+    seed: int | None = None,
+    win_length: int | None = None,
+    window: str | Tensor = "hann",
+    center: bool = True,
+    pad_mode: str = "reflect",
+) -> Tensor:
+    """Phase retrieval by Griffin-Lim, plain (momentum 0) or fast (Perraudin et al. 2013).
+
+    Each iteration: t = STFT(iSTFT(|S|·e^{iφ})); c = t + α(t − t_prev) (written, as in
+    librosa, as t − α/(1+α)·t_prev, which has the same phase); φ = angle(c). α = 0.99 is
+    the fast Griffin-Lim of Perraudin, Balazs & Søndergaard; α = 0 is the original.
+    Same update as `librosa.griffinlim` (which defaults to pad_mode="constant").
+
+    Args:
+        magnitude: `(..., n_fft // 2 + 1, T)`.
+        n_fft, hop_length, win_length, window, center, pad_mode: the STFT's settings.
+        n_iter: iterations. momentum: α ≥ 0.
+        length: output length in samples.
+        init: "random" (uniform phase; `seed` makes it reproducible), "zeros", or a tensor
+            of angles (radians) or complex values whose phase is used, broadcastable to
+            `magnitude`.
+    Returns:
+        waveform `(..., length)`.
+    """
+    if momentum < 0:
+        raise ValueError(f"momentum must be >= 0, got {momentum}")
+    stft_args = dict(n_fft=n_fft, hop_length=hop_length, win_length=win_length, window=window, center=center)
+    phasor = _initial_phase(init, magnitude.shape, magnitude, seed)
+    tiny = torch.finfo(magnitude.dtype).tiny
+    previous = None
+    for _ in range(n_iter):
+        wav = F.istft(magnitude * phasor, length=length, **stft_args)
+        rebuilt = F.stft(wav, pad_mode=pad_mode, **stft_args)
+        accelerated = rebuilt if previous is None else rebuilt - (momentum / (1.0 + momentum)) * previous
+        phasor = accelerated / (accelerated.abs() + tiny)
+        previous = rebuilt
+    return F.istft(magnitude * phasor, length=length, **stft_args)
+
+
+def mixture_phase(magnitude: Tensor, mix_stft: Tensor) -> Tensor:
+    """Give estimated magnitudes the mixture's phase.
+
+    Args:
+        magnitude: `(K, ..., F, T)`, real ≥ 0.
+        mix_stft: `(..., F, T)` complex (bins with zero mixture get phase 0).
+    Returns:
+        complex `(K, ..., F, T)`.
+    """
+    return torch.polar(magnitude, mix_stft.angle().to(magnitude.dtype).expand_as(magnitude))
+
+
+def wiener(source_power: Tensor, mix_stft: Tensor, eps: float = 1e-10) -> Tensor:
+    """Single-channel Wiener filter: Ŝⱼ = Pⱼ / (Σₖ Pₖ + eps) · X.
+
+    The estimates sum to X · ΣP/(ΣP + eps), i.e. to the mixture wherever the total source
+    power is well above `eps`.
+
+    Args:
+        source_power: `(K, ..., F, T)`, estimated |Sⱼ|² (broadcastable against `mix_stft`).
+        mix_stft: `(..., F, T)` complex.
+    Returns:
+        complex `(K, ..., F, T)`.
+    """
+    mask = source_power / (source_power.sum(dim=0, keepdim=True) + eps)
+    return mask * mix_stft
+
+
+def multichannel_wiener(
+    source_power: Tensor, spatial_cov: Tensor, mix_stft: Tensor, eps: float = 1e-10
+) -> Tensor:
+    """Multichannel Wiener filter under the local Gaussian model (Duong, Vincent & Gribonval 2010).
+
+    Source j's image has covariance Pⱼ(f, t)·Rⱼ(f); the mixture's is C_x = Σⱼ PⱼRⱼ, and
+    Ŝⱼ = PⱼRⱼ (C_x + eps·I)⁻¹ x. With one channel and Rⱼ = 1 this is `wiener`.
+
+    Args:
+        source_power: `(K, ..., F, T)` real ≥ 0.
+        spatial_cov: `(K, ..., F, C, C)` Hermitian (real or complex), e.g. trace-normalised.
+        mix_stft: `(..., C, F, T)` complex.
+        eps: diagonal loading of C_x (regularised inverse).
+    Returns:
+        complex source images `(K, ..., C, F, T)`.
+    """
+    n_chan = mix_stft.shape[-3]
+    cov = spatial_cov.to(mix_stft.dtype)[..., None, :, :]  # (K, ..., F, 1, C, C)
+    image_cov = source_power[..., None, None].to(mix_stft.dtype) * cov  # (K, ..., F, T, C, C)
+    eye = torch.eye(n_chan, dtype=mix_stft.dtype, device=mix_stft.device)
+    x = mix_stft.movedim(-3, -1)[..., None]  # (..., F, T, C, 1)
+    whitened = torch.linalg.solve(image_cov.sum(dim=0) + eps * eye, x)  # (..., F, T, C, 1)
+    return image_cov.matmul(whitened)[..., 0].movedim(-1, -3)
+
+
+def invert_mel_powers(
+    frontend: Frontend,
+    mel_powers: Tensor,
+    mix: Tensor,
+    method: str = "wiener",
+    nnls_iter: int = 200,
+    phase_from: str = "channel",
+    gl_iter: int = 32,
+    momentum: float = 0.99,
+    gl_init: str = "random",
+    seed: int = 0,
+    eps: float = 1e-10,
+) -> Tensor:
+    """Estimated source mel powers + the mixture waveform → source waveforms.
+
+    First, mel → STFT magnitudes |Ŝⱼ| by NNLS (`mel_to_stft_magnitude`). Then:
+    - "wiener": Pⱼ = |Ŝⱼ|² become Wiener masks Pⱼ/ΣP, applied to each channel's mixture
+      STFT (the same masks on every channel) → iSTFT. Sources then sum to the mixture
+      (up to `eps`) and keep its phase and stereo image.
+    - "phase": |Ŝⱼ| with the mixture's phase → iSTFT; `phase_from` = "channel" uses each
+      channel's own phase, "mono" the phase of the channel mean (same output on every channel).
+    - "griffinlim": Griffin-Lim on |Ŝⱼ| (`gl_iter`, `momentum`, `gl_init` = "random" with
+      `seed`, or "mixture" to start from the mono mixture's phase); the mono estimate is
+      copied to every channel.
+
+    Args:
+        frontend: the front end the mel powers were computed with (mel of |STFT|**power).
+        mel_powers: `(K, n_mels, T)` at `frontend.sample_rate`.
+        mix: mixture waveform `(C, N)` at `frontend.sample_rate`; T must equal its frame count.
+    Returns:
+        waveforms `(K, C, N)`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown inversion method {method!r}; choose one of: {', '.join(METHODS)}")
+    if phase_from not in ("channel", "mono"):
+        raise ValueError(f"phase_from must be 'channel' or 'mono', got {phase_from!r}")
+    n_chan, n_samples = mix.shape
+    mix_stft = frontend.stft(mix)  # (C, F, T)
+    if mix_stft.shape[-1] != mel_powers.shape[-1]:
+        raise ValueError(f"{mel_powers.shape[-1]} mel frames but the mixture has {mix_stft.shape[-1]} frames")
+    fb = frontend.filterbank(mel_powers.device, mel_powers.dtype)
+    magnitude = mel_to_stft_magnitude(mel_powers, fb, frontend.power, nnls_iter)  # (K, F, T)
+    if method == "griffinlim":
+        init = frontend.stft(mix.mean(dim=0)) if gl_init == "mixture" else gl_init
+        mono = griffin_lim(
+            magnitude, frontend.n_fft, frontend.hop_length, gl_iter, momentum, n_samples, init, seed,
+            frontend.win_length, frontend.window, frontend.center, frontend.pad_mode,
+        )  # (K, N)
+        return mono[:, None].expand(-1, n_chan, -1).contiguous()
+    if method == "wiener":
+        spec = wiener(magnitude.square()[:, None], mix_stft, eps)  # (K, C, F, T)
+    elif phase_from == "channel":
+        spec = mixture_phase(magnitude[:, None], mix_stft)  # (K, C, F, T)
+    else:
+        spec = mixture_phase(magnitude, frontend.stft(mix.mean(dim=0)))[:, None]  # (K, 1, F, T)
+    return frontend.istft(spec, length=n_samples).expand(-1, n_chan, -1).contiguous()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install the system packages audiosep needs (FluidSynth + a GM soundfont for `audiosep synth`,
+# ffmpeg/ffprobe for museval's import chain) when they are missing. Idempotent: a no-op when
+# everything is present. Never fails the build: when it cannot install, it says what to do in
+# one line and the features that need the package are skipped or refused with a clear message.
+set -u
+missing=()
+command -v fluidsynth >/dev/null 2>&1 || missing+=(fluidsynth)
+[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || missing+=(fluid-soundfont-gm)
+{ command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1; } || missing+=(ffmpeg)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "audiosep setup: missing ${missing[*]}; install them (e.g. 'sudo apt-get install ${missing[*]}') — continuing without them." >&2
+    exit 0
+fi
+echo "audiosep setup: apt-get install ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }; then
+    echo "audiosep setup: apt-get could not install ${missing[*]}; install them by hand — continuing without them." >&2
+fi
+exit 0

@@ -1,0 +1,231 @@
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from music21 import corpus
+
+from audiosep.data import synth
+from audiosep.errors import UserError
+
+needs_fluidsynth = pytest.mark.skipif(
+    shutil.which("fluidsynth") is None, reason="fluidsynth not installed: apt-get install fluidsynth fluid-soundfont-gm"
+)
+SR = 16000
+DURATION = 2.5
+COUNTS = {"train": 3, "valid": 1, "test": 1}
+
+
+def _chorales():
+    """Two train, one valid and one test four-part Bach chorale (by the hash split)."""
+    bach = [p for p in synth.list_pieces("piano_violin", composers=["bach"]) if p.parts == 4]
+    by_split = {s: [p.path for p in bach if p.split == s] for s in synth.SPLITS}
+    return by_split["train"][:2] + by_split["valid"][:1] + by_split["test"][:1]
+
+
+def _run(out_dir, seed=0, preset="piano_violin", **kwargs):
+    args = dict(n_tracks=COUNTS, excerpts_per_piece=2, duration=DURATION, sample_rate=SR, seed=seed,
+                pieces=_chorales(), progress=False)
+    return synth.synthesize(preset, out_dir, **(args | kwargs))
+
+
+@pytest.fixture(scope="module")
+def pv(tmp_path_factory):
+    if shutil.which("fluidsynth") is None:
+        pytest.skip("fluidsynth not installed: apt-get install fluidsynth fluid-soundfont-gm")
+    out = tmp_path_factory.mktemp("pv")
+    return out, _run(out)
+
+
+def _read(path):
+    x, sr = sf.read(str(path), dtype="float32")
+    assert sr == SR and x.ndim == 1, path
+    return x
+
+
+def _half_second_rms(x):
+    return np.sqrt(np.mean(x[: len(x) // (SR // 2) * (SR // 2)].reshape(-1, SR // 2).astype(np.float64) ** 2, axis=1))
+
+
+@needs_fluidsynth
+def test_layout_and_index(pv):
+    out, index = pv
+    assert json.loads((out / "index.json").read_text()) == json.loads(json.dumps(index))
+    assert index["sources"] == ["piano", "violin"] and index["sample_rate"] == SR
+    assert index["soundfonts"] == [str(synth.default_soundfont())]
+    tracks = index["tracks"]
+    assert {s: sum(t["split"] == s for t in tracks) for s in synth.SPLITS} == COUNTS
+    for t in tracks:
+        assert t["composer"] == "bach" and t["piece"].startswith("bach/")
+        assert t["duration"] == DURATION and t["offset"] * 2 == int(t["offset"] * 2)  # on the 0.5 s grid
+        assert set(t["gains"]) == {"piano", "violin"} and t["programs"] == {"piano": 0, "violin": 40}
+        assert isinstance(t["seed"], int) and t["soundfont"] == index["soundfonts"][0]
+        folder = out / t["split"] / t["track"]
+        assert sorted(p.name for p in folder.iterdir()) == ["mix.wav", "piano.wav", "violin.wav"]
+        assert sf.info(str(folder / "mix.wav")).subtype == "FLOAT"
+        assert all(len(_read(folder / f"{s}.wav")) == DURATION * SR for s in ("mix", "piano", "violin"))
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", "test", "train", "valid"]
+
+
+@needs_fluidsynth
+def test_mix_is_sum_of_equal_loudness_stems_with_headroom(pv):
+    out, index = pv
+    for t in index["tracks"]:
+        folder = out / t["split"] / t["track"]
+        piano, violin, mix = (_read(folder / f"{s}.wav").astype(np.float64) for s in ("piano", "violin", "mix"))
+        np.testing.assert_allclose(mix, piano + violin, atol=1e-6)
+        assert np.abs(mix).max() <= 0.9 + 1e-6
+        rms = [np.sqrt(np.mean(x**2)) for x in (piano, violin)]
+        assert rms[0] == pytest.approx(rms[1], rel=1e-4)  # gain_db=0: equal loudness
+
+
+@needs_fluidsynth
+def test_every_source_active_in_every_half_second(pv):
+    out, index = pv
+    for t in index["tracks"]:
+        for source in ("piano", "violin"):
+            x = _read(out / t["split"] / t["track"] / f"{source}.wav")
+            frames = _half_second_rms(x)
+            assert len(frames) == DURATION * 2
+            assert frames.min() > np.sqrt(np.mean(x**2)) * 10 ** (-40 / 20), (t["track"], source, frames)
+
+
+@needs_fluidsynth
+def test_splits_are_by_piece(pv):
+    _, index = pv
+    pieces = {s: {t["piece"] for t in index["tracks"] if t["split"] == s} for s in synth.SPLITS}
+    assert not (pieces["train"] & pieces["valid"] or pieces["train"] & pieces["test"] or pieces["valid"] & pieces["test"])
+    assert len(pieces["train"]) == 2  # 3 train excerpts at 2 per piece
+    for t in index["tracks"]:
+        assert t["split"] == synth.split_of(t["piece"])
+
+
+def test_hash_split_fractions_over_the_corpus():
+    pieces = synth.list_pieces("piano_violin")
+    share = {s: np.mean([p.split == s for p in pieces]) for s in synth.SPLITS}
+    assert len(pieces) > 1000
+    assert share["train"] == pytest.approx(0.8, abs=0.03)
+    assert share["valid"] == pytest.approx(0.1, abs=0.02) and share["test"] == pytest.approx(0.1, abs=0.02)
+    assert synth.split_of("bach/bwv66.6.mxl", (0.0, 0.0, 1.0)) == "test"
+
+
+@needs_fluidsynth
+def test_deterministic_by_seed(pv, tmp_path):
+    out, index = pv
+    train = [t for t in index["tracks"] if t["split"] == "train"]
+    again = _run(tmp_path / "same", n_tracks={"train": len(train)})
+    assert again["tracks"] == train
+    for t in train:
+        for name in ("mix.wav", "piano.wav", "violin.wav"):
+            rel = Path(t["split"]) / t["track"] / name
+            np.testing.assert_array_equal(_read(tmp_path / "same" / rel), _read(out / rel))
+    other = _run(tmp_path / "other", seed=1, n_tracks={"train": 1})
+    assert (other["tracks"][0]["piece"], other["tracks"][0]["gains"]) not in [(t["piece"], t["gains"]) for t in train]
+
+
+def test_haydn_and_mozart_are_excluded():
+    assert corpus.getComposer("haydn") and corpus.getComposer("mozart")  # they are in the corpus
+    for preset in synth.PRESETS:
+        paths = [p.path.lower() for p in synth.list_pieces(preset)]
+        assert paths and not [p for p in paths if "haydn" in p or "mozart" in p]
+    for composers in (["mozart"], ["Haydn"], ["bach", "haydn"]):
+        with pytest.raises(UserError, match="reserved"):
+            synth.list_pieces("piano_violin", composers=composers)
+    with pytest.raises(UserError, match="reserved"):
+        synth.synthesize("piano_violin", "/nonexistent/out", composers=["mozart"])
+    with pytest.raises(UserError, match="reserved"):
+        synth.synthesize("drums_bass", "/nonexistent/out", pieces=["haydn/opus1no1/movement1.mxl"])
+
+
+def test_bad_arguments_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="unknown synth preset"):
+        synth.synthesize("guitar_flute", tmp_path)
+    with pytest.raises(UserError, match="splits"):
+        synth.synthesize("piano_violin", tmp_path, splits=(0.5, 0.2, 0.2))
+    with pytest.raises(UserError, match="unknown split"):
+        synth.synthesize("piano_violin", tmp_path, n_tracks={"training": 3})
+    with pytest.raises(UserError, match="no usable corpus pieces"):
+        synth.list_pieces("piano_violin", composers=["nobody"])
+    assert synth._split_targets(10, (0.8, 0.1, 0.1)) == {"train": 8, "valid": 1, "test": 1}
+    with pytest.raises(UserError, match="soundfont not found"):
+        synth.synthesize("piano_violin", tmp_path, soundfonts=[tmp_path / "none.sf2"])
+
+
+def test_missing_fluidsynth_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="apt-get install fluidsynth fluid-soundfont-gm"):
+        synth.synthesize("piano_violin", tmp_path / "out", pieces=_chorales()[:1])
+
+
+@needs_fluidsynth
+def test_existing_dataset_is_not_overwritten_silently(pv):
+    out, _ = pv
+    with pytest.raises(UserError, match="already holds a dataset"):
+        _run(out)
+
+
+def test_hanging_render_is_killed_by_timeout(tmp_path, monkeypatch):
+    monkeypatch.setattr(synth, "_fluidsynth_command", lambda *args: ["sleep", "30"])
+    started = time.monotonic()
+    with pytest.raises(synth.RenderError, match="timeout"):
+        synth.render_midi(tmp_path / "x.mid", synth.default_soundfont(), SR, timeout=0.5)
+    assert time.monotonic() - started < 5
+
+
+@needs_fluidsynth
+def test_hanging_piece_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(synth, "_fluidsynth_command", lambda *args: ["sleep", "30"])
+    piece = _chorales()[0]
+    with pytest.warns(UserWarning, match=f"skipping {piece}.*timeout"):
+        index = synth.synthesize("piano_violin", tmp_path, pieces=[piece], timeout=0.3, progress=False)
+    assert index["tracks"] == [] and "timeout" in index["skipped"][piece]
+
+
+@needs_fluidsynth
+def test_drums_bass_stems(tmp_path):
+    index = _run(tmp_path, preset="drums_bass", n_tracks={"train": 1})
+    (t,) = index["tracks"]
+    assert index["sources"] == ["bass", "drums"] and 32 <= t["programs"]["bass"] <= 35
+    folder = tmp_path / "train" / t["track"]
+    bass, drums, mix = (_read(folder / f"{s}.wav").astype(np.float64) for s in ("bass", "drums", "mix"))
+    np.testing.assert_allclose(mix, bass + drums, atol=1e-6)
+    for x in (bass, drums):
+        frames = _half_second_rms(x)
+        assert frames.min() > np.sqrt(np.mean(x**2)) * 10 ** (-40 / 20)
+
+
+def test_drums_follow_the_bars_and_tempo_and_vary_by_seed():
+    score = corpus.parse("bach/bwv66.6")  # 4/4 at 96 bpm with a one-beat pickup
+    quarter = 60 / 96
+    patterns = []
+    for seed in range(4):
+        parts = synth._arrange_drums_bass(score, np.random.default_rng(seed))
+        drums, bass = parts["drums"], parts["bass"]
+        assert drums.is_drum and not bass.is_drum
+        onsets = np.array([n.start for n in drums.notes]) / quarter  # in quarter notes
+        np.testing.assert_allclose(onsets * 4, np.round(onsets * 4), atol=1e-6)  # on the 16th grid
+        kicks = {round(n.start / quarter, 6) for n in drums.notes if n.pitch == synth.KICK}
+        assert {1.0 + 4 * k for k in range(8)} <= kicks  # a kick on every downbeat after the pickup
+        assert onsets.min() >= 0 and onsets.max() < 36  # within the piece (36 quarters)
+        written = [p.midi for n in score.parts[-1].stripTies().flatten().notes for p in n.pitches]
+        played = [n.pitch for n in bass.notes]
+        shift = played[0] - written[0]
+        assert shift % 12 == 0 and played == [p + shift for p in written] and min(played) >= synth.BASS_LOWEST
+        patterns.append(sorted((round(n.start, 4), n.pitch) for n in drums.notes))
+    assert len({tuple(p) for p in patterns}) == 4
+
+
+def test_piano_violin_arrangement_follows_the_score():
+    score = corpus.parse("bach/bwv66.6")  # soprano, alto, tenor, bass at 96 bpm
+    parts = synth._arrange_piano_violin(score, np.random.default_rng(0))
+    written = [[(float(n.offset), p.midi) for n in part.stripTies().flatten().notes for p in n.pitches]
+               for part in score.parts]
+    quarter = 60 / 96
+    violin = [(round(n.start / quarter, 6), n.pitch) for n in parts["violin"].notes]
+    piano = sorted((round(n.start / quarter, 6), n.pitch) for n in parts["piano"].notes)
+    assert parts["violin"].program == 40 and parts["piano"].program == 0
+    assert violin == written[0]  # the soprano, already in the violin's range
+    assert piano == sorted(written[1] + written[2] + written[3])
