@@ -1,0 +1,219 @@
+"""Dataclass configs built from YAML files or dicts, strictly.
+
+`from_dict(cls, data)` builds a (possibly nested) dataclass from a mapping: every key
+must name a field (an unknown key is a UserError naming it and the allowed keys, so a
+misspelt option never goes silently unused), fields without a default must be given,
+and values are checked against the field annotations (int, float, bool, str, Literal,
+tuples/lists, `X | None`, nested dataclasses). PyYAML reads `1e-3` as a string, so a
+float field also accepts a string that parses as a number.
+
+`TrainConfig` is the configuration of `audiosep.train.train`, shared by every prior.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from .errors import UserError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of the shared training loop (`audiosep.train.train`).
+
+    Fields: steps (optimiser steps in total, across resumes); batch_size (items per
+    process and step: the global batch is batch_size × number of processes); lr,
+    adam_betas, weight_decay (Adam); grad_clip (max global gradient L2 norm, None = no
+    clipping); ema_decay (exponential moving average of the weights, warmed up as
+    min(decay, (1 + step)/(10 + step))); checkpoint_every / valid_every (steps between
+    checkpoints / validation losses; a checkpoint is always written at the end);
+    valid_batches (batches in a validation pass); seed; num_workers (DataLoader worker
+    processes; 0 loads in the main process, which also makes a resumed run bit-identical);
+    tensorboard (log scalars beside the checkpoint when `torch.utils.tensorboard`
+    imports); progress (tqdm bar on the first process).
+    """
+
+    steps: int = 20000
+    batch_size: int = 16
+    lr: float = 1e-3
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    ema_decay: float = 0.999
+    checkpoint_every: int = 1000
+    valid_every: int = 500
+    valid_batches: int = 8
+    seed: int = 0
+    num_workers: int = 0
+    tensorboard: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "checkpoint_every", "valid_every", "valid_batches"):
+            if getattr(self, key) < 1:
+                raise UserError(f"train config: {key} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise UserError(f"train config: lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"train config: ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise UserError(f"train config: grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.num_workers < 0:
+            raise UserError(f"train config: num_workers must be >= 0, got {self.num_workers}")
+
+
+def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
+    """Build dataclass `cls` from the mapping `data`, recursing into nested dataclasses.
+
+    Args:
+        cls: a dataclass type.
+        data: a mapping of field name → value (None is read as an empty mapping).
+        where: the prefix of error messages (e.g. the YAML file name).
+
+    Raises:
+        UserError: unknown key (naming it and the allowed keys), missing required key,
+            or a value of the wrong type; the message names the dotted key path.
+    """
+    return _build_dataclass(cls, {} if data is None else data, where, "")
+
+
+def load_yaml(cls: type[T], path: str | os.PathLike) -> T:
+    """Read a YAML mapping from `path` and build `cls` from it with `from_dict`.
+
+    Raises:
+        UserError: missing or unreadable file, invalid YAML, a top level that is not a
+            mapping, or any `from_dict` error (prefixed with the file name).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except OSError as err:
+        raise UserError(f"cannot read config file {path}: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: invalid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+    return from_dict(cls, data, where=str(path))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config as plain nested dicts (the inverse of `from_dict`)."""
+    return dataclasses.asdict(config)
+
+
+def _build_dataclass(cls: type[T], data: Any, where: str, key: str) -> T:
+    if not isinstance(data, Mapping):
+        raise UserError(f"{where}: {_name(key, 'the top level')} must be a mapping, got {_show(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise UserError(
+            f"{where}: unknown key {_join(key, str(unknown[0]))!r}; allowed keys"
+            f"{' in ' + repr(key) if key else ''}: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, field in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], where, _join(key, name))
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise UserError(f"{where}: missing required key {_join(key, name)!r}")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, where: str, key: str) -> Any:
+    """Check/convert `value` against the annotation `tp`; UserError on a mismatch."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, {} if value is None else value, where, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, where, key)
+            except UserError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{where}: {key!r} must be one of {', '.join(map(repr, args))}, got {_show(value)}")
+        return value
+    if origin in (tuple, list):
+        return _convert_sequence(origin, args, value, where, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: {key!r} must be true or false, got {_show(value)}")
+        return value
+    if tp is int:
+        return _to_int(value, where, key)
+    if tp is float:
+        return _to_float(value, where, key)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where}: {key!r} must be a string, got {_show(value)}")
+        return value
+    return value
+
+
+def _convert_sequence(origin: type, args: tuple, value: Any, where: str, key: str) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise UserError(f"{where}: {key!r} must be a list, got {_show(value)}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise UserError(f"{where}: {key!r} must have {len(args)} items, got {len(value)}")
+        return tuple(_convert(a, v, where, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    item = args[0] if args else Any
+    items = [_convert(item, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _to_int(value: Any, where: str, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = _to_float(value, where, key, "an integer") if isinstance(value, (float, str)) else None
+    if number is None or not float(number).is_integer():
+        raise UserError(f"{where}: {key!r} must be an integer, got {_show(value)}")
+    return int(number)
+
+
+def _to_float(value: Any, where: str, key: str, what: str = "a number") -> float:
+    if isinstance(value, bool):
+        raise UserError(f"{where}: {key!r} must be {what}, got {_show(value)}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise UserError(f"{where}: {key!r} must be {what}, got {_show(value)}")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _name(key: str, default: str) -> str:
+    return repr(key) if key else default
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,418 @@
+"""The one training loop every prior uses.
+
+`train(model, loss_fn, train_dataset, valid_dataset, config, out_path, domain)` runs Adam
+with optional gradient clipping, keeps an exponential moving average (EMA) of the
+weights, writes atomic checkpoints (model config + domain inside, so `load_prior` needs
+nothing else) every `checkpoint_every` steps and at the end, logs a validation loss of
+the EMA weights every `valid_every` steps, and resumes from `out_path` after an
+interruption: model, EMA, optimiser, step, and the RNG states of every process are
+restored and the data order is a function of (seed, epoch), so with `num_workers = 0` a
+resumed run continues bit-identically. (With worker processes, each epoch's worker
+seeds are fixed, but the random crops of the epoch that was cut short are drawn anew.)
+
+Data parallel: launch with `torchrun --nproc_per_node N ...`; every process calls
+`train` with the same arguments. The process group is initialised from the torchrun
+environment (gloo on CPU, NCCL on CUDA), rank 0's weights are broadcast, each process
+reads its own share of every epoch's permutation, gradients are averaged over processes
+after each backward pass, and only rank 0 writes checkpoints and shows progress.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .config import TrainConfig, to_dict
+from .errors import UserError
+from .priors.base import Domain, Prior, load_checkpoint, save_checkpoint
+
+LossFn = Callable[[Prior, Any], Tensor]
+Callback = Callable[[int, dict[str, float]], None]
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state.
+
+    After update n (1-based), shadow ← d·shadow + (1 − d)·value with
+    d = min(decay, (1 + n)/(10 + n)) (short warm-up, so early averages are not dominated
+    by the initial weights); non-float entries (e.g. counters) are copied.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the model's current state into the average."""
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                self.shadow[key].lerp_(value, 1.0 - d)
+            else:
+                self.shadow[key].copy_(value)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The averaged state, loadable with `model.load_state_dict`."""
+        return self.shadow
+
+    def load_state_dict(self, state: Mapping[str, Tensor], updates: int) -> None:
+        """Restore a saved average after `updates` updates."""
+        for key, value in state.items():
+            self.shadow[key].copy_(value)
+        self.updates = updates
+
+    @contextlib.contextmanager
+    def swapped_into(self, model: nn.Module) -> Iterator[None]:
+        """Within the block the model holds the averaged weights; its own are restored after."""
+        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield
+        finally:
+            model.load_state_dict(backup)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (call before building a model)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global RNG states, as checkpoint-safe values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@contextlib.contextmanager
+def _isolated_rng(seed: int) -> Iterator[None]:
+    """Run a block with all global generators seeded by `seed`; restore their states after."""
+    saved = _rng_state()
+    seed_everything(seed)
+    try:
+        yield
+    finally:
+        _set_rng_state(saved)
+
+
+def _init_distributed(device: str) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group) from the torchrun env."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, False
+    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return dist.get_rank(), world, True
+
+
+def _resolve_device(device: str, world: int) -> torch.device:
+    """The device of this process: with several CUDA processes, cuda:LOCAL_RANK."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and world > 1 and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r} requested but CUDA is not available")
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """Move a tensor, or tensors inside tuples/lists/dicts, to `device`."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This process's batches of item indices for `epoch`: a (seed, epoch)-seeded permutation,
+    every world-th item from `rank`, cut into full batches."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n_items, generator=generator)[rank::world].tolist()
+    n_batches = len(order) // batch_size
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+
+
+def _train_batches(
+    dataset: Dataset, config: TrainConfig, rank: int, world: int, start_step: int
+) -> Iterator[Any]:
+    """Endless training batches, resuming at the batch `start_step` would have seen."""
+    per_epoch = (len(dataset) // world) // config.batch_size
+    if per_epoch == 0:
+        raise UserError(
+            f"training set has {len(dataset)} items, fewer than batch_size {config.batch_size} × {world} process(es)"
+        )
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        batches = _epoch_batches(len(dataset), config.batch_size, config.seed, epoch, rank, world)[skip:]
+        loader = DataLoader(
+            dataset, batch_sampler=batches, num_workers=config.num_workers,
+            generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch * world + rank),
+        )
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+def _average_gradients(params: list[nn.Parameter], world: int) -> None:
+    """All-reduce the gradients (as one flat buffer) and divide by the number of processes."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+
+
+def _broadcast_state(model: nn.Module) -> None:
+    """Make every process hold rank 0's parameters and buffers."""
+    for tensor in model.state_dict().values():
+        dist.broadcast(tensor, src=0)
+
+
+@torch.no_grad()
+def validation_loss(
+    model: Prior, loss_fn: LossFn, dataset: Dataset, config: TrainConfig, device: torch.device
+) -> float:
+    """Mean loss over the first `valid_batches` batches of `dataset` (in order), with all
+    generators seeded by `config.seed`, so every call draws the same noise: a comparable curve."""
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with _isolated_rng(config.seed):
+        for i, batch in enumerate(loader):
+            if i == config.valid_batches:
+                break
+            total += loss_fn(model, _to_device(batch, device)).item()
+            count += 1
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _open_tensorboard(out_path: Path) -> Any:
+    """A SummaryWriter beside the checkpoint, or None when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        tqdm.write("tensorboard is not installed: scalars are not logged")
+        return None
+    return SummaryWriter(log_dir=str(out_path.with_name(out_path.stem + "_tb")))
+
+
+def _check_resumable(payload: Mapping[str, Any], model: Prior, domain: Domain, out_path: Path) -> None:
+    """UserError unless the checkpoint at out_path is a training state of this model (kind,
+    config) and domain."""
+    if payload.get("optimizer") is None:
+        raise UserError(f"{out_path} has no optimiser state to resume from; pass resume=False to overwrite it")
+    if payload["kind"] != model.kind or payload["config"] != model.get_config():
+        raise UserError(
+            f"{out_path} holds a {payload['kind']} checkpoint of another model config; "
+            "choose a new output path or pass resume=False to overwrite it"
+        )
+    stored = Domain.from_dict(payload["domain"])
+    if stored != domain:
+        raise UserError(
+            f"{out_path} was trained on {stored.describe()}, not {domain.describe()}; "
+            "choose a new output path or pass resume=False"
+        )
+
+
+def train(
+    model: Prior,
+    loss_fn: LossFn,
+    train_dataset: Dataset,
+    valid_dataset: Dataset | None,
+    config: TrainConfig,
+    out_path: str | os.PathLike,
+    domain: Domain,
+    device: str = "cpu",
+    resume: bool = True,
+    callback: Callback | None = None,
+) -> dict[str, float]:
+    """Train `model` to minimise `loss_fn` for `config.steps` steps; checkpoint to `out_path`.
+
+    Args:
+        model: a registered Prior (built by the caller, e.g. after `seed_everything`).
+        loss_fn: `loss_fn(model, batch) -> scalar tensor`, batch as collated from the dataset
+            (e.g. `dsm_loss` for an NCSN: batches `(B, 1, n_mels, frames)`).
+        train_dataset: map-style dataset; may draw random crops with torch/NumPy/Python RNGs.
+        valid_dataset: map-style dataset for the validation loss, or None.
+        config: the `TrainConfig`.
+        out_path: the checkpoint file, rewritten atomically.
+        domain: what the data is (stored in the checkpoint and set on `model.domain`).
+        device: "cpu", "cuda", "cuda:1", ...
+        resume: continue from `out_path` if it exists (it must hold this model kind, config
+            and domain); False starts afresh and overwrites it.
+        callback: called on every process as `callback(step, logs)` after each step (and its
+            checkpoint, if any); logs has "loss" and, after validation, "valid_loss".
+
+    Returns:
+        {"step", "loss" (last training loss), "valid_loss" (last, NaN if none)}.
+    """
+    out_path = Path(out_path)
+    rank, world, owns_group = _init_distributed(device)
+    try:
+        return _run(model, loss_fn, train_dataset, valid_dataset, config, out_path, domain,
+                    _resolve_device(device, world), resume, callback, rank, world)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _restore(
+    model: Prior, optimizer: torch.optim.Optimizer, out_path: Path, domain: Domain, resume: bool
+) -> dict[str, Any] | None:
+    """Load the training state at out_path into model and optimizer; the checkpoint, or None
+    when starting afresh."""
+    if not (resume and out_path.exists()):
+        return None
+    payload = load_checkpoint(out_path, "cpu")  # load_state_dict copies onto the model's device
+    _check_resumable(payload, model, domain, out_path)
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    return payload
+
+
+def _optimizer_step(
+    model: Prior, loss_fn: LossFn, batch: Any, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+    config: TrainConfig, world: int, step: int,
+) -> float:
+    """One update: loss, backward, gradient average over processes, clipping, Adam. Returns the loss."""
+    loss = loss_fn(model, batch)
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise RuntimeError(f"training loss became {loss_value} at step {step}; lower lr or set grad_clip")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if world > 1:
+        _average_gradients(params, world)
+    if config.grad_clip is not None:
+        nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    return loss_value
+
+
+def _run(
+    model: Prior, loss_fn: LossFn, train_dataset: Dataset, valid_dataset: Dataset | None, config: TrainConfig,
+    out_path: Path, domain: Domain, device: torch.device, resume: bool, callback: Callback | None,
+    rank: int, world: int,
+) -> dict[str, float]:
+    model.domain = domain
+    model.to(device).train()
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
+    )
+    payload = _restore(model, optimizer, out_path, domain, resume)
+    step = payload["step"] if payload is not None else 0
+    valid_loss = payload["extra"].get("valid_loss", math.nan) if payload is not None else math.nan
+    if world > 1:
+        _broadcast_state(model)
+    ema = EMA(model, config.ema_decay)
+    if payload is not None and payload.get("ema") is not None:
+        ema.load_state_dict(payload["ema"], updates=step)
+    rng_states = payload["extra"].get("rng") if payload is not None else None
+    if rng_states is not None and len(rng_states) == world:
+        _set_rng_state(rng_states[rank])
+    else:
+        seed_everything(config.seed + step + 1_000_003 * rank)
+
+    is_main = rank == 0
+    writer = _open_tensorboard(out_path) if config.tensorboard and is_main else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    batches = _train_batches(train_dataset, config, rank, world, step)
+    bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and is_main),
+               desc=f"train {model.kind}", unit="step", dynamic_ncols=True)
+    loss_value = math.nan
+    try:
+        while step < config.steps:
+            batch = _to_device(next(batches), device)
+            loss_value = _optimizer_step(model, loss_fn, batch, optimizer, params, config, world, step + 1)
+            ema.update(model)
+            step += 1
+            logs = {"loss": loss_value}
+            if valid_dataset is not None and step % config.valid_every == 0 and is_main:
+                with ema.swapped_into(model):
+                    valid_loss = validation_loss(model, loss_fn, valid_dataset, config, device)
+                logs["valid_loss"] = valid_loss
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                _checkpoint(out_path, model, domain, ema, optimizer, step, config, valid_loss, is_main, world)
+            _report(bar, writer, step, logs, valid_loss)
+            if callback is not None:
+                callback(step, logs)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    return {"step": step, "loss": loss_value, "valid_loss": valid_loss}
+
+
+def _report(bar: tqdm, writer: Any, step: int, logs: dict[str, float], valid_loss: float) -> None:
+    """Advance the progress bar (loss, last validation loss) and log scalars to TensorBoard."""
+    postfix = {"loss": f"{logs['loss']:.4g}"}
+    if not math.isnan(valid_loss):
+        postfix["valid"] = f"{valid_loss:.4g}"
+    bar.set_postfix(postfix, refresh=False)
+    bar.update(1)
+    if writer is not None:
+        for key, value in logs.items():
+            writer.add_scalar(key, value, step)
+
+
+def _checkpoint(
+    out_path: Path, model: Prior, domain: Domain, ema: EMA, optimizer: torch.optim.Optimizer, step: int,
+    config: TrainConfig, valid_loss: float, is_main: bool, world: int,
+) -> None:
+    """Gather every process's RNG state; rank 0 writes the checkpoint."""
+    if world > 1:
+        rng = [None] * world
+        dist.all_gather_object(rng, _rng_state())
+    else:
+        rng = [_rng_state()]
+    if is_main:
+        save_checkpoint(
+            out_path, model, domain, ema_state=ema.state_dict(), optimizer_state=optimizer.state_dict(),
+            step=step, extra={"train_config": to_dict(config), "valid_loss": valid_loss, "rng": rng,
+                              "world_size": world},
+        )
+    if world > 1:
+        dist.barrier()

@@ -1,0 +1,250 @@
+"""Config loading, EMA, and the shared training loop: checkpoints, exact resume, torchrun DDP."""
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from audiosep.config import TrainConfig, from_dict, load_yaml, to_dict
+from audiosep.errors import UserError
+from audiosep.priors import Domain, NCSNConfig, NCSNv1, NCSNv2, dsm_loss, load_prior
+from audiosep.priors.base import load_checkpoint
+from audiosep.train import EMA, seed_everything, train
+
+DOMAIN = Domain.image((1, 16, 16))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP overhead on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- config -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Experiment:
+    model: NCSNConfig
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    name: str = "run"
+
+
+def test_unknown_key_is_an_error_naming_it_and_the_allowed_keys():
+    with pytest.raises(UserError) as excinfo:
+        from_dict(TrainConfig, {"lr": 1e-3, "learning_rate": 1e-3})
+    message = str(excinfo.value)
+    assert "'learning_rate'" in message and "lr" in message and "ema_decay" in message and "\n" not in message
+    with pytest.raises(UserError) as excinfo:
+        from_dict(_Experiment, {"model": {"nff": 3}})
+    assert "'model.nff'" in str(excinfo.value) and "n_res_blocks" in str(excinfo.value)
+
+
+def test_nested_config_types_and_defaults():
+    config = from_dict(_Experiment, {"model": {"version": "v1", "ch_mult": [1, 2], "sigma_max": None},
+                                     "train": {"lr": "2e-4", "steps": 1e3, "adam_betas": [0.5, 0.9]}})
+    assert config.model == NCSNConfig(version="v1", ch_mult=(1, 2), sigma_max=None)
+    assert config.train.lr == 2e-4 and config.train.steps == 1000 and isinstance(config.train.steps, int)
+    assert config.train.adam_betas == (0.5, 0.9) and config.train.batch_size == TrainConfig().batch_size
+    assert from_dict(_Experiment, to_dict(config)) == config
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"model": {"version": "v3"}}, "'model.version' must be one of"),
+    ({"model": {"nf": 2.5}}, "'model.nf' must be an integer"),
+    ({"model": {"nf": True}}, "'model.nf' must be an integer"),
+    ({"model": {"ch_mult": 2}}, "'model.ch_mult' must be a list"),
+    ({"model": {}, "train": {"tensorboard": "yes"}}, "'train.tensorboard' must be true or false"),
+    ({"model": {}, "train": {"adam_betas": [0.9]}}, "'train.adam_betas' must have 2 items"),
+    ({"model": {}, "train": {"lr": "fast"}}, "'train.lr' must be a number"),
+    ({"model": {}, "train": {"lr": -1}}, "lr must be > 0"),
+    ({"train": {}}, "missing required key 'model'"),
+    ({"model": [1, 2]}, "'model' must be a mapping"),
+])
+def test_bad_values_are_user_errors(data, needle):
+    with pytest.raises(UserError) as excinfo:
+        from_dict(_Experiment, data)
+    assert needle in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+def test_load_yaml(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("model:\n  nf: 8\ntrain:\n  lr: 1e-4\n  grad_clip: null\n")
+    config = load_yaml(_Experiment, path)
+    assert config.model.nf == 8 and config.train.lr == 1e-4 and config.train.grad_clip is None
+    path.write_text("model:\n  nf: 8\ntrian:\n  lr: 1e-4\n")
+    with pytest.raises(UserError, match=r"exp\.yaml: unknown key 'trian'"):
+        load_yaml(_Experiment, path)
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(UserError, match="invalid YAML at line"):
+        load_yaml(_Experiment, path)
+    with pytest.raises(UserError, match="config file not found"):
+        load_yaml(_Experiment, tmp_path / "missing.yaml")
+
+
+# --- EMA ----------------------------------------------------------------------------------
+
+def test_ema_follows_warmed_up_recursion():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.9)
+    expected = 0.0
+    for n, value in enumerate([1.0, 2.0, -1.0, 4.0, 0.5, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0], start=1):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model)
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * value
+        assert ema.state_dict()["weight"].item() == pytest.approx(expected, rel=1e-6)
+    with ema.swapped_into(model):
+        assert model.weight.item() == pytest.approx(expected, rel=1e-6)
+    assert model.weight.item() == 3.0
+
+
+# --- training loop ------------------------------------------------------------------------
+
+class _RandomCrops(Dataset):
+    """Fixed 1×16×24 'spectrograms'; an item is a random 16-frame crop (torch RNG) with a random
+    gain (NumPy RNG), like a stems dataset drawing crops."""
+
+    def __init__(self, n, seed):
+        gen = torch.Generator().manual_seed(seed)
+        self.data = torch.rand(n, 1, 16, 24, generator=gen) ** 4
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        start = int(torch.randint(0, 9, ()).item())
+        gain = 0.8 + 0.4 * np.random.rand()
+        return self.data[i, :, :, start:start + 16] * float(gain)
+
+
+def _tiny_model(cls=NCSNv2, seed=0):
+    seed_everything(seed)
+    return cls(nf=4, ch_mult=(1, 2), sigmas=[1.0, 0.3, 0.1, 0.03])
+
+
+def _config(**changes):
+    base = dict(steps=8, batch_size=4, lr=2e-3, checkpoint_every=3, valid_every=2, valid_batches=2, seed=5,
+                progress=False, ema_decay=0.9)
+    return TrainConfig(**{**base, **changes})
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(stop_step):
+    def callback(step, logs):
+        if step == stop_step:
+            raise _Stop
+
+    return callback
+
+
+def _states_equal(a, b):
+    assert a.keys() == b.keys()
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_writes_loadable_checkpoint_with_ema(tmp_path):
+    model = _tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train(model, dsm_loss, _RandomCrops(20, 0), _RandomCrops(8, 1), _config(), tmp_path / "p.pt", DOMAIN)
+    assert result["step"] == 8 and np.isfinite(result["loss"]) and np.isfinite(result["valid_loss"])
+    payload = load_checkpoint(tmp_path / "p.pt")
+    assert payload["step"] == 8 and payload["kind"] == "ncsn_v2"
+    assert payload["extra"]["train_config"]["lr"] == 2e-3
+    assert not _states_equal(payload["state_dict"], before)  # it trained
+    assert _states_equal(payload["state_dict"], model.state_dict())
+    prior = load_prior(tmp_path / "p.pt", expected_domain=DOMAIN)
+    assert _states_equal(prior.state_dict(), payload["ema"])
+    assert not _states_equal(payload["ema"], payload["state_dict"])
+    assert model.domain == DOMAIN
+
+
+@pytest.mark.parametrize("cls", [NCSNv1, NCSNv2])
+def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, cls):
+    train_set, valid_set = _RandomCrops(18, 0), _RandomCrops(8, 1)  # 4 batches per epoch: resumes mid-epoch
+    whole = _tiny_model(cls)
+    train(whole, dsm_loss, train_set, valid_set, _config(), tmp_path / "whole.pt", DOMAIN)
+
+    first = _tiny_model(cls)
+    with pytest.raises(_Stop):  # interrupted at step 5: the last checkpoint is from step 3
+        train(first, dsm_loss, train_set, valid_set, _config(), tmp_path / "cut.pt", DOMAIN, callback=_stop_at(5))
+    assert load_checkpoint(tmp_path / "cut.pt")["step"] == 3
+    resumed = _tiny_model(cls, seed=99)  # a fresh process would build the model anew
+    steps_seen = []
+    train(resumed, dsm_loss, train_set, valid_set, _config(), tmp_path / "cut.pt", DOMAIN,
+          callback=lambda step, logs: steps_seen.append(step))
+    assert steps_seen == [4, 5, 6, 7, 8]
+
+    a, b = load_checkpoint(tmp_path / "whole.pt"), load_checkpoint(tmp_path / "cut.pt")
+    assert _states_equal(a["state_dict"], b["state_dict"])
+    assert _states_equal(a["ema"], b["ema"])
+    assert a["extra"]["valid_loss"] == b["extra"]["valid_loss"]
+    assert torch.equal(a["optimizer"]["state"][0]["exp_avg_sq"], b["optimizer"]["state"][0]["exp_avg_sq"])
+
+
+def test_resume_refuses_another_model_or_domain(tmp_path):
+    train(_tiny_model(), dsm_loss, _RandomCrops(8, 0), None, _config(steps=2), tmp_path / "p.pt", DOMAIN)
+    other = NCSNv2(nf=6, ch_mult=(1, 2), sigmas=[1.0, 0.3, 0.1, 0.03])
+    with pytest.raises(UserError, match="another model config"):
+        train(other, dsm_loss, _RandomCrops(8, 0), None, _config(steps=4), tmp_path / "p.pt", DOMAIN)
+    with pytest.raises(UserError, match="images 1×32×32"):
+        train(_tiny_model(), dsm_loss, _RandomCrops(8, 0), None, _config(steps=4), tmp_path / "p.pt",
+              Domain.image((1, 32, 32)))
+    result = train(other, dsm_loss, _RandomCrops(8, 0), None, _config(steps=2), tmp_path / "p.pt", DOMAIN,
+                   resume=False)
+    assert result["step"] == 2 and load_checkpoint(tmp_path / "p.pt")["config"]["nf"] == 6
+
+
+def test_too_small_dataset_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="fewer than batch_size"):
+        train(_tiny_model(), dsm_loss, _RandomCrops(3, 0), None, _config(), tmp_path / "p.pt", DOMAIN)
+
+
+_DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    import torch.distributed as dist
+    sys.path.insert(0, {tests!r})
+    from test_train import DOMAIN, _RandomCrops, _config, _tiny_model
+    from audiosep.priors import dsm_loss
+    from audiosep.train import train
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")  # as train() would; kept open to report the state after it
+    rank = dist.get_rank()
+    model = _tiny_model(seed=rank)  # different initial weights per rank: train() must broadcast
+    losses = []
+    train(model, dsm_loss, _RandomCrops(16, 0), None, _config(steps=4, checkpoint_every=2),
+          {out!r} + "/ddp.pt", DOMAIN, callback=lambda step, logs: losses.append(logs["loss"]))
+    torch.save({{"state": model.state_dict(), "losses": losses}}, {out!r} + f"/rank{{rank}}.pt")
+    dist.destroy_process_group()
+""")
+
+
+def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp_script.py"
+    script.write_text(_DDP_SCRIPT.format(tests=os.path.dirname(__file__), out=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert _states_equal(rank0["state"], rank1["state"])
+    assert rank0["losses"] != rank1["losses"]  # each rank saw its own batches and noise
+    payload = load_checkpoint(tmp_path / "ddp.pt")
+    assert payload["step"] == 4 and payload["extra"]["world_size"] == 2
+    assert _states_equal(payload["state_dict"], rank0["state"])
+    assert len(payload["extra"]["rng"]) == 2
