@@ -89,7 +89,8 @@ def run_child(which: str, data: Path) -> None:
     seconds = time.perf_counter() - start
     peak = _resident_kib("VmHWM")
     np.save(data / f"{which}.npy", np.stack(result))
-    print(json.dumps({"seconds": seconds, "working_mib": (peak - before) / 1024, "peak_rss_mib": peak / 1024}))
+    stats = {"seconds": seconds, "working_mib": (peak - before) / 1024, "peak_rss_mib": peak / 1024}
+    print(json.dumps(stats))
 
 
 def spawn(which: str, data: Path) -> dict:
@@ -116,14 +117,17 @@ def compare(seconds: float, tmp: Path) -> None:
             f"   peak RSS {s['peak_rss_mib']:8.1f} MiB"
         )
     speed = stats["museval"]["seconds"] / stats["ours"]["seconds"]
-    memory = stats["ours"]["working_mib"] / stats["museval"]["working_mib"]
-    print(f"speed-up {speed:.1f}x   working memory ours/museval {memory:.3f}")
+    working = stats["ours"]["working_mib"] / stats["museval"]["working_mib"]
+    peak = stats["ours"]["peak_rss_mib"] / stats["museval"]["peak_rss_mib"]
+    print(f"speed-up {speed:.1f}x   ours/museval: working memory {working:.3f}, peak RSS {peak:.3f}")
     ref, ours = np.load(tmp / "museval.npy"), np.load(tmp / "ours.npy")
     same_nan = np.array_equal(np.isnan(ref), np.isnan(ours))
-    print(f"windows {ref.shape[-1]}, NaN windows {int(np.isnan(ref[0, 0]).sum())}, NaN positions identical: {same_nan}")
+    nan_windows = int(np.isnan(ref[0, 0]).sum())
+    print(f"windows {ref.shape[-1]}, NaN windows {nan_windows}, NaN positions identical: {same_nan}")
     for m, name in enumerate(("SDR", "ISR", "SIR", "SAR")):
         diff = np.nanmax(np.abs(ref[m] - ours[m]))
-        print(f"  {name}: max |museval - ours| = {diff:.2e} dB   (median museval {np.nanmedian(ref[m]):6.2f} dB)")
+        median = np.nanmedian(ref[m])
+        print(f"  {name}: max |museval - ours| = {diff:.2e} dB   (median museval {median:6.2f} dB)")
 
 
 def long_run(minutes: float, tmp: Path) -> None:

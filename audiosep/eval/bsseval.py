@@ -17,9 +17,11 @@ The metrics follow museval 0.4.1 (``museval.evaluate(refs, ests, win, hop, mode=
    sample) is NaN for every source and metric.
 
 What differs from museval is only how the numbers are computed: the correlations are
-accumulated blockwise in the frequency domain (all pairs at once), the Gram system is factored
-once (Cholesky, with museval's LU / least-squares fallbacks), and the windowed filtering is
-done by batched FFTs over fixed-size pieces, so working memory does not grow with the track.
+accumulated blockwise in the frequency domain (all pairs at once); the block-Toeplitz Gram
+system is solved once for all estimates by a block Levinson recursion with one step of
+iterative refinement (a dense Cholesky solve takes over for near-singular systems); the
+windowed filtering is done by batched FFTs over fixed-size pieces, and the energies are summed
+per window, so working memory does not grow with the track.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ import scipy.linalg
 from audiosep.errors import UserError
 
 FILTERS_LEN = 512
-_CORR_NFFT = 2**15  # FFT size of the correlation blocks
+_CORR_NFFT = 2**14  # FFT size of the correlation blocks
 _PIECE = 2**16  # longest stretch of a window filtered by one FFT (samples)
 _BUFFER_BYTES = 8 * 2**20  # size of one float64 buffer of the windowed stage
-_CORR_BYTES = 32 * 2**20  # spectra of the correlation blocks processed together
+_CORR_BYTES = 16 * 2**20  # spectra of the correlation blocks processed together
 _SILENCE_CHUNK = 2**18  # samples per chunk when checking whole-signal silence
 _EPS = np.finfo(float).eps  # museval's diagonal loading of the Gram matrix
 
@@ -51,7 +53,7 @@ def bss_eval_v4(
     """Framewise SDR, ISR, SIR, SAR as ``museval.evaluate(references, estimates, win, hop)``.
 
     Args:
-        references: true source images, (nsrc, nsampl, nchan), any float dtype.
+        references: true source images, (nsrc, nsampl, nchan), any real dtype.
         estimates: estimated source images, (nsrc, nsampl_est, nchan); zero-padded or cut
             to ``nsampl`` like museval.
         win: window length in samples (the whole signal if ``win >= nsampl``).
@@ -135,7 +137,9 @@ def _gather(x: np.ndarray, start: int, stop: int, nsampl: int) -> np.ndarray:
 # ------------------------------------------------------------------- distortion filters
 
 
-def _cross_correlations(refs: np.ndarray, ests: np.ndarray, filters_len: int) -> tuple[np.ndarray, np.ndarray]:
+def _cross_correlations(
+    refs: np.ndarray, ests: np.ndarray, filters_len: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Cross-correlations of every reference channel with every reference / estimate channel.
 
     Channels are flattened source-major: ``a = j * nchan + c``. With
@@ -158,24 +162,18 @@ def _cross_correlations(refs: np.ndarray, ests: np.ndarray, filters_len: int) ->
     nchannels = nsrc * nchan
     blocks_per_chunk = max(1, _CORR_BYTES // (3 * nchannels * nfft * 8))  # spectra of a block
     starts = list(range(0, nsampl, block))
+
+    def channels(x: np.ndarray, start: int, stop: int) -> np.ndarray:  # (P, stop - start)
+        return _gather(x, start, stop, nsampl).reshape(nchannels, stop - start)
+
     spectrum = np.zeros((nchannels, 2 * nchannels, nfft // 2 + 1), dtype=complex)
     for first in range(0, len(starts), blocks_per_chunk):
         chunk = starts[first : first + blocks_per_chunk]
-        heads = np.stack([_gather(refs, s, s + block, nsampl).reshape(nchannels, block) for s in chunk])
-        around = np.stack(
-            [
-                np.concatenate(
-                    [
-                        _gather(x, s - lag, s + block + lag, nsampl).reshape(nchannels, block + 2 * lag)
-                        for x in (refs, ests)
-                    ]
-                )
-                for s in chunk
-            ]
-        )
+        heads = np.stack([channels(refs, s, s + block) for s in chunk])
+        around = np.stack([np.concatenate([channels(x, s - lag, s + block + lag) for x in (refs, ests)]) for s in chunk])
         head_f = scipy.fft.rfft(heads, n=nfft, axis=-1)
-        around_f = scipy.fft.rfft(around, n=nfft, axis=-1)
-        spectrum += np.einsum("bpf,bqf->pqf", head_f.conj(), around_f)
+        np.conj(head_f, out=head_f)
+        spectrum += np.einsum("bpf,bqf->pqf", head_f, scipy.fft.rfft(around, n=nfft, axis=-1))
     corr = scipy.fft.irfft(spectrum, n=nfft, axis=-1)[..., : 2 * lag + 1]
     return corr[:, :nchannels], corr[:, nchannels:, lag:]
 
@@ -222,18 +220,22 @@ def _solve_block_toeplitz(blocks: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         x: (L, P, m).
 
     Block Levinson recursion (O(L²P³) instead of O(L³P³)) plus one step of iterative
-    refinement. If the refinement still changes the projection energy ``xᵀ rhs`` by more than
-    ``1e-12`` relative (a numerically near-singular system), the dense solve is used instead,
-    as museval does it.
+    refinement. If the recursion breaks down or the refinement still changes the projection
+    energy ``xᵀ rhs`` by more than ``1e-12`` relative (a numerically near-singular system, e.g.
+    identical channels), :func:`_solve_dense` takes over.
     """
-    x = _block_levinson(blocks, rhs)
-    residual = rhs - _block_toeplitz_matvec(blocks, x)
-    step = _block_levinson(blocks, residual)
-    x = x + step
-    change = np.einsum("lpm,lpm->m", step, residual)
-    energy = np.einsum("lpm,lpm->m", x, rhs)
-    if np.all(np.isfinite(x)) and np.all(np.abs(change) <= 1e-12 * np.abs(energy)):
-        return x
+    try:
+        with np.errstate(all="ignore"):
+            x = _block_levinson(blocks, rhs)
+            residual = rhs - _block_toeplitz_matvec(blocks, x)
+            step = _block_levinson(blocks, residual)
+            x = x + step
+            change = np.einsum("lpm,lpm->m", step, residual)
+            energy = np.einsum("lpm,lpm->m", x, rhs)
+        if np.all(np.isfinite(x)) and np.all(np.abs(change) <= 1e-12 * np.abs(energy)):
+            return x
+    except np.linalg.LinAlgError:
+        pass
     return _solve_dense(blocks, rhs)
 
 
@@ -247,7 +249,7 @@ def _block_levinson(blocks: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     length, nch, _ = blocks.shape
     ncols = rhs.shape[2]
     rhs = rhs.reshape(length * nch, ncols)
-    # rows of T to the left of the diagonal: [R_{L−1} … R_1]; first row right of it: [R_1ᵀ … R_{L−1}ᵀ]
+    # block row n left of the diagonal ends [… R_2, R_1]; block row 0 right of it is [R_1ᵀ, R_2ᵀ, …]
     below = np.ascontiguousarray(blocks[:0:-1].transpose(1, 0, 2)).reshape(nch, (length - 1) * nch)
     above = np.ascontiguousarray(blocks[1:].transpose(2, 0, 1)).reshape(nch, (length - 1) * nch)
     fwd = np.zeros((length * nch, nch))
@@ -279,27 +281,38 @@ def _block_toeplitz_matvec(blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _solve_dense(blocks: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Dense fallback: Cholesky of T, else LU (museval's solve), else least squares."""
+    """Dense fallback for near-singular systems: Cholesky of the Gram matrix (museval's
+    ordering, with its ``eps`` loading); if it is not numerically positive definite (e.g.
+    identical channels make it exactly singular), with the smallest extra ridge
+    ``δ·max(diag)``, ``δ ∈ {1e-14, 1e-12, 1e-10, 1e-8}``, that is.
+    """
     length, nch, ncols = rhs.shape
-    gram = _dense_toeplitz(blocks)
-    flat = rhs.reshape(length * nch, ncols)
-    try:
-        factor = scipy.linalg.cho_factor(gram, lower=True, check_finite=False)
-        return scipy.linalg.cho_solve(factor, flat, check_finite=False).reshape(rhs.shape)
-    except np.linalg.LinAlgError:
-        pass
-    try:
-        return np.linalg.solve(gram, flat).reshape(rhs.shape)
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(gram, flat, rcond=None)[0].reshape(rhs.shape)
+    flat = rhs.transpose(1, 0, 2).reshape(nch * length, ncols)
+    scale = np.diagonal(blocks[0]).max()
+    for ridge in (0.0, 1e-14, 1e-12, 1e-10, 1e-8):
+        gram = _dense_toeplitz(blocks, ridge * scale)
+        try:  # gram is symmetric: its transpose is the same matrix, in Fortran order (factored in place)
+            factor = scipy.linalg.cho_factor(gram.T, lower=True, overwrite_a=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            continue
+        x = scipy.linalg.cho_solve(factor, flat, check_finite=False)
+        return x.reshape(nch, length, ncols).transpose(1, 0, 2)
+    raise np.linalg.LinAlgError("the Gram matrix of the references is not positive semi-definite")
 
 
-def _dense_toeplitz(blocks: np.ndarray) -> np.ndarray:
-    """The block-Toeplitz matrix (L·P, L·P) with ``T[k, l] = R_{k−l}`` from blocks (L, P, P)."""
+def _dense_toeplitz(blocks: np.ndarray, ridge: float) -> np.ndarray:
+    """The Gram matrix (P·L, P·L) in museval's ordering, ``G[a·L + k, b·L + l] = R_{k−l}[a, b]``,
+    from blocks (L, P, P) (``R_{−m} = R_mᵀ``), plus ``ridge`` on the diagonal."""
     length, nch, _ = blocks.shape
     sequence = np.concatenate([blocks[:0:-1].transpose(0, 2, 1), blocks])  # R_{−(L−1)} … R_{L−1}
     delay = np.arange(length)[:, None] - np.arange(length)[None, :] + length - 1
-    return sequence[delay].transpose(0, 2, 1, 3).reshape(length * nch, length * nch)
+    gram = np.empty((nch, length, nch, length))
+    for a in range(nch):
+        for b in range(nch):
+            gram[a, :, b, :] = sequence[:, a, b][delay]
+    gram = gram.reshape(nch * length, nch * length)
+    gram[np.diag_indices_from(gram)] += ridge
+    return gram
 
 
 # -------------------------------------------------------------------- windowed energies
@@ -346,7 +359,9 @@ def _window_energies(
             nfft = scipy.fft.next_fast_len(valid + 2 * lag, real=True)
             if nfft not in spectra:
                 spectra[nfft] = _filter_spectra(filt_all, filt_own, nfft)
-            piece = _piece_energies(refs, ests, starts[idx] + offset, valid, offset == 0, last, spectra[nfft], lag)
+            piece = _piece_energies(
+                refs, ests, starts[idx] + offset, valid, offset == 0, last, spectra[nfft], lag
+            )
             for name in _SUMS:
                 sums[name][:, idx] += piece[name]
             active[idx] |= piece["active"]
@@ -386,7 +401,8 @@ def _piece_energies(
     nsrc, nsampl, nchan = refs.shape
     all_f, own_f = spectra
     nfft = 2 * (all_f.shape[-1] - 1)
-    inputs = np.stack([_gather(refs, s - lag, s + valid, nsampl) for s in starts])  # (n, nsrc, nchan, lag + valid)
+    # (nbatch, nsrc, nchan, lag + valid): the piece and the lag samples before it
+    inputs = np.stack([_gather(refs, s - lag, s + valid, nsampl) for s in starts])
     if first:
         inputs[..., :lag] = 0.0
     est = np.stack([_gather(ests, s, s + valid, nsampl) for s in starts])
