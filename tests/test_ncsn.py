@@ -20,15 +20,6 @@ from audiosep.priors.ncsn import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP overhead on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- schedules and the NCSNv2 rules -------------------------------------------------------
 
 def test_basis_schedule_matches_reference_values():

@@ -19,15 +19,6 @@ from audiosep.train import EMA, seed_everything, train
 DOMAIN = Domain.image((1, 16, 16))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP overhead on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- config -------------------------------------------------------------------------------
 
 @dataclasses.dataclass
