@@ -70,6 +70,44 @@ def _cmd_oracle(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
+def _cmd_train_ncsn(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    import torch
+
+    from .config import from_dict, load_yaml
+    from .train import NCSNRun, train_ncsn
+
+    run = load_yaml(NCSNRun, args.config) if args.config else from_dict(NCSNRun, {})
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if getattr(args, k) is not None}
+    model_overrides = {k: getattr(args, k) for k in ("version", "nf") if getattr(args, k) is not None}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = train_ncsn(args.data, args.source, args.output, preset=args.preset,
+                        model_config=dataclasses.replace(run.model, **model_overrides),
+                        config=dataclasses.replace(run.train, **overrides), device=args.device)
+    print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, valid loss {result['valid_loss']:.4f}")
+
+
+def _cmd_train_nmf(args: argparse.Namespace) -> None:
+    from .separation.nmf import train_nmf
+
+    model = train_nmf(args.data, args.output, args.sources, n_atoms=args.atoms, split=args.split,
+                      max_minutes=args.max_minutes, max_frames=args.max_frames, n_iter=args.iters,
+                      sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop, seed=args.seed)
+    print(f"wrote {args.output}: {model.n_atoms} atoms for each of {', '.join(model.sources)} "
+          f"({model.domain.describe()})")
+
+
+def _cmd_separate(args: argparse.Namespace) -> None:
+    from .separation import BUNDLED_NMF, NMFModel, Separator, separate_files
+
+    model = NMFModel.load(args.model or BUNDLED_NMF)
+    separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device, seed=args.seed)
+    for stems in separate_files(args.inputs, args.output, separator):
+        print("wrote " + ", ".join(str(p) for p in stems.values()))
+
+
 def _print_summary(summary) -> None:
     wide = summary.pivot_table(index=["method", "target"], columns="metric", values="score")
     print(wide.round(2).to_string())
@@ -143,13 +181,60 @@ def _add_oracle(sub) -> None:
     p.set_defaults(run=_cmd_oracle)
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model on a stems dataset (ncsn prior, nmf baseline)")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")  # ncsn, nmf
+    ncsn = kinds.add_parser("ncsn", help="NCSN score network on [0, 1] mel patches (resumes from -o)")
+    ncsn.add_argument("--data", type=Path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
+    ncsn.add_argument("--source", required=True, help="the source to model, e.g. piano")
+    ncsn.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
+    ncsn.add_argument("--preset", default="default", help="front end (default, audiosourcesep)")
+    ncsn.add_argument("--config", type=Path, help="YAML with `model:` (NCSNConfig) and `train:` (TrainConfig)")
+    ncsn.add_argument("--version", choices=["v1", "v2"], help="network (default v2)")
+    ncsn.add_argument("--nf", type=int, help="base width of the network")
+    ncsn.add_argument("--steps", type=int, help="total optimiser steps (across resumes)")
+    ncsn.add_argument("--batch-size", type=int)
+    ncsn.add_argument("--lr", type=float)
+    ncsn.add_argument("--seed", type=int)
+    ncsn.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    ncsn.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ncsn.set_defaults(run=_cmd_train_ncsn)
+
+    nmf = kinds.add_parser("nmf", help="supervised NMF: one spectral dictionary per source")
+    nmf.add_argument("--data", type=Path, required=True, help="stems dataset DATA/<split>/<track>/{mix,<source>}.wav")
+    nmf.add_argument("-o", "--output", type=Path, required=True, help="model file to write (.pt)")
+    nmf.add_argument("--sources", nargs="+", help="sources to learn (default: all in the split)")
+    nmf.add_argument("--atoms", type=int, default=64, help="atoms per source (default 64)")
+    nmf.add_argument("--split", default="train", help="dataset split (default train)")
+    nmf.add_argument("--max-minutes", type=float, help="read at most this much audio (default: all)")
+    nmf.add_argument("--max-frames", type=int, default=20000, help="STFT frames per source kept (default 20000)")
+    nmf.add_argument("--iters", type=int, default=200, help="NMF iterations (default 200)")
+    nmf.add_argument("--sample-rate", type=int, default=16000, help="Hz (default 16000)")
+    nmf.add_argument("--n-fft", type=int, default=4096, help="STFT size in samples (default 4096)")
+    nmf.add_argument("--hop", type=int, default=1024, help="STFT hop in samples (default 1024)")
+    nmf.add_argument("--seed", type=int, default=0)
+    nmf.set_defaults(run=_cmd_train_nmf)
+
+
+def _add_separate(sub) -> None:
+    p = sub.add_parser("separate", help="separate audio files into OUT/<track>/<source>.wav")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="audio files (wav/flac/ogg/mp3, any rate/channels)")
+    p.add_argument("-o", "--output", type=Path, default=Path("separated"), help="output folder (default: separated)")
+    p.add_argument("--model", type=Path, help="model file (default: the bundled piano/violin NMF model)")
+    p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--segment", type=float, default=30.0, help="chunk length in seconds (default 30)")
+    p.add_argument("--overlap", type=float, default=1.0, help="seconds cross-faded between chunks (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_cmd_separate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audiosep", description="Audio source separation with deep generative priors."
     )
     parser.add_argument("--version", action="version", version=f"audiosep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_synth, _add_mel, _add_invert, _add_evaluate, _add_oracle):
+    for add in (_add_separate, _add_synth, _add_mel, _add_invert, _add_evaluate, _add_oracle, _add_train):
         add(sub)
     return parser
 

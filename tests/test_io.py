@@ -94,3 +94,13 @@ def test_write_refuses_nan(tmp_path):
     with pytest.raises(ValueError):
         write_audio(tmp_path / "n.wav", np.full((1, 10), np.nan, np.float32), 16000)
     assert not list(tmp_path.iterdir())
+
+
+def test_atomic_output_has_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_audio(tmp_path / "p.wav", _tone(channels=1), 16000)
+    assert stat.S_IMODE((tmp_path / "p.wav").stat().st_mode) == 0o666 & ~mask

@@ -1,0 +1,20 @@
+"""Separation methods and the `Separator` that runs any of them on files.
+
+- `nmf`: supervised NMF (fixed per-source dictionaries, Wiener masks), the baseline.
+- `separator`: reading, resampling, level normalisation, chunking, progress, writing.
+"""
+from .nmf import BUNDLED_NMF, NMFModel, STFTDomain, fit_activations, learn_dictionary, separate_nmf, train_nmf
+from .separator import Method, Separator, separate_files
+
+__all__ = [
+    "BUNDLED_NMF",
+    "Method",
+    "NMFModel",
+    "STFTDomain",
+    "Separator",
+    "fit_activations",
+    "learn_dictionary",
+    "separate_files",
+    "separate_nmf",
+    "train_nmf",
+]
