@@ -98,3 +98,51 @@ def test_user_errors_are_one_line_and_exit_2(dataset, tmp_path, capsys, argv, me
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_separate_bundled_example(tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
+    assert _run("separate", example, "-o", tmp_path / "sep") == 0
+    stems = sorted(p.name for p in (tmp_path / "sep" / "piano_violin").iterdir())
+    assert stems == ["piano.wav", "violin.wav"]
+    mix, sr = sf.read(example)
+    piano, sr_out = sf.read(tmp_path / "sep" / "piano_violin" / "piano.wav")
+    assert sr_out == sr and piano.shape == mix.shape
+
+
+def test_separate_bad_model_writes_nothing(tmp_path, capsys):
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    for model in (tmp_path / "missing.pt", junk):
+        assert _run("separate", example, "-o", tmp_path / "sep", "--model", model) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("audiosep separate: error:") and "\n" not in err
+    assert not (tmp_path / "sep").exists()
+
+
+def test_train_ncsn_tiny_then_domain_check(tmp_path):
+    from audiosep.errors import UserError
+    from audiosep.priors.base import Domain, load_prior
+    from audiosep.spectral.frontend import get_frontend
+
+    root = tmp_path / "data"
+    for split in ("train", "valid"):
+        track = root / split / "t0"
+        track.mkdir(parents=True)
+        stems = _tones(seconds=3.0)
+        for name, wav in stems.items():
+            sf.write(track / f"{name}.wav", wav, SR, subtype="FLOAT")
+        sf.write(track / "mix.wav", sum(stems.values()), SR, subtype="FLOAT")
+    ckpt = tmp_path / "src0.pt"
+    argv = ["train", "ncsn", "--data", root, "--source", "src0", "-o", ckpt, "--preset", "audiosourcesep",
+            "--steps", "2", "--batch-size", "2", "--nf", "4"]
+    assert _run(*argv) == 0
+    prior = load_prior(ckpt, expected_domain=Domain.mel(get_frontend("audiosourcesep")))
+    assert prior.domain == Domain.mel(get_frontend("audiosourcesep"))
+    with pytest.raises(UserError, match="trained on mel front end 'audiosourcesep'"):
+        load_prior(ckpt, expected_domain=Domain.mel(get_frontend("default")))
