@@ -168,11 +168,10 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_oracle(sub) -> None:
-    from .oracle import ORACLES
-
     p = sub.add_parser("oracle", help="oracle separation of a stems dataset, written and evaluated")
     p.add_argument("data", type=Path, help="dataset folder DATA/<split>/<track>/{mix,<source>}.wav (or MUSDB18/Slakh)")
-    p.add_argument("--method", required=True, choices=list(ORACLES))
+    p.add_argument("--method", required=True,
+                   help="ibm, irm1, irm2, mwf, mix (mixture / K), mel-ibm, mel-irm, mel-ideal (mel-oracle ceiling)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="folder for OUT/<track>/<source>.wav and the reports")
     p.add_argument("--split", default="test", help="dataset split (default test)")

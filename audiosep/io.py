@@ -134,6 +134,13 @@ def convert_channels(wav: np.ndarray, channels: int) -> np.ndarray:
     raise UserError(f"cannot convert {have}-channel audio to {channels} channels")
 
 
+def fit_length(wav: np.ndarray, length: int) -> np.ndarray:
+    """Trim or zero-pad the last axis of `wav` to `length` samples."""
+    if wav.shape[-1] >= length:
+        return wav[..., :length]
+    return np.pad(wav, [(0, 0)] * (wav.ndim - 1) + [(0, length - wav.shape[-1])])
+
+
 def write_audio(
     path: str | os.PathLike, wav: np.ndarray, sample_rate: int, subtype: str | None = None
 ) -> Path:

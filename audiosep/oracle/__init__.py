@@ -50,6 +50,12 @@ ORACLES: dict[str, Callable] = {
 }
 
 
+def check_oracle(name: str) -> None:
+    """UserError listing the choices unless `name` is a registered oracle."""
+    if name not in ORACLES:
+        raise UserError(f"unknown oracle {name!r}; choose one of: {', '.join(ORACLES)}")
+
+
 def oracle_options(name: str) -> list[str]:
     """The keyword options `run_oracle(name, ...)` accepts."""
     fn = ORACLES[name]
@@ -71,8 +77,7 @@ def run_oracle(name: str, sources, sample_rate: int, **opts):
     Raises:
         UserError: unknown oracle name, unknown option, or "mel-ideal" without a front end.
     """
-    if name not in ORACLES:
-        raise UserError(f"unknown oracle {name!r}; choose one of: {', '.join(ORACLES)}")
+    check_oracle(name)
     allowed = oracle_options(name)
     unknown = sorted(set(opts) - set(allowed))
     if unknown:

@@ -12,7 +12,7 @@ from ..data.stems import list_tracks, load_track
 from ..eval.report import score_track, write_reports
 from ..io import write_audio
 from ..spectral.frontend import get_frontend
-from . import run_oracle
+from . import check_oracle, run_oracle
 
 
 def oracle_dataset(
@@ -33,6 +33,7 @@ def oracle_dataset(
     Returns:
         (the long table of all tracks, the paths of the reports).
     """
+    check_oracle(name)
     output = Path(output)
     opts = {"frontend": get_frontend(preset)} if name == "mel-ideal" else {}
     tables = []

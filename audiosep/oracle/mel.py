@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..io import resample
+from ..io import fit_length, resample
 from ..spectral import functional as F
 from ..spectral.inversion import invert_mel_powers
 from .common import EPS, HOP, N_FFT, apply_masks, as_sources, like_input, stft
@@ -117,13 +117,6 @@ def mel_irm(
     return _mel_masked(sources, sample_rate, masks, n_fft, hop, n_mels, fmin, fmax)
 
 
-def _fit_length(wav: np.ndarray, length: int) -> np.ndarray:
-    """Trim or zero-pad the last axis to `length` samples."""
-    if wav.shape[-1] >= length:
-        return wav[..., :length]
-    return np.pad(wav, [(0, 0)] * (wav.ndim - 1) + [(0, length - wav.shape[-1])])
-
-
 def mel_ideal(sources, sample_rate: int, frontend, method: str = "wiener"):
     """The true sources' mel powers inverted by the project's own mel → waveform path.
 
@@ -148,5 +141,5 @@ def mel_ideal(sources, sample_rate: int, frontend, method: str = "wiener"):
     mel_powers = frontend.mel_power(src.mean(dim=1))  # (K, n_mels, T)
     est = invert_mel_powers(frontend, mel_powers, src.sum(dim=0), method=method)  # (K, C, N')
     est = est.detach().cpu().to(torch.float64).reshape(n_src * n_chan, -1).numpy()
-    back = _fit_length(resample(est, rate, sample_rate), length)
+    back = fit_length(resample(est, rate, sample_rate), length)
     return like_input(torch.from_numpy(np.ascontiguousarray(back)).reshape(n_src, n_chan, length), sources)

@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..io import audio_info, convert_channels, read_audio, resample, write_audio
+from ..io import audio_info, convert_channels, fit_length, read_audio, resample, write_audio
 
 DEFAULT_LEVEL_DB = -20.0  # mixture RMS (dBFS) for methods that state none
 
@@ -202,10 +202,7 @@ def _check_inputs(paths: list[Path], outputs: list[dict[str, Path]]) -> None:
 
 def _to_input(stem: np.ndarray, method_rate: int, rate: int, channels: int, length: int) -> np.ndarray:
     """One stem `(C_m, N_m)` at the method's rate → `(channels, length)` at the input's rate."""
-    stem = convert_channels(resample(stem, method_rate, rate), channels)
-    if stem.shape[-1] >= length:
-        return stem[:, :length]
-    return np.pad(stem, ((0, 0), (0, length - stem.shape[-1])))
+    return fit_length(convert_channels(resample(stem, method_rate, rate), channels), length)
 
 
 def _device(device: str | torch.device) -> torch.device:
