@@ -14,8 +14,8 @@ _EXPORTS = {
     "Separator": "audiosep.separation",
     "separate_files": "audiosep.separation",
     "load_prior": "audiosep.priors",
-    "evaluate_dirs": "audiosep.eval",
-    "bss_eval_v4": "audiosep.eval",
+    "evaluate_dirs": "audiosep.eval.report",
+    "bss_eval_v4": "audiosep.eval.bsseval",
     "UserError": "audiosep.errors",
 }
 

@@ -1,10 +1,6 @@
 """Evaluation: BSSEval v4 matching museval (`bsseval`), SI-SDR/SDR/PSNR/SSIM with best
-permutation (`metrics`), museval-compatible long tables, JSON and summaries (`report`)."""
-from .bsseval import bss_eval_v4
-from .metrics import best_permutation, psnr, sdr, si_sdr, ssim
-from .report import evaluate_dirs, evaluate_track, score_track, summarize, write_reports
+permutation (`metrics`), museval-compatible long tables, JSON and summaries (`report`).
 
-__all__ = [
-    "bss_eval_v4", "best_permutation", "evaluate_dirs", "evaluate_track", "psnr", "score_track",
-    "sdr", "si_sdr", "ssim", "summarize", "write_reports",
-]
+Import from the submodules: `bsseval` stays free of torch and pandas, so a process that
+only scores audio stays small.
+"""
