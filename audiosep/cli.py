@@ -100,9 +100,20 @@ def _cmd_train_nmf(args: argparse.Namespace) -> None:
 
 
 def _cmd_separate(args: argparse.Namespace) -> None:
-    from .separation import BUNDLED_NMF, NMFModel, Separator, separate_files
+    from .separation import BUNDLED_NMF, MelBasis, NMFModel, Separator, separate_files, separation_method
+    from .separation.basis import BasisConfig
 
-    model = NMFModel.load(args.model or BUNDLED_NMF)
+    models = args.model or []
+    basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion}
+    if separation_method(models, args.method) == "nmf":
+        given = [flag for flag, value in basis_options.items() if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)}: BASIS option(s), but the model is NMF; give prior checkpoints")
+        model = NMFModel.load(models[0] if models else BUNDLED_NMF)
+    else:
+        settings = {"steps_per_level": args.steps, "n_levels": args.levels}
+        config = BasisConfig(seed=args.seed, **{k: v for k, v in settings.items() if v is not None})
+        model = MelBasis.from_files(models, config, device=args.device, inversion=args.inversion or "wiener")
     separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device, seed=args.seed)
     for stems in separate_files(args.inputs, args.output, separator):
         print("wrote " + ", ".join(str(p) for p in stems.values()))
@@ -219,7 +230,14 @@ def _add_separate(sub) -> None:
     p = sub.add_parser("separate", help="separate audio files into OUT/<track>/<source>.wav")
     p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="audio files (wav/flac/ogg/mp3, any rate/channels)")
     p.add_argument("-o", "--output", type=Path, default=Path("separated"), help="output folder (default: separated)")
-    p.add_argument("--model", type=Path, help="model file (default: the bundled piano/violin NMF model)")
+    p.add_argument("--model", type=Path, nargs="+", metavar="PATH",
+                   help="one NMF model file, or one prior checkpoint per source for BASIS, named after the "
+                        "files (piano.pt violin.pt → piano, violin); default: the bundled piano/violin NMF model")
+    p.add_argument("--method", choices=["nmf", "basis"], help="check the method (default: inferred from --model)")
+    p.add_argument("--steps", type=int, help="BASIS: Langevin steps per noise level (default 100)")
+    p.add_argument("--levels", type=int, help="BASIS: noise levels, σ from 1 down to 0.01 (default 10)")
+    p.add_argument("--inversion", choices=["wiener", "phase", "griffinlim"],
+                   help="BASIS: mel → audio by Wiener masks on the mixture (default), mixture phase, or Griffin-Lim")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--segment", type=float, default=30.0, help="chunk length in seconds (default 30)")
     p.add_argument("--overlap", type=float, default=1.0, help="seconds cross-faded between chunks (default 1)")

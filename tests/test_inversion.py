@@ -149,7 +149,8 @@ def test_multichannel_wiener_images_sum_to_mixture_and_recover_spatial_sources()
     # exact up to the eps·I loading of C_x (relative 1e-10 / its smallest eigenvalue)
     torch.testing.assert_close(est.sum(dim=0), X, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(est[0, :, :, 0], X[:, :, 0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(est[1, :, :, 0], torch.zeros_like(X[:, :, 0]), rtol=0, atol=0)
+    # a source with no power gets only its eps/K share of the loading
+    torch.testing.assert_close(est[1, :, :, 0], torch.zeros_like(X[:, :, 0]), rtol=0, atol=1e-6)
 
 
 def test_round_trip_wav_mel_wav_spectral_convergence():
@@ -210,3 +211,15 @@ def test_cuda_matches_cpu():
     gl_cpu = griffin_lim(S, fe.n_fft, fe.hop_length, n_iter=8, seed=0)
     gl_gpu = griffin_lim(S.cuda(), fe.n_fft, fe.hop_length, n_iter=8, seed=0)
     torch.testing.assert_close(gl_gpu.cpu(), gl_cpu, rtol=1e-3, atol=1e-4)
+
+
+def test_wiener_shares_the_mixture_where_no_source_has_power():
+    X = torch.randn(3, 8, dtype=torch.complex128)
+    power = torch.zeros(2, 3, 8, dtype=torch.float64)
+    power[0, 0] = 1.0  # only source 0 has power, and only in bin 0
+    est = wiener(power, X)
+    torch.testing.assert_close(est.sum(dim=0), X, rtol=1e-12, atol=0)
+    torch.testing.assert_close(est[0, 0], X[0], rtol=1e-9, atol=0)
+    torch.testing.assert_close(est[:, 1:], (X[1:] / 2).expand(2, 2, 8), rtol=1e-12, atol=0)
+    images = multichannel_wiener(power, torch.ones(2, 3, 1, 1, dtype=torch.float64), X[None])
+    torch.testing.assert_close(images[:, 0], est, rtol=1e-9, atol=1e-15)

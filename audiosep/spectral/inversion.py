@@ -152,10 +152,11 @@ def mixture_phase(magnitude: Tensor, mix_stft: Tensor) -> Tensor:
 
 
 def wiener(source_power: Tensor, mix_stft: Tensor, eps: float = 1e-10) -> Tensor:
-    """Single-channel Wiener filter: Ŝⱼ = Pⱼ / (Σₖ Pₖ + eps) · X.
+    """Single-channel Wiener filter: Ŝⱼ = (Pⱼ + eps/K) / (Σₖ Pₖ + eps) · X.
 
-    The estimates sum to X · ΣP/(ΣP + eps), i.e. to the mixture wherever the total source
-    power is well above `eps`.
+    The masks sum to one in every bin, so the estimates always sum to the mixture; where
+    no source has power (e.g. bins outside a mel front end's range after NNLS) the mixture
+    is shared equally instead of being dropped. Elsewhere this is Pⱼ / ΣP to within eps.
 
     Args:
         source_power: `(K, ..., F, T)`, estimated |Sⱼ|² (broadcastable against `mix_stft`).
@@ -163,7 +164,8 @@ def wiener(source_power: Tensor, mix_stft: Tensor, eps: float = 1e-10) -> Tensor
     Returns:
         complex `(K, ..., F, T)`.
     """
-    mask = source_power / (source_power.sum(dim=0, keepdim=True) + eps)
+    n_sources = source_power.shape[0]
+    mask = (source_power + eps / n_sources) / (source_power.sum(dim=0, keepdim=True) + eps)
     return mask * mix_stft
 
 
@@ -173,13 +175,15 @@ def multichannel_wiener(
     """Multichannel Wiener filter under the local Gaussian model (Duong, Vincent & Gribonval 2010).
 
     Source j's image has covariance Pⱼ(f, t)·Rⱼ(f); the mixture's is C_x = Σⱼ PⱼRⱼ, and
-    Ŝⱼ = PⱼRⱼ (C_x + eps·I)⁻¹ x. With one channel and Rⱼ = 1 this is `wiener`.
+    Ŝⱼ = (PⱼRⱼ + eps/K·I)(C_x + eps·I)⁻¹ x: the gains sum to I, so the images always sum
+    to x (shared equally where no source has power). With one channel and Rⱼ = 1 this is
+    `wiener`.
 
     Args:
         source_power: `(K, ..., F, T)` real ≥ 0.
         spatial_cov: `(K, ..., F, C, C)` Hermitian (real or complex), e.g. trace-normalised.
         mix_stft: `(..., C, F, T)` complex.
-        eps: diagonal loading of C_x (regularised inverse).
+        eps: diagonal loading of C_x (regularised inverse), shared equally by the sources.
     Returns:
         complex source images `(K, ..., C, F, T)`.
     """
@@ -187,8 +191,9 @@ def multichannel_wiener(
     cov = spatial_cov.to(mix_stft.dtype)[..., None, :, :]  # (K, ..., F, 1, C, C)
     image_cov = source_power[..., None, None].to(mix_stft.dtype) * cov  # (K, ..., F, T, C, C)
     eye = torch.eye(n_chan, dtype=mix_stft.dtype, device=mix_stft.device)
+    image_cov = image_cov + (eps / image_cov.shape[0]) * eye
     x = mix_stft.movedim(-3, -1)[..., None]  # (..., F, T, C, 1)
-    whitened = torch.linalg.solve(image_cov.sum(dim=0) + eps * eye, x)  # (..., F, T, C, 1)
+    whitened = torch.linalg.solve(image_cov.sum(dim=0), x)  # (..., F, T, C, 1)
     return image_cov.matmul(whitened)[..., 0].movedim(-1, -3)
 
 

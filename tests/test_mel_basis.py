@@ -1,0 +1,197 @@
+"""MelBasis (BASIS on mel spectrograms as a Separator method) and `audiosep separate` with
+prior checkpoints. Analytic Gaussian priors check the separation itself; tiny untrained
+NCSNv2 checkpoints check the wiring end to end (files, formats, errors, seeds)."""
+import math
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audiosep.cli import main
+from audiosep.errors import UserError
+from audiosep.priors import Domain, NCSNv2, Prior, save_checkpoint, sigma_per_sample
+from audiosep.separation import BUNDLED_NMF, MelBasis, separation_method
+from audiosep.separation.basis import BasisConfig
+from audiosep.spectral.frontend import Frontend, get_frontend, patchify
+
+# A small front end for the analytic tests: every STFT bin is covered by a mel band
+# (fmin 0, fmax = Nyquist), so Wiener masks lose nothing.
+TINY = Frontend(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, fmin=0.0, patch_frames=32, name="tiny")
+
+
+class GaussianPrior(Prior):
+    """N(μ, s²) per element of a [0, 1] mel patch; smoothed by σ: score −(x − μ)/(s² + σ²).
+
+    μ is `(1, 1, 1, 1)` (one value everywhere) or `(B, 1, F, P)` (one per patch); the
+    batch BASIS passes may hold several copies of the B patches (chains), tiled here.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: float, frontend: Frontend = TINY) -> None:
+        super().__init__(Domain.mel(frontend))
+        self.mean, self.std = mean, std
+
+    def score(self, x, sigma):
+        sigma = sigma_per_sample(sigma, x).view(-1, 1, 1, 1)
+        mean = self.mean.repeat(x.shape[0] // self.mean.shape[0], 1, 1, 1)
+        return -(x - mean) / (self.std**2 + sigma**2)
+
+
+def _sources(sr, seconds=2.0, seed=0):
+    """Two float32 signals `(N,)`: a 300 Hz tone with a slow tremolo, and a 2.2 kHz tone from
+    0.7 s on; each with a little white noise so no mel band is silent."""
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    a = 0.1 * np.sin(2 * np.pi * 300 * t) * (1 + 0.5 * np.sin(2 * np.pi * 1.3 * t))
+    b = 0.1 * np.sin(2 * np.pi * 2200 * t) * (t > 0.7)
+    noise = 0.003 * rng.standard_normal((2, t.size))
+    return [torch.tensor(s + n, dtype=torch.float32) for s, n in zip((a, b), noise)]
+
+
+def _sdr(reference, estimate):
+    return 10 * math.log10(float(reference.square().sum() / (reference - estimate).square().sum()))
+
+
+def test_separated_mel_powers_add_up_to_the_mixture():
+    # Broad priors (s = 0.3) far from the data: the mixture constraint decides the sum.
+    # At the last level BASIS samples the likelihood N(m; g(x), γ²/c) with γ = σ_L = 0.01
+    # and c = 2 (BasisConfig defaults), a residual of std 0.01/√2 units = 0.85 dB per bin
+    # (120 dB per unit). Averaging overlapping patches in power keeps Σₖ powers = mixture
+    # power for each patch; averaging them in dB instead breaks it (RMS ≈ 5 dB here).
+    a, b = _sources(TINY.sample_rate)
+    mix_mel = TINY.mel_power(a + b)
+    priors = [GaussianPrior(torch.full((1, 1, 1, 1), mu), 0.3) for mu in (0.5, 0.4)]
+    config = BasisConfig(n_levels=4, steps_per_level=50)
+    mel = MelBasis(priors, config, ["a", "b"], progress=False).separate_mel(mix_mel)
+    assert mel.shape == (2, *mix_mel.shape) and (mel > 0).all()
+    error_db = 10 * torch.log10(mel.sum(dim=0) / mix_mel)
+    assert error_db.pow(2).mean().sqrt() < 1.0  # the 0.85 dB likelihood width
+    assert error_db.mean().abs() < 0.15  # unbiased: ≈ 0.85 dB / √(4000 bins) · patch correlation
+    assert error_db.abs().max() < 5.0  # ≈ 6 standard deviations
+
+
+def test_oracle_gaussian_priors_recover_the_sources():
+    # Priors centred on the true sources' [0, 1] mel patches (s = 0.02, 2.4 dB) make the
+    # posterior concentrate on the truth: the stems (Wiener masks from the mel estimates)
+    # must match the true sources in order, and add up to the mixture.
+    a, b = _sources(TINY.sample_rate)
+    hop = TINY.patch_frames // 2
+    priors = [GaussianPrior(patchify(TINY.encode(s), TINY.patch_frames, hop)[0], 0.02) for s in (a, b)]
+    method = MelBasis(priors, BasisConfig(n_levels=4, steps_per_level=50), ["a", "b"], hop_frames=hop,
+                      progress=False)
+    mix = (a + b)[None]
+    stems = method(mix)
+    assert stems.shape == (2, 1, mix.shape[1]) and stems.dtype == torch.float32
+    assert _sdr(a, stems[0, 0]) > 20 and _sdr(b, stems[1, 0]) > 20  # measured 26.6 / 23.8 dB
+    assert _sdr(mix[0], stems.sum(dim=0)[0]) > 40  # Wiener: Σ stems = mixture (measured 46 dB)
+
+
+def test_method_attributes_and_argument_errors():
+    priors = [GaussianPrior(torch.full((1, 1, 1, 1), 0.5), 0.3) for _ in range(2)]
+    method = MelBasis(priors, sources=["x", "y"])
+    assert (method.sources, method.sample_rate, method.channels) == (("x", "y"), 8000, 1)
+    assert method.level_db == -17.0 and method.hop_frames == 16 and method.frontend == TINY
+    assert MelBasis(priors, level_db=-23.0).level_db == -23.0
+    other = GaussianPrior(torch.zeros(1, 1, 1, 1), 0.3, get_frontend("audiosourcesep"))
+    for kwargs, message in [
+        (dict(priors=priors[:1]), "two or more sources"),
+        (dict(priors=priors, sources=["x", "x"]), "given twice"),
+        (dict(priors=[priors[0], other]), "prior 0 and prior 1 were trained on different mel front ends"),
+        (dict(priors=priors, inversion="istft"), "unknown inversion"),
+        (dict(priors=priors, hop_frames=33), "patch hop"),
+        (dict(priors=priors, config=BasisConfig(n_levels=1)), "at least 2 noise levels"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            MelBasis(**kwargs)
+
+
+# --- the command line with tiny NCSNv2 checkpoints ----------------------------------------
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """piano.pt, violin.pt (audiosourcesep front end), other.pt (default front end): untrained nf = 4 NCSNv2."""
+    folder = tmp_path_factory.mktemp("priors")
+    paths = {}
+    for seed, (name, preset) in enumerate([("piano", "audiosourcesep"), ("violin", "audiosourcesep"),
+                                           ("other", "default")]):
+        torch.manual_seed(seed)
+        paths[name] = save_checkpoint(folder / f"{name}.pt", NCSNv2(nf=4), Domain.mel(get_frontend(preset)))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def mixtures(tmp_path_factory):
+    """mono16k.wav (16 kHz, 1 channel) and stereo22k.wav (22.05 kHz, 2 channels), 2 s each."""
+    folder = tmp_path_factory.mktemp("mixtures")
+    a, b = _sources(SR)
+    sf.write(folder / "mono16k.wav", (a + b).numpy(), SR, subtype="FLOAT")
+    a, b = _sources(22050, seed=1)
+    sf.write(folder / "stereo22k.wav", torch.stack([a + b, 0.5 * a + b], dim=1).numpy(), 22050, subtype="FLOAT")
+    return folder / "mono16k.wav", folder / "stereo22k.wav"
+
+
+def _run(*argv):
+    return main([str(a) for a in argv])
+
+
+def _basis(mixtures, checkpoints, out, *extra):
+    return _run("separate", *mixtures, "-o", out, "--model", checkpoints["piano"], checkpoints["violin"],
+                "--steps", 2, "--levels", 2, *extra)
+
+
+def test_separate_with_priors_end_to_end(mixtures, checkpoints, tmp_path):
+    assert _basis(mixtures, checkpoints, tmp_path / "sep") == 0
+    for path in mixtures:
+        info = sf.info(path)
+        for source in ("piano", "violin"):
+            out = sf.info(tmp_path / "sep" / path.stem / f"{source}.wav")
+            assert (out.samplerate, out.frames, out.channels) == (info.samplerate, info.frames, info.channels)
+
+
+def test_wiener_stems_add_up_to_the_mixture(mixtures, checkpoints, tmp_path):
+    # Wiener masks that sum to one give Σ stems = iSTFT(STFT(mix)) = mix up to float32
+    # rounding (≈ 140 dB with masks (P + eps/K)/(ΣP + eps)); the Separator's level gain
+    # and its inverse are exact scalings at the priors' rate (16 kHz, mono: no resampling).
+    assert _basis(mixtures[:1], checkpoints, tmp_path / "sep") == 0
+    mix = sf.read(mixtures[0])[0]
+    total = sum(sf.read(tmp_path / "sep" / "mono16k" / f"{s}.wav")[0] for s in ("piano", "violin"))
+    assert 10 * np.log10(np.sum(mix**2) / np.sum((total - mix) ** 2)) > 100
+
+
+def test_separate_with_priors_is_seeded(mixtures, checkpoints, tmp_path):
+    runs = [("a", 3), ("b", 3), ("c", 4)]
+    for name, seed in runs:
+        assert _basis(mixtures[:1], checkpoints, tmp_path / name, "--seed", seed) == 0
+    read = {name: sf.read(tmp_path / name / "mono16k" / "piano.wav")[0] for name, _ in runs}
+    assert np.array_equal(read["a"], read["b"])
+    assert not np.allclose(read["a"], read["c"])
+
+
+@pytest.mark.parametrize("models, extra, message", [
+    (["piano", "other"], [], "piano.pt and .*other.pt were trained on different mel front ends"),
+    ([BUNDLED_NMF, "violin"], [], "is an NMF model but .*violin.pt is a prior"),
+    (["piano"], [], "BASIS needs one prior per source"),
+    (["piano", "violin"], ["--method", "nmf"], "method 'nmf' was asked for"),
+    ([], ["--method", "basis"], "BASIS needs one prior checkpoint per source"),
+    ([BUNDLED_NMF], ["--steps", "3"], "--steps: BASIS option"),
+    (["piano", "violin"], ["--levels", "1"], "at least 2 noise levels"),
+])
+def test_separate_errors_are_one_line_and_write_nothing(mixtures, checkpoints, tmp_path, capsys, models, extra,
+                                                         message):
+    paths = [checkpoints.get(m, m) for m in models]
+    model_args = ["--model", *paths] if paths else []
+    assert _run("separate", mixtures[0], "-o", tmp_path / "sep", *model_args, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("audiosep separate: error:") and "\n" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "sep").exists()
+
+
+def test_separation_method_is_inferred_from_the_files(checkpoints):
+    assert separation_method([]) == "nmf"
+    assert separation_method([BUNDLED_NMF]) == "nmf"
+    assert separation_method([checkpoints["piano"], checkpoints["violin"]], "basis") == "basis"
