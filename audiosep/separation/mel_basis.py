@@ -40,7 +40,7 @@ from ..spectral.inversion import METHODS as INVERSIONS
 from ..spectral.inversion import invert_mel_powers
 from .basis import BasisConfig, basis_separate
 from .mixing import DbPowerMixing
-from .separator import _device
+from .separator import resolve_device
 
 # Mixture RMS (dBFS) the piano/violin priors were trained at: the median over the 180
 # synthesized training mixtures of /work/data/pv/train (`audiosep synth piano_violin`:
@@ -122,7 +122,7 @@ class MelBasis:
             UserError: as `load_prior` (missing, foreign, corrupt), priors whose domains
                 differ (both files named) or are not mel spectrograms, an unusable device.
         """
-        paths, device = [Path(p) for p in paths], _device(device)
+        paths, device = [Path(p) for p in paths], resolve_device(device)
         priors = [load_prior(p, device=device) for p in paths]
         common_frontend([p.domain for p in priors], [str(p) for p in paths])
         names = sources if sources is not None else [p.stem for p in paths]

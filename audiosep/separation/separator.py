@@ -99,7 +99,7 @@ class Separator:
         self.sources = tuple(method.sources)
         self.sample_rate = int(method.sample_rate)
         self.segment, self.overlap = segment, overlap
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.seed, self.progress = seed, progress
         method_level = getattr(method, "level_db", None)
         self.level_db = level_db if level_db is not None else (method_level if method_level is not None else DEFAULT_LEVEL_DB)
@@ -205,7 +205,8 @@ def _to_input(stem: np.ndarray, method_rate: int, rate: int, channels: int, leng
     return fit_length(convert_channels(resample(stem, method_rate, rate), channels), length)
 
 
-def _device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device; UserError for an unknown one or CUDA without a GPU."""
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
