@@ -89,6 +89,31 @@ def _cmd_train_ncsn(args: argparse.Namespace) -> None:
     print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, valid loss {result['valid_loss']:.4f}")
 
 
+def _cmd_train_flow(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    import torch
+
+    from .config import from_dict, load_yaml
+    from .train import FlowRun, train_flow
+
+    run = load_yaml(FlowRun, args.config) if args.config else from_dict(FlowRun, {})
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if getattr(args, k) is not None}
+    model_overrides = {k: getattr(args, k) for k in ("conditioning", "levels", "depth", "hidden")
+                       if getattr(args, k) is not None}
+    finetune_steps = args.finetune_steps if args.finetune_steps is not None else run.finetune_steps
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = train_flow(args.data, args.source, args.output, arch=args.kind, preset=args.preset,
+                        model_config=dataclasses.replace(run.model, **model_overrides),
+                        config=dataclasses.replace(run.train, **overrides), finetune_steps=finetune_steps,
+                        device=args.device)
+    for member in result.get("members", []):
+        print(f"  sigma {member['sigma']:.4g}: step {member['step']}, valid {member['valid_loss']:.4f} bits/dim")
+    print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f} bits/dim, "
+          f"valid {result['valid_loss']:.4f} bits/dim")
+
+
 def _cmd_train_nmf(args: argparse.Namespace) -> None:
     from .separation.nmf import train_nmf
 
@@ -101,19 +126,26 @@ def _cmd_train_nmf(args: argparse.Namespace) -> None:
 
 def _cmd_separate(args: argparse.Namespace) -> None:
     from .separation import BUNDLED_NMF, MelBasis, NMFModel, Separator, separate_files, separation_method
-    from .separation.basis import BasisConfig
+    from .separation.mel_basis import baseline_mismatch, default_basis
 
     models = args.model or []
-    basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion}
+    basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion,
+                     "--init": args.init, "--init-model": args.init_model}
     if separation_method(models, args.method) == "nmf":
         given = [flag for flag, value in basis_options.items() if value is not None]
         if given:
             raise UserError(f"{', '.join(given)}: BASIS option(s), but the model is NMF; give prior checkpoints")
         model = NMFModel.load(models[0] if models else BUNDLED_NMF)
     else:
-        settings = {"steps_per_level": args.steps, "n_levels": args.levels}
-        config = BasisConfig(seed=args.seed, **{k: v for k, v in settings.items() if v is not None})
-        model = MelBasis.from_files(models, config, device=args.device, inversion=args.inversion or "wiener")
+        if args.init_model and args.init not in (None, "nmf"):
+            raise UserError(f"--init-model is the NMF model of --init nmf, not of --init {args.init}")
+        priors = MelBasis.from_files(models, device=args.device)
+        baseline = NMFModel.load(args.init_model or BUNDLED_NMF) if args.init in (None, "nmf") else None
+        init = args.init or ("nmf" if baseline_mismatch(baseline, priors.sources, priors.sample_rate) is None
+                             else "mixture")
+        config = default_basis(init, seed=args.seed, steps_per_level=args.steps, n_levels=args.levels)
+        model = MelBasis(priors.priors, config, priors.sources, inversion=args.inversion or "wiener",
+                         init_from=baseline if init == "nmf" else None)
     separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device, seed=args.seed)
     for stems in separate_files(args.inputs, args.output, separator):
         print("wrote " + ", ".join(str(p) for p in stems.values()))
@@ -192,8 +224,8 @@ def _add_oracle(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model on a stems dataset (ncsn prior, nmf baseline)")
-    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")  # ncsn, nmf
+    p = sub.add_parser("train", help="train a model on a stems dataset (ncsn, glow, realnvp priors; nmf baseline)")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")  # ncsn, glow, realnvp, nmf
     ncsn = kinds.add_parser("ncsn", help="NCSN score network on [0, 1] mel patches (resumes from -o)")
     ncsn.add_argument("--data", type=Path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
     ncsn.add_argument("--source", required=True, help="the source to model, e.g. piano")
@@ -209,6 +241,9 @@ def _add_train(sub) -> None:
     ncsn.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     ncsn.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ncsn.set_defaults(run=_cmd_train_ncsn)
+
+    for kind, name in (("glow", "Glow"), ("realnvp", "RealNVP")):
+        _add_train_flow(kinds.add_parser(kind, help=f"{name} flow prior on [0, 1] mel patches (resumes from -o)"))
 
     nmf = kinds.add_parser("nmf", help="supervised NMF: one spectral dictionary per source")
     nmf.add_argument("--data", type=Path, required=True, help="stems dataset DATA/<split>/<track>/{mix,<source>}.wav")
@@ -226,6 +261,29 @@ def _add_train(sub) -> None:
     nmf.set_defaults(run=_cmd_train_nmf)
 
 
+def _add_train_flow(flow) -> None:
+    flow.add_argument("--data", type=Path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
+    flow.add_argument("--source", required=True, help="the source to model, e.g. piano")
+    flow.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
+    flow.add_argument("--preset", default="default", help="front end (default, audiosourcesep)")
+    flow.add_argument("--config", type=Path,
+                      help="YAML with `model:` (FlowConfig), `train:` (TrainConfig) and `finetune_steps`")
+    flow.add_argument("--conditioning", choices=["none", "sigma", "bundle"],
+                      help="sigma: one sigma-conditioned flow (default); bundle: one flow per BASIS sigma, "
+                           "trained from low to high noise (members kept in OUTPUT_members/); none: one flow")
+    flow.add_argument("--levels", type=int, help="scales of the flow (default 3)")
+    flow.add_argument("--depth", type=int, help="flow steps per scale")
+    flow.add_argument("--hidden", type=int, help="width of the coupling networks")
+    flow.add_argument("--steps", type=int, help="total optimiser steps (across resumes; a bundle's first member)")
+    flow.add_argument("--finetune-steps", type=int, help="bundle: steps of each later member (default: --steps)")
+    flow.add_argument("--batch-size", type=int)
+    flow.add_argument("--lr", type=float)
+    flow.add_argument("--seed", type=int)
+    flow.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    flow.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    flow.set_defaults(run=_cmd_train_flow)
+
+
 def _add_separate(sub) -> None:
     p = sub.add_parser("separate", help="separate audio files into OUT/<track>/<source>.wav")
     p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="audio files (wav/flac/ogg/mp3, any rate/channels)")
@@ -234,8 +292,16 @@ def _add_separate(sub) -> None:
                    help="one NMF model file, or one prior checkpoint per source for BASIS, named after the "
                         "files (piano.pt violin.pt → piano, violin); default: the bundled piano/violin NMF model")
     p.add_argument("--method", choices=["nmf", "basis"], help="check the method (default: inferred from --model)")
-    p.add_argument("--steps", type=int, help="BASIS: Langevin steps per noise level (default 100)")
-    p.add_argument("--levels", type=int, help="BASIS: noise levels, σ from 1 down to 0.01 (default 10)")
+    p.add_argument("--steps", type=int, help="BASIS: Langevin steps per noise level (default 10)")
+    p.add_argument("--levels", type=int,
+                   help="BASIS: noise levels, σ geometric down to 0.01 (default: 4 from σ 0.05 for --init nmf, "
+                        "7 from 0.3 for mixture, 10 from 1 for uniform)")
+    p.add_argument("--init", choices=["nmf", "mixture", "uniform"],
+                   help="BASIS: start from the stems of an NMF model (then annealed from a low σ), an equal split "
+                        "of the mixture, or U(0, 1) noise; default: nmf when the NMF model separates the priors' "
+                        "sources at their rate (the bundled one: piano, violin at 16 kHz), else mixture")
+    p.add_argument("--init-model", type=Path, metavar="PATH",
+                   help="BASIS --init nmf: the NMF model (default: the bundled one)")
     p.add_argument("--inversion", choices=["wiener", "phase", "griffinlim"],
                    help="BASIS: mel → audio by Wiener masks on the mixture (default), mixture phase, or Griffin-Lim")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")

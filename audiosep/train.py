@@ -37,6 +37,16 @@ from tqdm import tqdm
 from .config import TrainConfig, to_dict
 from .errors import UserError
 from .priors.base import Domain, Prior, load_checkpoint, save_checkpoint
+from .priors.flows import (
+    FLOWS,
+    FlowBundle,
+    FlowConfig,
+    build_flow,
+    bundle_sigmas,
+    check_flow_shape,
+    flow_nll,
+    member_config,
+)
 from .priors.ncsn import NCSNConfig, build_ncsn, dsm_loss
 
 LossFn = Callable[[Prior, Any], Tensor]
@@ -468,3 +478,113 @@ def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike
     seed_everything(config.seed)
     model = build_ncsn(model_config, samples)
     return train(model, dsm_loss, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device)
+
+
+@dataclasses.dataclass
+class FlowRun:
+    """The YAML file of `audiosep train glow|realnvp --config`: `model:` (FlowConfig), `train:`
+    (TrainConfig), and `finetune_steps` (bundle only: steps of every member after the first,
+    which trains for `train.steps`; null → `train.steps`)."""
+
+    model: FlowConfig = dataclasses.field(default_factory=FlowConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    finetune_steps: int | None = None
+
+
+def _flow_patch_sets(data: str | os.PathLike, source: str, frontend: Any, steps: int, config: TrainConfig,
+                     seed: int, valid_items: int) -> tuple[Dataset, Dataset]:
+    """(train patches: steps × batch_size items, drawn with `seed`; valid patches: fixed)."""
+    train_ds = mel_patches(data, source, frontend, "train", steps * config.batch_size, seed)
+    valid_ds = mel_patches(data, source, frontend, "valid", valid_items, config.seed + 1)
+    return train_ds, valid_ds
+
+
+def train_flow(data: str | os.PathLike, source: str, out_path: str | os.PathLike, arch: str = "glow",
+               preset: str = "default", model_config: FlowConfig | None = None, config: TrainConfig | None = None,
+               finetune_steps: int | None = None, device: str = "cpu", valid_items: int = 256) -> dict[str, Any]:
+    """Train a flow prior (Glow or RealNVP) on the mel patches of one source: `audiosep train glow|realnvp`.
+
+    The loss is bits per dimension of the noisy patches (`flow_nll`), so the progress bar
+    and the validation loss read in bits/dim. Conditioning "none" and "sigma" train one
+    model to `out_path` like `train_ncsn`; "bundle" hands over to `train_flow_bundle`.
+    The patch shape is checked against the architecture before any training.
+
+    Returns:
+        {"step", "loss", "valid_loss"} (bits/dim), plus "members" for a bundle.
+    """
+    from .spectral.frontend import get_frontend
+
+    frontend = get_frontend(preset)
+    model_config = model_config or FlowConfig()
+    config = config or TrainConfig()
+    if arch not in FLOWS:
+        raise UserError(f"unknown flow {arch!r}; choose one of: {', '.join(FLOWS)}")
+    check_flow_shape(arch, model_config.channels, model_config.levels,
+                     (1, frontend.n_mels, frontend.patch_frames))
+    if model_config.conditioning == "bundle":
+        return train_flow_bundle(data, source, out_path, arch, preset, model_config, config, finetune_steps,
+                                 device, valid_items)
+    train_ds, valid_ds = _flow_patch_sets(data, source, frontend, config.steps, config, config.seed, valid_items)
+    seed_everything(config.seed)
+    model = build_flow(arch, model_config)
+    return train(model, flow_nll, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device)
+
+
+def bundle_member_path(out_path: str | os.PathLike, sigma: float) -> Path:
+    """Where `train_flow_bundle` keeps the training state of the member at `sigma`:
+    `<out stem>_members/sigma_<σ>.pt` beside the bundle."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + "_members") / f"sigma_{sigma:.6g}.pt"
+
+
+def train_flow_bundle(data: str | os.PathLike, source: str, out_path: str | os.PathLike, arch: str = "glow",
+                      preset: str = "default", model_config: FlowConfig | None = None,
+                      config: TrainConfig | None = None, finetune_steps: int | None = None, device: str = "cpu",
+                      valid_items: int = 256) -> dict[str, Any]:
+    """Train a per-σ flow bundle: one unconditional flow per σ of the schedule, serially from
+    the smallest σ up, each member initialised from the previous member's EMA weights; then
+    write all members (EMA weights) into one `FlowBundle` checkpoint at `out_path`.
+
+    Every member is an ordinary `train` run with its own checkpoint
+    (`bundle_member_path`), so an interrupted bundle resumes where it stopped: finished
+    members are read back, the interrupted one resumes from its last checkpoint. The first
+    member trains `config.steps` steps, the others `finetune_steps` (default: the same);
+    member i uses seed `config.seed + i` for its crops and noise. Under torchrun every
+    process trains every member; rank 0 writes the bundle.
+
+    Returns:
+        {"step" (all members' steps), "loss", "valid_loss" (the last member's, bits/dim),
+         "members": [{"sigma", "step", "loss", "valid_loss"}, ...] in training order}.
+    """
+    from .spectral.frontend import get_frontend
+
+    frontend = get_frontend(preset)
+    model_config = model_config or FlowConfig(conditioning="bundle")
+    config = config or TrainConfig()
+    domain = Domain.mel(frontend)
+    sigmas = bundle_sigmas(model_config)
+    members, previous, results = {}, None, []
+    for index, sigma in enumerate(sorted(sigmas)):
+        steps = config.steps if index == 0 or finetune_steps is None else finetune_steps
+        member_train = dataclasses.replace(config, steps=steps, seed=config.seed + index)
+        train_ds, valid_ds = _flow_patch_sets(data, source, frontend, steps, member_train, member_train.seed,
+                                              valid_items)
+        seed_everything(member_train.seed)
+        member = build_flow(arch, dataclasses.replace(model_config, conditioning="none", noise_sigma=sigma))
+        if previous is not None:
+            member.load_state_dict(previous)
+        if config.progress:
+            tqdm.write(f"member {index + 1}/{len(sigmas)}: sigma {sigma:.4g}")
+        path = bundle_member_path(out_path, sigma)
+        result = train(member, flow_nll, train_ds, valid_ds, member_train, path, domain, device)
+        previous = members[sigma] = load_checkpoint(path)["ema"]
+        results.append({"sigma": sigma, **result})
+    bundle = FlowBundle(arch, member_config(model_config), sigmas)
+    for member, sigma in zip(bundle.members, sigmas):
+        member.load_state_dict(members[sigma])
+    total = sum(int(r["step"]) for r in results)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_checkpoint(out_path, bundle, domain, step=total,
+                        extra={"train_config": to_dict(config), "finetune_steps": finetune_steps,
+                               "members": results, "valid_loss": results[-1]["valid_loss"]})
+    return {"step": total, "loss": results[-1]["loss"], "valid_loss": results[-1]["valid_loss"], "members": results}

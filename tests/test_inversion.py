@@ -70,6 +70,42 @@ def test_mel_to_stft_against_librosa():
     assert np.linalg.norm(fb @ ours1 - fb @ S) / np.linalg.norm(fb @ S) <= 1e-2
 
 
+def test_nnls_started_from_a_solution_keeps_it():
+    # Underdetermined (mel → STFT): many X ≥ 0 solve A X = B exactly. From the pseudo-inverse
+    # start NNLS finds one of them; started from a solution X0, the gradient A^T(A X0 − B) is
+    # zero, so it stays at X0 — the reference's detail within a band survives.
+    fb = F.mel_filterbank(SR, 512, 24, 0.0, SR / 2, dtype=torch.float64)  # (24, 257)
+    X0 = torch.tensor(np.random.default_rng(1).random((2, 257, 5)))
+    B = fb @ X0
+    default = nnls(fb, B, n_iter=300)
+    started = nnls(fb, B, n_iter=300, init=X0)
+    torch.testing.assert_close(started, X0, atol=1e-12, rtol=0)
+    assert torch.linalg.norm(fb @ default - B) / torch.linalg.norm(B) < 1e-2
+    assert torch.linalg.norm(default - X0) / torch.linalg.norm(X0) > 0.1  # another solution
+    # a guess that does not solve it: the result fits B as well as from the default start
+    guess = X0 * torch.tensor(np.random.default_rng(2).uniform(0.5, 1.5, X0.shape))
+    fitted = nnls(fb, B, n_iter=300, init=guess)
+    assert torch.linalg.norm(fb @ fitted - B) / torch.linalg.norm(B) < 1e-2
+    assert torch.linalg.norm(fitted - X0) < torch.linalg.norm(default - X0)
+    with pytest.raises(ValueError, match="init must have shape"):
+        nnls(fb, B, init=X0[:1])
+
+
+def test_invert_mel_powers_from_the_true_powers_is_the_stft_wiener_oracle():
+    # True mel powers + the true STFT powers as reference → the NNLS stays at the true powers,
+    # so the stems are exactly the Wiener (IRM2) oracle on the front end's STFT.
+    fe = get_frontend("default")
+    a = torch.tensor(_harmonic(seconds=0.5, f0=220.0), dtype=torch.float32)
+    b = torch.tensor(_harmonic(seconds=0.5, f0=1330.0), dtype=torch.float32).roll(1000)
+    sources, mix = torch.stack([a, b]), (a + b)[None]
+    powers = fe.stft(sources).abs().square()  # (2, F, T)
+    stems = invert_mel_powers(fe, fe.mel_power(sources), mix, reference=powers)
+    oracle = fe.istft(wiener(powers[:, None], fe.stft(mix)), length=a.numel())
+    torch.testing.assert_close(stems, oracle, atol=2e-5, rtol=0)
+    plain = invert_mel_powers(fe, fe.mel_power(sources), mix)
+    assert min(_sdr(s, e[0]) for s, e in zip(sources, stems)) > min(_sdr(s, e[0]) for s, e in zip(sources, plain))
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.99])
 def test_griffin_lim_equals_librosa_with_the_same_start(momentum):
     y = _harmonic()

@@ -13,6 +13,7 @@ from audiosep.cli import main
 from audiosep.errors import UserError
 from audiosep.priors import Domain, NCSNv2, Prior, save_checkpoint, sigma_per_sample
 from audiosep.separation import BUNDLED_NMF, MelBasis, separation_method
+from audiosep.separation.mel_basis import default_basis, fit_schedule
 from audiosep.separation.basis import BasisConfig
 from audiosep.spectral.frontend import Frontend, get_frontend, patchify
 
@@ -87,10 +88,90 @@ def test_oracle_gaussian_priors_recover_the_sources():
     assert _sdr(mix[0], stems.sum(dim=0)[0]) > 40  # Wiener: Σ stems = mixture (measured 46 dB)
 
 
+class FixedStems:
+    """A baseline `Separator` method that returns given stems `(K, N)` whatever the mixture."""
+
+    def __init__(self, stems, sources=("a", "b"), sample_rate=TINY.sample_rate):
+        self.stems, self.sources, self.sample_rate = stems, tuple(sources), sample_rate
+
+    def __call__(self, mix):
+        return self.stems[:, None].to(mix)
+
+
+def test_baseline_initialisation_starts_the_chains_and_the_nnls():
+    # Broad priors far from the data (as above) and a short low-σ schedule: from U(0, 1) the
+    # chains cannot reach the sources, from the true stems (the baseline) they stay there,
+    # and the NNLS started from the baseline's STFT powers keeps the within-band detail.
+    a, b = _sources(TINY.sample_rate)
+    mix = (a + b)[None]
+    priors = [GaussianPrior(torch.full((1, 1, 1, 1), mu), 0.3) for mu in (0.5, 0.4)]
+    config = BasisConfig(sigmas=(0.02, 0.01), steps_per_level=20)
+    plain = MelBasis(priors, config, ["a", "b"], progress=False)(mix)
+    started = MelBasis(priors, config, ["a", "b"], init_from=FixedStems(torch.stack([a, b])), progress=False)(mix)
+    sdr_plain = [_sdr(s, e[0]) for s, e in zip((a, b), plain)]
+    sdr_started = [_sdr(s, e[0]) for s, e in zip((a, b), started)]
+    assert min(sdr_started) > 20 and max(sdr_plain) < 10, (sdr_started, sdr_plain)  # 25.3, 22.5 vs 2.8, 0.0
+    with pytest.raises(UserError, match="separates b, a, but the priors are a, b"):
+        MelBasis(priors, config, ["a", "b"], init_from=FixedStems(torch.stack([a, b]), ("b", "a")))
+    with pytest.raises(UserError, match="runs at 16000 Hz, the priors' front end at 8000 Hz"):
+        MelBasis(priors, config, ["a", "b"], init_from=FixedStems(torch.stack([a, b]), sample_rate=16000))
+
+
+def test_stereo_mixture_keeps_its_image():
+    # Source a is panned left (right channel 0.25 a), b is centred. Separation runs on the
+    # channel mean; the Wiener masks then apply to each channel, so each stem keeps its own
+    # channel balance instead of a mono copy.
+    a, b = _sources(TINY.sample_rate)
+    hop = TINY.patch_frames // 2
+    priors = [GaussianPrior(patchify(TINY.encode(0.625 * s if s is a else s), TINY.patch_frames, hop)[0], 0.02)
+              for s in (a, b)]
+    mix = torch.stack([a + b, 0.25 * a + b])
+    stems = MelBasis(priors, BasisConfig(n_levels=4, steps_per_level=50), ["a", "b"], hop_frames=hop,
+                     progress=False)(mix)
+    assert stems.shape == (2, 2, mix.shape[1])
+    assert _sdr(a, stems[0, 0]) > 15 and _sdr(0.25 * a, stems[0, 1]) > 15  # measured 26.5, 21.2
+    assert _sdr(b, stems[1, 0]) > 15 and _sdr(b, stems[1, 1]) > 15  # measured 23.7, 30.4
+
+
+class FixedLevels(GaussianPrior):
+    """A Gaussian prior that answers only for the given σ (like a per-σ flow bundle)."""
+
+    def __init__(self, sigmas):
+        super().__init__(torch.full((1, 1, 1, 1), 0.5), 0.3)
+        self.levels = tuple(sigmas)
+
+    @property
+    def fixed_sigmas(self):
+        return self.levels
+
+    def score(self, x, sigma):
+        assert any(abs(sigma - s) <= 1e-4 * s for s in self.levels), sigma
+        return super().score(x, sigma)
+
+
+def test_schedule_moves_onto_the_levels_fixed_priors_answer_for():
+    bundle = [1.0, 0.599, 0.359, 0.215, 0.129, 0.0774, 0.0464, 0.0278, 0.0167, 0.01]
+    both = [FixedLevels(bundle), FixedLevels(bundle[2:])]
+    mixture = default_basis("mixture")  # σ 0.3 → 0.01 over 7 levels: not bundle levels
+    assert fit_schedule(mixture, both).noise_levels() == bundle[3:]
+    assert fit_schedule(default_basis("nmf"), both).noise_levels() == bundle[6:]
+    assert fit_schedule(BasisConfig(), both).noise_levels() == bundle[2:]  # the common levels
+    inside = BasisConfig(sigmas=(0.359, 0.0464, 0.01))
+    assert fit_schedule(inside, both) is inside  # already on the grid: unchanged
+    free = [GaussianPrior(torch.full((1, 1, 1, 1), 0.5), 0.3)] * 2
+    assert fit_schedule(mixture, free) is mixture
+    with pytest.raises(UserError, match="fewer than two of them lie in the schedule's range 0.01 to 0.012"):
+        fit_schedule(BasisConfig(sigma_max=0.012), both)
+    a, b = _sources(TINY.sample_rate)
+    method = MelBasis(both, sources=["a", "b"], progress=False)
+    assert method.config.noise_levels() == bundle[3:]
+    method.separate_mel(TINY.mel_power(a + b))  # every score call at a bundle level (asserted)
+
+
 def test_method_attributes_and_argument_errors():
     priors = [GaussianPrior(torch.full((1, 1, 1, 1), 0.5), 0.3) for _ in range(2)]
     method = MelBasis(priors, sources=["x", "y"])
-    assert (method.sources, method.sample_rate, method.channels) == (("x", "y"), 8000, 1)
+    assert (method.sources, method.sample_rate, method.channels) == (("x", "y"), 8000, None)
     assert method.level_db == -17.0 and method.hop_frames == 16 and method.frontend == TINY
     assert MelBasis(priors, level_db=-23.0).level_db == -23.0
     other = GaussianPrior(torch.zeros(1, 1, 1, 1), 0.3, get_frontend("audiosourcesep"))
@@ -162,6 +243,32 @@ def test_wiener_stems_add_up_to_the_mixture(mixtures, checkpoints, tmp_path):
     assert 10 * np.log10(np.sum(mix**2) / np.sum((total - mix) ** 2)) > 100
 
 
+def test_separate_started_from_the_bundled_nmf(mixtures, checkpoints, tmp_path):
+    # --init nmf: the bundled NMF model (piano, violin, 16 kHz) starts the chains and the NNLS.
+    assert _basis(mixtures[:1], checkpoints, tmp_path / "sep", "--init", "nmf") == 0
+    assert _basis(mixtures[:1], checkpoints, tmp_path / "sep2", "--init-model", BUNDLED_NMF) == 0
+    for name in ("sep", "sep2"):
+        assert sf.info(tmp_path / name / "mono16k" / "violin.wav").frames == sf.info(mixtures[0]).frames
+    same = [sf.read(tmp_path / name / "mono16k" / "piano.wav")[0] for name in ("sep", "sep2")]
+    assert np.array_equal(*same)
+
+
+def test_default_initialisation_is_nmf_only_when_the_nmf_model_fits(mixtures, checkpoints, tmp_path):
+    # piano/violin priors at 16 kHz: the bundled NMF fits, so the default is --init nmf;
+    # priors of other sources (the same weights named a, b) start from the mixture.
+    read = lambda folder, source: sf.read(tmp_path / folder / "mono16k" / f"{source}.wav")[0]  # noqa: E731
+    for folder, extra in (("default", []), ("nmf", ["--init", "nmf"]), ("mixture", ["--init", "mixture"])):
+        assert _basis(mixtures[:1], checkpoints, tmp_path / folder, *extra) == 0
+    assert np.array_equal(read("default", "piano"), read("nmf", "piano"))
+    assert not np.allclose(read("default", "piano"), read("mixture", "piano"))
+    renamed = {}
+    for name, new in (("piano", "a"), ("violin", "b")):
+        renamed[name] = tmp_path / f"{new}.pt"
+        renamed[name].write_bytes(checkpoints[name].read_bytes())
+    assert _basis(mixtures[:1], renamed, tmp_path / "ab") == 0
+    assert np.array_equal(read("ab", "a"), read("mixture", "piano"))
+
+
 def test_separate_with_priors_is_seeded(mixtures, checkpoints, tmp_path):
     runs = [("a", 3), ("b", 3), ("c", 4)]
     for name, seed in runs:
@@ -179,11 +286,15 @@ def test_separate_with_priors_is_seeded(mixtures, checkpoints, tmp_path):
     ([], ["--method", "basis"], "BASIS needs one prior checkpoint per source"),
     ([BUNDLED_NMF], ["--steps", "3"], "--steps: BASIS option"),
     (["piano", "violin"], ["--levels", "1"], "at least 2 noise levels"),
+    ([BUNDLED_NMF], ["--init", "nmf"], "--init: BASIS option"),
+    (["piano", "violin"], ["--init", "uniform", "--init-model", BUNDLED_NMF], "--init-model is the NMF model of"),
+    (["piano", "violin"], ["--init-model", "violin"], "not an NMF model"),
 ])
 def test_separate_errors_are_one_line_and_write_nothing(mixtures, checkpoints, tmp_path, capsys, models, extra,
                                                          message):
     paths = [checkpoints.get(m, m) for m in models]
     model_args = ["--model", *paths] if paths else []
+    extra = [checkpoints.get(e, e) for e in extra]
     assert _run("separate", mixtures[0], "-o", tmp_path / "sep", *model_args, *extra) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("audiosep separate: error:") and "\n" not in err

@@ -159,6 +159,12 @@ class Prior(nn.Module):
         """Constructor keyword arguments that rebuild this model (stored in checkpoints)."""
         raise NotImplementedError(f"{type(self).__name__} does not define get_config()")
 
+    @property
+    def fixed_sigmas(self) -> tuple[float, ...] | None:
+        """The only noise levels σ `score` answers for (e.g. one model per σ), or None when any
+        σ is fine (the default). BASIS moves its schedule onto them (`fit_schedule`)."""
+        return None
+
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """∇ₓ log p_σ(x) for a batch `x` `(B, ...)`; `sigma` a float or `(B,)` tensor. Same shape as x."""
         raise NotImplementedError(f"{type(self).__name__} does not define score()")

@@ -313,6 +313,11 @@ class NCSNv1(_NCSN):
     ) -> None:
         super().__init__(channels, nf, sigmas, ch_mult, n_res_blocks, conditional=True)
 
+    @property
+    def fixed_sigmas(self) -> tuple[float, ...]:
+        """The training levels: the network is conditioned on them only."""
+        return tuple(self.sigmas.tolist())
+
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         level, _ = self._levels_and_sigmas(x, sigma)
         return self.net(x, level)

@@ -1,12 +1,13 @@
 """`MelBasis`: BASIS separation of audio with one NCSN (or any mel) prior per source,
 a `Separator` method.
 
-A mono mixture `(1, N)` → mel power `(n_mels, T)` → the front end's [0, 1] units →
+A mixture `(C, N)` → the mel power of its channel mean `(n_mels, T)` → the front end's [0, 1] units →
 overlapping patches `(B, 1, n_mels, patch_frames)` → `basis_separate` with dB-power mixing
 (`DbPowerMixing`), all patches in one batch → each source's patches back to mel power and
-put back together (`unpatchify`) → mel powers `(K, n_mels, T)` → waveforms `(K, 1, N)` by
-`invert_mel_powers` with the mixture (Wiener masks by default, so the stems sum to the
-mixture).
+put back together (`unpatchify`) → mel powers `(K, n_mels, T)` → waveforms `(K, C, N)` by
+`invert_mel_powers` with the mixture (Wiener masks by default, the same on every channel:
+the stems sum to the mixture and keep its stereo image; Griffin-Lim gives mono stems copied
+to every channel).
 
 Overlapping patches are averaged as powers, not in dB: every patch satisfies the mixture
 constraint Σₖ powerₖ = mixture power (up to the likelihood width), and a weighted mean of
@@ -25,6 +26,7 @@ command line can infer it (an NMF model file, or prior checkpoints for BASIS).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +42,7 @@ from ..spectral.inversion import METHODS as INVERSIONS
 from ..spectral.inversion import invert_mel_powers
 from .basis import BasisConfig, basis_separate
 from .mixing import DbPowerMixing
-from .separator import resolve_device
+from .separator import Method, resolve_device
 
 # Mixture RMS (dBFS) the piano/violin priors were trained at: the median over the 180
 # synthesized training mixtures of /work/data/pv/train (`audiosep synth piano_violin`:
@@ -49,13 +51,71 @@ from .separator import resolve_device
 LEVEL_DB = -17.0
 
 
+# The BASIS settings `audiosep separate --model A.pt B.pt` uses, per initialisation (see
+# `default_basis`), chosen on 4 tracks of the validation split of the synthesized piano/violin
+# set with the NCSNv2 priors of `recipes/piano_violin/run.sh` (step 1800), under the budget
+# of 4 CPU s per second of audio (SDR piano / violin, CPU s/s, half-patch hop):
+#   uniform, σ 1 → 0.01, 10 levels × 10 steps + Tweedie:   5.09 / 4.97 dB, 5.7 s/s
+#   mixture, σ 0.3 → 0.01, 7 levels × 10 steps + Tweedie:  8.58 / 8.47 dB, 4.2 s/s (3.4 in the
+#       benchmark, with channels-last convolutions); 6 levels 7.91 / 7.53; no patch overlap 6.41 / 6.15
+#   nmf, σ 0.05 → 0.01, 4 levels × 10 steps + Tweedie:     15.58 / 15.52 dB, 2.5 s/s (NMF alone 16.87 / 16.97)
+# The paper's schedule (σ 1 → 0.01, 10 levels × 100 steps, U(0, 1) start) is `BasisConfig()`.
+DEFAULT_SCHEDULES = {
+    "uniform": dict(sigma_max=1.0, n_levels=10, steps_per_level=10, tweedie=True),
+    "mixture": dict(sigma_max=0.3, n_levels=7, steps_per_level=10, tweedie=True),
+    "nmf": dict(sigma_max=0.05, n_levels=4, steps_per_level=10, tweedie=True),
+}
+
+
+SIGMA_RTOL = 1e-4  # σ values closer than this (relative) are the same noise level
+
+
+def fit_schedule(config: BasisConfig, priors: Sequence[Prior]) -> BasisConfig:
+    """`config` with its σ schedule moved onto the levels every prior answers for.
+
+    Priors with `fixed_sigmas` (a per-σ flow bundle, an NCSNv1) know only those levels.
+    When the schedule is not among their common levels, it becomes the common levels inside
+    the schedule's range [σ_L, σ₁] (so the level count of `config` has no effect then): the
+    default σ 0.3 → 0.01 on a bundle trained on 1 → 0.01 × 10 runs its 7 levels ≤ 0.3.
+
+    Raises:
+        UserError: fewer than two common levels in the range.
+    """
+    grids = [prior.fixed_sigmas for prior in priors if prior.fixed_sigmas is not None]
+    if not grids:
+        return config
+    same = lambda a, b: abs(a - b) <= SIGMA_RTOL * b  # noqa: E731
+    common = [s for s in grids[0] if all(any(same(s, t) for t in grid) for grid in grids[1:])]
+    wanted = config.noise_levels()
+    if all(any(same(s, t) for t in common) for s in wanted):
+        return config
+    lo, hi = wanted[-1] * (1 - SIGMA_RTOL), wanted[0] * (1 + SIGMA_RTOL)
+    levels = sorted((s for s in common if lo <= s <= hi), reverse=True)
+    if len(levels) < 2:
+        have = ", ".join(f"{s:.4g}" for s in common)
+        raise UserError(f"the priors answer only for sigma {have}; fewer than two of them lie in the "
+                        f"schedule's range {wanted[-1]:.4g} to {wanted[0]:.4g}")
+    return dataclasses.replace(config, sigmas=tuple(levels))
+
+
+def default_basis(init: str = "mixture", **overrides) -> BasisConfig:
+    """The default `BasisConfig` for chains started by `init` ("uniform", "mixture" or
+    "nmf": a baseline's stems, passed to `MelBasis` as `init_from`); `overrides` set
+    BasisConfig fields (None values are ignored)."""
+    if init not in DEFAULT_SCHEDULES:
+        raise UserError(f"unknown BASIS initialisation {init!r}; choose one of {', '.join(DEFAULT_SCHEDULES)}")
+    settings = {**DEFAULT_SCHEDULES[init], **{k: v for k, v in overrides.items() if v is not None}}
+    return BasisConfig(init="uniform" if init == "nmf" else init, **settings)
+
+
 class MelBasis:
     """BASIS over K mel-spectrogram priors, as a `Separator` method.
 
     Args:
         priors: K ≥ 2 priors (one per source, in output order), all trained on the same
             mel `Domain`; they are used on their own device.
-        config: the BASIS settings (default `BasisConfig()`: 10 levels × 100 steps).
+        config: the BASIS settings (default `default_basis("mixture")`, or
+            `default_basis("nmf")` with `init_from`).
         sources: K source names (default "source0", "source1", ...).
         inversion: "wiener" (masks on the mixture STFT; stems sum to the mixture),
             "phase" (mixture phase) or "griffinlim" (see `invert_mel_powers`).
@@ -63,9 +123,13 @@ class MelBasis:
         level_db: the mixture RMS (dBFS) `Separator` brings inputs to (default `LEVEL_DB`).
         seed: seeds the Langevin noise and Griffin-Lim's initial phase of every call
             (default `config.seed`), so a chunk's result depends only on the chunk.
+        init_from: a baseline `Separator` method at the front end's rate (e.g. an
+            `NMFModel` with the same sources in the same order) whose stems' mel powers
+            start the Langevin chains instead of `config.init` (anneal from a low σ then),
+            and whose STFT powers start the NNLS of the inversion.
         progress: the tqdm bar over noise levels of `basis_separate`.
 
-    Attributes: `sources`, `sample_rate` (the front end's, Hz), `channels` = 1, `level_db`,
+    Attributes: `sources`, `sample_rate` (the front end's, Hz), `channels` = None (any), `level_db`,
     `frontend`, `priors`, `config`, `device` (the priors' device).
 
     Raises:
@@ -73,7 +137,7 @@ class MelBasis:
             non-mel domains, an unknown inversion, a hop outside [1, patch_frames].
     """
 
-    channels = 1
+    channels = None
 
     def __init__(
         self,
@@ -85,9 +149,12 @@ class MelBasis:
         hop_frames: int | None = None,
         level_db: float = LEVEL_DB,
         seed: int | None = None,
+        init_from: Method | None = None,
         progress: bool = True,
     ) -> None:
-        self.priors = list(priors)
+        # channels-last convolutions: an NCSNv2 (nf 32) score on 9 mel patches took 0.23 s
+        # instead of 0.30 s on one CPU thread (same values to 7e-6)
+        self.priors = [prior.to(memory_format=torch.channels_last) for prior in priors]
         self.sources = tuple(sources) if sources is not None else tuple(f"source{k}" for k in range(len(self.priors)))
         _check_sources(self.sources, len(self.priors))
         self.frontend = common_frontend([p.domain for p in self.priors], [f"prior {k}" for k in range(len(self.priors))])
@@ -97,11 +164,15 @@ class MelBasis:
         self.hop_frames = hop_frames if hop_frames is not None else max(patch // 2, 1)
         if not 1 <= self.hop_frames <= patch:
             raise UserError(f"patch hop must be between 1 and {patch} frames, got {self.hop_frames}")
-        self.config = config or BasisConfig()
+        self.config = fit_schedule(config or default_basis("nmf" if init_from is not None else "mixture"),
+                                   self.priors)
         self.config.noise_levels()  # an invalid σ schedule fails here, before any audio is read
         self.inversion, self.level_db, self.progress = inversion, float(level_db), progress
         self.seed = self.config.seed if seed is None else int(seed)
         self.mixing = DbPowerMixing(self.frontend)
+        self.init_from = init_from
+        if init_from is not None:
+            _check_baseline(init_from, self.sources, self.sample_rate)
 
     @classmethod
     def from_files(
@@ -139,30 +210,40 @@ class MelBasis:
         return next((p.device for prior in self.priors for p in prior.parameters()), torch.device("cpu"))
 
     def __call__(self, mix: Tensor) -> Tensor:
-        """Separate a mono mixture `(1, N)` (float, at `sample_rate`) → stems `(K, 1, N)`.
+        """Separate a mixture `(C, N)` (float, at `sample_rate`) → stems `(K, C, N)`.
 
         Runs on the priors' device; returns on the mixture's device and dtype.
         """
-        if mix.dim() != 2 or mix.shape[0] != 1:
-            raise ValueError(f"MelBasis separates a mono mixture (1, N), got shape {tuple(mix.shape)}")
+        if mix.dim() != 2:
+            raise ValueError(f"MelBasis separates a mixture (C, N), got shape {tuple(mix.shape)}")
         if mix.shape[1] <= self.frontend.n_fft // 2:
             raise UserError(f"{mix.shape[1]} samples are too short for BASIS: need more than "
                             f"{self.frontend.n_fft // 2} at {self.sample_rate} Hz")
         x = mix.to(self.device, torch.float32)
-        mel_powers = self.separate_mel(self.frontend.mel_power(x[0]))
-        stems = invert_mel_powers(self.frontend, mel_powers, x, method=self.inversion, seed=self.seed)
+        init, reference = None, None
+        if self.init_from is not None:
+            first = self.init_from(x).mean(dim=1)  # (K, N)
+            init = self.frontend.mel_power(first)
+            reference = self.frontend.stft(first).abs().pow(self.frontend.power)
+        mel_powers = self.separate_mel(self.frontend.mel_power(x.mean(dim=0)), init)
+        stems = invert_mel_powers(self.frontend, mel_powers, x, method=self.inversion, seed=self.seed,
+                                  reference=reference)
         return stems.to(mix.device, mix.dtype)
 
-    def separate_mel(self, mix_mel: Tensor) -> Tensor:
+    def separate_mel(self, mix_mel: Tensor, init: Tensor | None = None) -> Tensor:
         """Mixture mel power `(n_mels, T)` → source mel powers `(K, n_mels, T)` (same units).
 
         The mixture is cut into patches of `frontend.patch_frames` frames every
         `hop_frames` (the end padded with silence), all separated in one `basis_separate`
         batch, and each source's patches are averaged back as powers (see the module doc).
+        `init` (optional): starting source mel powers `(K, n_mels, T)`, cut the same way.
         """
         patches, layout = patchify(self.frontend.to_unit(mix_mel), self.frontend.patch_frames, self.hop_frames)
+        if init is not None:
+            init = patchify(self.frontend.to_unit(init), self.frontend.patch_frames, self.hop_frames)[0]
+            init = init.unflatten(0, (len(self.priors), patches.shape[0]))
         generator = torch.Generator().manual_seed(self.seed)
-        sources = basis_separate(self.priors, patches, self.mixing, self.config, generator=generator,
+        sources = basis_separate(self.priors, patches, self.mixing, self.config, init=init, generator=generator,
                                  progress=self.progress)  # (K, B, 1, n_mels, patch_frames)
         return unpatchify(self.frontend.from_unit(sources), *layout)
 
@@ -195,6 +276,24 @@ def _differences(a: Domain, b: Domain) -> str:
     da, db = a.frontend_dict, b.frontend_dict
     keys = sorted((set(da) | set(db)) - {"name"})
     return ", ".join(f"{k} {da.get(k)} vs {db.get(k)}" for k in keys if da.get(k) != db.get(k))
+
+
+def baseline_mismatch(method: Method, sources: Sequence[str], sample_rate: int) -> str | None:
+    """Why `method` cannot start BASIS chains for `sources` at `sample_rate` (Hz), or None
+    when it can (same sources in the same order, same rate)."""
+    if tuple(method.sources) != tuple(sources):
+        return (f"the initialising model separates {', '.join(method.sources)}, "
+                f"but the priors are {', '.join(sources)} (same sources, same order needed)")
+    if method.sample_rate != sample_rate:
+        return f"the initialising model runs at {method.sample_rate} Hz, the priors' front end at {sample_rate} Hz"
+    return None
+
+
+def _check_baseline(method: Method, sources: tuple[str, ...], sample_rate: int) -> None:
+    """UserError unless the initialising method gives the same sources at the same rate."""
+    reason = baseline_mismatch(method, sources, sample_rate)
+    if reason is not None:
+        raise UserError(reason)
 
 
 def _check_sources(sources: tuple[str, ...], n_priors: int) -> None:

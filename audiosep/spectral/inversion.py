@@ -26,17 +26,22 @@ def _as_operator(A: Tensor) -> Tensor:
     return A.to_sparse().coalesce() if A.count_nonzero() <= A.numel() // 4 else A
 
 
-def nnls(A: Tensor, B: Tensor, n_iter: int = 200) -> Tensor:
+def nnls(A: Tensor, B: Tensor, n_iter: int = 200, init: Tensor | None = None) -> Tensor:
     """Non-negative least squares min_{X ≥ 0} ‖A X − B‖²_F, column by column, batched.
 
     Accelerated projected gradient (FISTA with step 1/‖A‖₂², and each column's momentum
-    restarted when it points uphill, O'Donoghue & Candès 2015), started from the
-    pseudo-inverse solution clipped at 0 (librosa's start). Only (sparse) matrix products
-    and element-wise ops, so it runs batched on a GPU at a fixed cost.
+    restarted when it points uphill, O'Donoghue & Candès 2015), started from `init` or else
+    the pseudo-inverse solution clipped at 0 (librosa's start). Only (sparse) matrix
+    products and element-wise ops, so it runs batched on a GPU at a fixed cost.
+
+    Where the system is underdetermined (more unknowns than equations, as mel → STFT),
+    the solution reached depends on the start: from `init` the iterations only change what
+    the equations require, so a good guess of X keeps its detail.
 
     Args:
         A: `(m, n)`. B: `(..., m, T)`.
         n_iter: projected-gradient steps.
+        init: optional starting point `(..., n, T)` (clipped at 0).
     Returns:
         X `(..., n, T)`, non-negative, in B's dtype.
     """
@@ -46,7 +51,12 @@ def nnls(A: Tensor, B: Tensor, n_iter: int = 200) -> Tensor:
     A = A64.to(B.dtype)
     fwd, adj = _as_operator(A), _as_operator(A.T.contiguous())
     b = B.movedim(-2, 0).reshape(m, -1)  # every column of every item: (m, N)
-    x = torch.linalg.pinv(A64).to(B.dtype).matmul(b).clamp(min=0.0)
+    if init is None:
+        x = torch.linalg.pinv(A64).to(B.dtype).matmul(b).clamp(min=0.0)
+    elif init.shape != (*lead, A.shape[1], n_cols):
+        raise ValueError(f"init must have shape {(*lead, A.shape[1], n_cols)}, got {tuple(init.shape)}")
+    else:
+        x = init.to(B).movedim(-2, 0).reshape(A.shape[1], -1).clamp(min=0.0)
     y = x
     t = torch.ones_like(b[:1])  # FISTA's t, one per column
     for _ in range(n_iter):
@@ -60,7 +70,9 @@ def nnls(A: Tensor, B: Tensor, n_iter: int = 200) -> Tensor:
     return x.reshape(-1, *lead, n_cols).movedim(0, -2)
 
 
-def mel_to_stft_magnitude(mel_power: Tensor, fb: Tensor, power: float = 2.0, n_iter: int = 200) -> Tensor:
+def mel_to_stft_magnitude(
+    mel_power: Tensor, fb: Tensor, power: float = 2.0, n_iter: int = 200, init: Tensor | None = None
+) -> Tensor:
     """Approximate STFT magnitudes from a mel spectrogram (librosa's `feature.inverse.mel_to_stft`).
 
     Solves fb · |S|^power ≈ mel_power for |S|^power ≥ 0 by `nnls`, then takes the
@@ -71,10 +83,11 @@ def mel_to_stft_magnitude(mel_power: Tensor, fb: Tensor, power: float = 2.0, n_i
         fb: mel filterbank `(n_mels, F)`.
         power: the exponent the mel spectrogram was made with (2 = power, 1 = magnitude).
         n_iter: NNLS iterations.
+        init: optional first guess of |S|^power `(..., F, T)` for the NNLS (see `nnls`).
     Returns:
         magnitude `(..., F, T)`.
     """
-    return nnls(fb, mel_power, n_iter).pow(1.0 / power)
+    return nnls(fb, mel_power, n_iter, init).pow(1.0 / power)
 
 
 def _initial_phase(init: str | Tensor, shape: torch.Size, like: Tensor, seed: int | None) -> Tensor:
@@ -209,10 +222,13 @@ def invert_mel_powers(
     gl_init: str = "random",
     seed: int = 0,
     eps: float = 1e-10,
+    reference: Tensor | None = None,
 ) -> Tensor:
     """Estimated source mel powers + the mixture waveform → source waveforms.
 
-    First, mel → STFT magnitudes |Ŝⱼ| by NNLS (`mel_to_stft_magnitude`). Then:
+    First, mel → STFT magnitudes |Ŝⱼ| by NNLS (`mel_to_stft_magnitude`), started from
+    `reference` when given (so the bins a mel band lumps together keep the reference's
+    shape, and mel powers equal to the reference's give back the reference). Then:
     - "wiener": Pⱼ = |Ŝⱼ|² become Wiener masks Pⱼ/ΣP, applied to each channel's mixture
       STFT (the same masks on every channel) → iSTFT. Sources then sum to the mixture
       (up to `eps`) and keep its phase and stereo image.
@@ -226,6 +242,8 @@ def invert_mel_powers(
         frontend: the front end the mel powers were computed with (mel of |STFT|**power).
         mel_powers: `(K, n_mels, T)` at `frontend.sample_rate`.
         mix: mixture waveform `(C, N)` at `frontend.sample_rate`; T must equal its frame count.
+        reference: optional `(K, F, T)` |STFT|**power of first estimates of the sources on
+            the front end's STFT (e.g. a baseline's stems), the NNLS starting point.
     Returns:
         waveforms `(K, C, N)`.
     """
@@ -238,7 +256,7 @@ def invert_mel_powers(
     if mix_stft.shape[-1] != mel_powers.shape[-1]:
         raise ValueError(f"{mel_powers.shape[-1]} mel frames but the mixture has {mix_stft.shape[-1]} frames")
     fb = frontend.filterbank(mel_powers.device, mel_powers.dtype)
-    magnitude = mel_to_stft_magnitude(mel_powers, fb, frontend.power, nnls_iter)  # (K, F, T)
+    magnitude = mel_to_stft_magnitude(mel_powers, fb, frontend.power, nnls_iter, reference)  # (K, F, T)
     if method == "griffinlim":
         init = frontend.stft(mix.mean(dim=0)) if gl_init == "mixture" else gl_init
         mono = griffin_lim(

@@ -5,7 +5,8 @@
 #   stage=2 stop_stage=3 recipes/piano_violin/run.sh  # some stages
 #
 # Variables (environment): data (dataset folder), exp (outputs), stage, stop_stage,
-# train_ncsn (1 to train the NCSN priors too), ncsn_steps, device. Run it after
+# train_ncsn (1 to train the NCSN priors too; then BASIS is separated and scored beside NMF:
+# from the mixture, and started from the NMF stems), ncsn_steps, device. Run it after
 # `make test` or `make demo` has set up .venv. The test split comes from held-out pieces; Haydn and Mozart are never used.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,27 +33,53 @@ if run_stage 1; then
     if [ "$train_ncsn" = 1 ]; then
         for source in piano violin; do
             $audiosep train ncsn --data "$data" --source "$source" --preset default \
-                --steps "$ncsn_steps" --device "$device" -o "$exp/${source}_ncsn_v2.pt"
+                --config recipes/piano_violin/ncsn.yaml --steps "$ncsn_steps" --threads 1 \
+                --device "$device" -o "$exp/${source}_ncsn_v2.pt"
         done
     fi
 fi
 
+# separate_test NAME ARGS...: `audiosep separate ARGS` on every test mixture into $exp/NAME/<track>/
+# (`separate` names its output after the input file, here always mix.wav: one call per track)
+separate_test() {
+    local name=$1; shift
+    for track in "$data"/test/*/; do
+        rm -rf "$exp/${name}_tmp"
+        $audiosep separate "$track/mix.wav" -o "$exp/${name}_tmp" --device "$device" "$@" >/dev/null
+        mkdir -p "$exp/$name/$(basename "$track")"
+        mv "$exp/${name}_tmp/mix/"*.wav "$exp/$name/$(basename "$track")/"
+    done
+    rm -rf "$exp/${name}_tmp"
+}
+
+# the BASIS systems run only when both priors exist (train_ncsn=1)
+priors=("$exp/piano_ncsn_v2.pt" "$exp/violin_ncsn_v2.pt")
+have_priors() { [ -f "${priors[0]}" ] && [ -f "${priors[1]}" ]; }
+# `--model piano_ncsn_v2.pt ...` would name the stems piano_ncsn_v2.wav: link them as piano.pt, violin.pt
+link_priors() {
+    mkdir -p "$exp/priors"
+    ln -sf "$(realpath "${priors[0]}")" "$exp/priors/piano.pt"
+    ln -sf "$(realpath "${priors[1]}")" "$exp/priors/violin.pt"
+}
+
 if run_stage 2; then
     echo "stage 2: separate the test mixtures"
-    # `separate` names a track after its file (here always mix.wav): one call per track folder
-    for track in "$data"/test/*/; do
-        name=$(basename "$track")
-        rm -rf "$exp/nmf_tmp"
-        $audiosep separate "$track/mix.wav" -o "$exp/nmf_tmp" --model "$exp/nmf_piano_violin.pt" --device "$device" >/dev/null
-        mkdir -p "$exp/nmf/$name"
-        mv "$exp/nmf_tmp/mix/"*.wav "$exp/nmf/$name/"
-    done
-    rm -rf "$exp/nmf_tmp"
+    separate_test nmf --model "$exp/nmf_piano_violin.pt"
+    if have_priors; then
+        link_priors
+        separate_test basis --model "$exp/priors/piano.pt" "$exp/priors/violin.pt"
+        separate_test basis_nmf --model "$exp/priors/piano.pt" "$exp/priors/violin.pt" \
+            --init nmf --init-model "$exp/nmf_piano_violin.pt"
+    fi
 fi
 
 if run_stage 3; then
     echo "stage 3: evaluate (BSSEval v4, 1 s windows) and the oracles"
-    $audiosep evaluate "$data/test" "$exp/nmf" -o "$exp/nmf/report" --method nmf
+    for system in nmf basis basis_nmf; do
+        if [ -d "$exp/$system" ]; then
+            $audiosep evaluate "$data/test" "$exp/$system" -o "$exp/$system/report" --method "$system"
+        fi
+    done
     for oracle in irm2 mel-ideal mix; do
         $audiosep oracle --method "$oracle" "$data" -o "$exp/oracle_$oracle"
     done
@@ -67,7 +94,7 @@ from pathlib import Path
 import pandas as pd
 
 exp = Path(sys.argv[1])
-tables = [pd.read_csv(p) for p in [exp / "nmf/report/summary.csv", *sorted(exp.glob("oracle_*/summary.csv"))]]
+tables = [pd.read_csv(p) for p in [*sorted(exp.glob("*/report/summary.csv")), *sorted(exp.glob("oracle_*/summary.csv"))]]
 summary = pd.concat(tables)
 print(summary.pivot_table(index=["method", "target"], columns="metric", values="score").round(2).to_string())
 PY

@@ -1,0 +1,209 @@
+"""BASIS against its ceiling, the oracles and the supervised NMF baseline, on one split.
+
+    python benchmarks/separation.py --priors piano.pt violin.pt            # /work/data/pv test split
+    python benchmarks/separation.py --priors piano.pt violin.pt --basis glow=pg.pt,vg.pt \\
+        --tradeoff 5x10 10x10 20x10 --tradeoff-tracks 5 -o reports/separation
+
+Every method gets the same tracks of `DATA/<split>` (never the reserved composers: the
+synthesized splits exclude them) and is scored with BSSEval v4 (1 s windows, museval's
+definition) by `audiosep.eval.report.score_track`. Rows of the main table (median over
+windows, then tracks, of SDR / SIR / SAR per source):
+
+- `basis-NAME`: `Separator(MelBasis(priors))` at the settings `audiosep separate --model`
+  uses (`default_basis("mixture")`, half-patch hop, Wiener inversion): resampling, level
+  normalisation, chunks; one row per `--priors` / `--basis` set.
+- `basis-NAME+nmf`: the same priors started from the NMF model's stems (`--init nmf`,
+  `default_basis("nmf")`: a short anneal from a low σ; the NNLS starts from NMF's spectra).
+- `mel-ideal`: the true sources' mel powers through the same inversion (NNLS + Wiener on the
+  mixture STFT): the ceiling of any method that estimates mel powers on that front end.
+- `irm2`, `mix`: the IRM (α = 2) oracle and the mixture / K.
+- `nmf`: the supervised NMF model (`--nmf`, default the bundled one) through `Separator`.
+- `basis-NAME+truth` (`--from-truth`): the `+nmf` schedule started from the true stems, a
+  diagnostic: its gap to `irm2` is what the priors cost wherever the chains start.
+
+Below it, CPU seconds per second of audio of each separation (separation only: reading and
+scoring excluded; torch on `--threads` threads, default 1, the stable figure on a shared
+machine), and the trade-off table: steps per level × levels → median SDR per source and
+CPU s/s, for the first prior set on the first `--tradeoff-tracks` tracks.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from audiosep.data.stems import list_tracks, load_track
+from audiosep.eval.report import score_track, summarize, write_reports
+from audiosep.oracle import run_oracle
+from audiosep.separation.basis import BasisConfig
+from audiosep.separation.mel_basis import MelBasis, default_basis
+from audiosep.separation.nmf import BUNDLED_NMF, NMFModel
+from audiosep.separation.separator import Separator, level_gain
+
+SeparateFn = Callable[[np.ndarray, int], np.ndarray]
+
+
+def basis_separator(paths: list[Path], config: BasisConfig, sources: list[str], init_from: NMFModel | None = None
+                    ) -> Separator:
+    """`Separator(MelBasis)` over one prior checkpoint per source (CPU, no progress bars)."""
+    method = MelBasis.from_files(paths, config, sources=sources, progress=False, init_from=init_from)
+    return Separator(method, progress=False)
+
+
+class TrueStems:
+    """A `Separator` method that returns the true stems of the current track, levelled as
+    `Separator` levels the mixture: the starting point of the `from-truth` diagnostic."""
+
+    def __init__(self, sources: list[str], sample_rate: int, level_db: float) -> None:
+        self.sources, self.sample_rate, self.level_db = tuple(sources), sample_rate, level_db
+        self.stems: torch.Tensor | None = None
+
+    def set(self, refs: np.ndarray) -> None:
+        """The true stems `(K, C, N)` of the track about to be separated."""
+        self.stems = torch.from_numpy(refs * level_gain(refs.sum(axis=0), self.level_db)).float()
+
+    def __call__(self, mix: torch.Tensor) -> torch.Tensor:
+        return self.stems.to(mix)
+
+
+def basis_from_truth(paths: list[Path], sources: list[str]) -> Callable[[np.ndarray, int], np.ndarray]:
+    """An oracle: BASIS with the `--init nmf` schedule started from the true stems. What it
+    loses against `irm2` (the inversion then starts from the true spectra) is what the
+    priors themselves cost, independent of how the chains are started."""
+    method = MelBasis.from_files(paths, default_basis("nmf"), sources=sources, progress=False)
+    truth = TrueStems(sources, method.sample_rate, method.level_db)
+    method = MelBasis(method.priors, method.config, sources, init_from=truth, progress=False)
+    separator = Separator(method, progress=False)
+
+    def run(refs: np.ndarray, rate: int) -> np.ndarray:
+        if rate != truth.sample_rate:
+            raise SystemExit(f"--from-truth needs data at the priors' rate {truth.sample_rate} Hz, got {rate} Hz")
+        truth.set(refs)
+        return separator.separate(refs.sum(axis=0), rate)
+
+    return run
+
+
+def run_methods(tracks: list[Path], sources: list[str], methods: dict[str, SeparateFn],
+                oracles: dict[str, SeparateFn], win: float) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Score every method and oracle on every track.
+
+    Returns:
+        (the long report table of all methods, CPU seconds per second of audio of each
+        method in `methods`; oracles are not timed).
+    """
+    tables, cpu, audio = [], dict.fromkeys(methods, 0.0), 0.0
+    for track in tqdm(tracks, desc="tracks", unit="track"):
+        mix, stems, rate = load_track(track)
+        refs = np.stack([stems[s] for s in sources])
+        audio += mix.shape[-1] / rate
+        estimates = {}
+        for name, separate in methods.items():
+            start = time.process_time()
+            estimates[name] = separate(mix, rate)
+            cpu[name] += time.process_time() - start
+        estimates.update({name: oracle(refs, rate) for name, oracle in oracles.items()})
+        tables += [score_track(track.name, sources, refs, est, rate, win, method=name)
+                   for name, est in estimates.items()]
+    return pd.concat(tables, ignore_index=True), {name: t / audio for name, t in cpu.items()}
+
+
+def median_table(table: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Median SDR / SIR / SAR per (method, target), methods in `order`."""
+    wide = summarize(table).pivot_table(index=["method", "target"], columns="metric", values="score")
+    return wide.reindex(order, level="method")[["SDR", "SIR", "SAR"]]
+
+
+def tradeoff(tracks: list[Path], sources: list[str], paths: list[Path], grid: list[tuple[int, int]],
+             win: float) -> pd.DataFrame:
+    """SDR per source and CPU s/s for each (steps per level, levels) in `grid`."""
+    rows = []
+    for steps, levels in grid:
+        config = default_basis("mixture", steps_per_level=steps, n_levels=levels)
+        separator = basis_separator(paths, config, sources)
+        table, cpu = run_methods(tracks, sources, {"basis": separator.separate}, {}, win)
+        sdr = summarize(table).query("metric == 'SDR'").set_index("target")["score"]
+        rows.append({"steps": steps, "levels": levels, **{f"SDR {s}": sdr[s] for s in sources},
+                     "CPU s/s": cpu["basis"]})
+    return pd.DataFrame(rows)
+
+
+def parse_basis(specs: list[str]) -> dict[str, list[Path]]:
+    """`NAME=A.pt,B.pt` → {NAME: [A.pt, B.pt]}."""
+    sets = {}
+    for spec in specs:
+        name, _, files = spec.partition("=")
+        if not files:
+            raise SystemExit(f"--basis expects NAME=A.pt,B.pt, got {spec!r}")
+        sets[name] = [Path(f) for f in files.split(",")]
+    return sets
+
+
+def parse_grid(specs: list[str]) -> list[tuple[int, int]]:
+    """`STEPSxLEVELS` strings → (steps, levels) pairs."""
+    try:
+        return [tuple(int(v) for v in spec.lower().split("x", 1)) for spec in specs]
+    except ValueError:
+        raise SystemExit(f"--tradeoff expects STEPSxLEVELS values such as 10x10, got {specs}") from None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--priors", type=Path, nargs="+", required=True,
+                        help="one prior checkpoint per source, named after the files (piano.pt → piano)")
+    parser.add_argument("--name", default="ncsn", help="row label of --priors (basis-NAME)")
+    parser.add_argument("--basis", nargs="*", default=[], metavar="NAME=A.pt,B.pt", help="more prior sets")
+    parser.add_argument("--data", type=Path, default=Path("/work/data/pv"), help="stems dataset folder")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--tracks", type=int, help="only the first N tracks of the split")
+    parser.add_argument("--nmf", type=Path, default=BUNDLED_NMF, help="NMF model (default: the bundled one)")
+    parser.add_argument("--from-truth", action="store_true",
+                        help="also the diagnostic row basis-NAME+truth: BASIS started from the true stems")
+    parser.add_argument("--tradeoff", nargs="*", default=[], metavar="STEPSxLEVELS")
+    parser.add_argument("--tradeoff-tracks", type=int, default=5)
+    parser.add_argument("--win", type=float, default=1.0, help="BSSEval window in seconds")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("-o", "--output", type=Path, help="also write the reports to OUTPUT/")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    sources = [p.stem.split("_")[0] for p in args.priors]
+    prior_sets = {args.name: args.priors, **parse_basis(args.basis)}
+    tracks = list_tracks(args.data, args.split)[: args.tracks]
+    frontend = MelBasis.from_files(args.priors, sources=sources, progress=False).frontend
+    nmf = NMFModel.load(args.nmf)
+    methods: dict[str, SeparateFn] = {}
+    for name, paths in prior_sets.items():
+        methods[f"basis-{name}"] = basis_separator(paths, default_basis("mixture"), sources).separate
+        methods[f"basis-{name}+nmf"] = basis_separator(paths, default_basis("nmf"), sources, nmf).separate
+    methods["nmf"] = Separator(nmf, progress=False).separate
+    oracles = {
+        "mel-ideal": lambda refs, rate: run_oracle("mel-ideal", refs, rate, frontend=frontend),
+        "irm2": lambda refs, rate: run_oracle("irm2", refs, rate),
+        "mix": lambda refs, rate: run_oracle("mix", refs, rate),
+    }
+    if args.from_truth:
+        oracles[f"basis-{args.name}+truth"] = basis_from_truth(args.priors, sources)
+    print(f"{len(tracks)} tracks of {args.data / args.split}; front end {frontend.name}; torch threads {args.threads}")
+    print(f"basis-*: {default_basis('mixture')}\nbasis-*+nmf: {default_basis('nmf')}, started from {args.nmf.name}")
+    table, cpu = run_methods(tracks, sources, methods, oracles, args.win)
+    print("\nmedian over 1 s windows, then tracks (dB, BSSEval v4)")
+    print(median_table(table, [*methods, *oracles]).round(2).to_string())
+    print("\nCPU seconds per second of audio: " + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()))
+    if args.output is not None:
+        write_reports(table, args.output, args.win)
+    if args.tradeoff:
+        grid = parse_grid(args.tradeoff)
+        print(f"\ntrade-off, basis-{args.name}, first {args.tradeoff_tracks} tracks")
+        print(tradeoff(tracks[: args.tradeoff_tracks], sources, args.priors, grid, args.win)
+              .round(2).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
