@@ -223,23 +223,33 @@ def _add_oracle(sub) -> None:
     p.set_defaults(run=_cmd_oracle)
 
 
+def _add_prior_data(p) -> None:
+    """The data and output options every `train PRIOR` command shares."""
+    p.add_argument("--data", type=Path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
+    p.add_argument("--source", required=True, help="the source to model, e.g. piano")
+    p.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
+    p.add_argument("--preset", default="default", help="front end (default, audiosourcesep)")
+
+
+def _add_prior_run(p) -> None:
+    """The optimiser and machine options every `train PRIOR` command shares."""
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on a stems dataset (ncsn, glow, realnvp priors; nmf baseline)")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")  # ncsn, glow, realnvp, nmf
     ncsn = kinds.add_parser("ncsn", help="NCSN score network on [0, 1] mel patches (resumes from -o)")
-    ncsn.add_argument("--data", type=Path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
-    ncsn.add_argument("--source", required=True, help="the source to model, e.g. piano")
-    ncsn.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
-    ncsn.add_argument("--preset", default="default", help="front end (default, audiosourcesep)")
+    _add_prior_data(ncsn)
     ncsn.add_argument("--config", type=Path, help="YAML with `model:` (NCSNConfig) and `train:` (TrainConfig)")
     ncsn.add_argument("--version", choices=["v1", "v2"], help="network (default v2)")
     ncsn.add_argument("--nf", type=int, help="base width of the network")
     ncsn.add_argument("--steps", type=int, help="total optimiser steps (across resumes)")
-    ncsn.add_argument("--batch-size", type=int)
-    ncsn.add_argument("--lr", type=float)
-    ncsn.add_argument("--seed", type=int)
-    ncsn.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    ncsn.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    _add_prior_run(ncsn)
     ncsn.set_defaults(run=_cmd_train_ncsn)
 
     for kind, name in (("glow", "Glow"), ("realnvp", "RealNVP")):
@@ -262,10 +272,7 @@ def _add_train(sub) -> None:
 
 
 def _add_train_flow(flow) -> None:
-    flow.add_argument("--data", type=Path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
-    flow.add_argument("--source", required=True, help="the source to model, e.g. piano")
-    flow.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
-    flow.add_argument("--preset", default="default", help="front end (default, audiosourcesep)")
+    _add_prior_data(flow)
     flow.add_argument("--config", type=Path,
                       help="YAML with `model:` (FlowConfig), `train:` (TrainConfig) and `finetune_steps`")
     flow.add_argument("--conditioning", choices=["none", "sigma", "bundle"],
@@ -276,11 +283,7 @@ def _add_train_flow(flow) -> None:
     flow.add_argument("--hidden", type=int, help="width of the coupling networks")
     flow.add_argument("--steps", type=int, help="total optimiser steps (across resumes; a bundle's first member)")
     flow.add_argument("--finetune-steps", type=int, help="bundle: steps of each later member (default: --steps)")
-    flow.add_argument("--batch-size", type=int)
-    flow.add_argument("--lr", type=float)
-    flow.add_argument("--seed", type=int)
-    flow.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    flow.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    _add_prior_run(flow)
     flow.set_defaults(run=_cmd_train_flow)
 
 

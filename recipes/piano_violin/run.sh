@@ -5,8 +5,8 @@
 #   stage=2 stop_stage=3 recipes/piano_violin/run.sh  # some stages
 #
 # Variables (environment): data (dataset folder), exp (outputs), stage, stop_stage,
-# train_ncsn (1 to train the NCSN priors too; then BASIS is separated and scored beside NMF:
-# from the mixture, and started from the NMF stems), ncsn_steps, device. Run it after
+# train_ncsn / train_glow (1 to train the NCSN / Glow priors too; then BASIS is separated and
+# scored beside NMF with each: from the mixture, and started from the NMF stems), ncsn_steps, device. Run it after
 # `make test` or `make demo` has set up .venv. The test split comes from held-out pieces; Haydn and Mozart are never used.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,6 +16,7 @@ exp=${exp:-exp/piano_violin}
 stage=${stage:-0}
 stop_stage=${stop_stage:-4}
 train_ncsn=${train_ncsn:-0}
+train_glow=${train_glow:-0}
 ncsn_steps=${ncsn_steps:-40000}
 device=${device:-cpu}
 
@@ -37,6 +38,16 @@ if run_stage 1; then
                 --device "$device" -o "$exp/${source}_ncsn_v2.pt"
         done
     fi
+    # Glow priors (#5): a per-σ bundle and one σ-conditioned flow per source (train_glow=1)
+    if [ "$train_glow" = 1 ]; then
+        for source in piano violin; do
+            for mode in bundle sigma; do
+                $audiosep train glow --data "$data" --source "$source" --preset default \
+                    --config "recipes/piano_violin/glow_$mode.yaml" --threads 1 --device "$device" \
+                    -o "$exp/${source}_glow_$mode.pt"
+            done
+        done
+    fi
 fi
 
 # separate_test NAME ARGS...: `audiosep separate ARGS` on every test mixture into $exp/NAME/<track>/
@@ -52,30 +63,33 @@ separate_test() {
     rm -rf "$exp/${name}_tmp"
 }
 
-# the BASIS systems run only when both priors exist (train_ncsn=1)
-priors=("$exp/piano_ncsn_v2.pt" "$exp/violin_ncsn_v2.pt")
-have_priors() { [ -f "${priors[0]}" ] && [ -f "${priors[1]}" ]; }
-# `--model piano_ncsn_v2.pt ...` would name the stems piano_ncsn_v2.wav: link them as piano.pt, violin.pt
-link_priors() {
-    mkdir -p "$exp/priors"
-    ln -sf "$(realpath "${priors[0]}")" "$exp/priors/piano.pt"
-    ln -sf "$(realpath "${priors[1]}")" "$exp/priors/violin.pt"
+# BASIS runs for each kind of prior whose two checkpoints exist (train_ncsn=1, train_glow=1).
+# `--model piano_ncsn_v2.pt ...` would name the stems piano_ncsn_v2.wav, so the checkpoints
+# are linked as $exp/priors_KIND/{piano,violin}.pt.
+link_priors() {  # link_priors KIND: true when both checkpoints of KIND exist
+    [ -f "$exp/piano_$1.pt" ] && [ -f "$exp/violin_$1.pt" ] || return 1
+    mkdir -p "$exp/priors_$1"
+    for source in piano violin; do
+        ln -sf "$(realpath "$exp/${source}_$1.pt")" "$exp/priors_$1/$source.pt"
+    done
 }
 
 if run_stage 2; then
     echo "stage 2: separate the test mixtures"
     separate_test nmf --model "$exp/nmf_piano_violin.pt"
-    if have_priors; then
-        link_priors
-        separate_test basis --model "$exp/priors/piano.pt" "$exp/priors/violin.pt"
-        separate_test basis_nmf --model "$exp/priors/piano.pt" "$exp/priors/violin.pt" \
-            --init nmf --init-model "$exp/nmf_piano_violin.pt"
-    fi
+    for kind in ncsn_v2 glow_bundle glow_sigma; do
+        if link_priors "$kind"; then
+            separate_test "basis_$kind" --model "$exp/priors_$kind/piano.pt" "$exp/priors_$kind/violin.pt" \
+                --init mixture
+            separate_test "basis_${kind}_nmf" --model "$exp/priors_$kind/piano.pt" "$exp/priors_$kind/violin.pt" \
+                --init nmf --init-model "$exp/nmf_piano_violin.pt"
+        fi
+    done
 fi
 
 if run_stage 3; then
     echo "stage 3: evaluate (BSSEval v4, 1 s windows) and the oracles"
-    for system in nmf basis basis_nmf; do
+    for system in nmf basis_{ncsn_v2,glow_bundle,glow_sigma}{,_nmf}; do
         if [ -d "$exp/$system" ]; then
             $audiosep evaluate "$data/test" "$exp/$system" -o "$exp/$system/report" --method "$system"
         fi
