@@ -128,6 +128,10 @@ def _cmd_separate(args: argparse.Namespace) -> None:
     from .separation import BUNDLED_NMF, MelBasis, NMFModel, Separator, separate_files, separation_method
     from .separation.mel_basis import baseline_mismatch, default_basis
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     models = args.model or []
     basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion,
                      "--init": args.init, "--init-model": args.init_model}
@@ -308,6 +312,8 @@ def _add_separate(sub) -> None:
     p.add_argument("--inversion", choices=["wiener", "phase", "griffinlim"],
                    help="BASIS: mel → audio by Wiener masks on the mixture (default), mixture phase, or Griffin-Lim")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--segment", type=float, default=30.0, help="chunk length in seconds (default 30)")
     p.add_argument("--overlap", type=float, default=1.0, help="seconds cross-faded between chunks (default 1)")
     p.add_argument("--seed", type=int, default=0)
