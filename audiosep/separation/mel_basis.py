@@ -38,6 +38,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..priors.base import Domain, Prior, load_checkpoint, load_prior
 from ..spectral.frontend import Frontend, patchify, unpatchify
+from ..spectral.functional import mel_spectrogram
 from ..spectral.inversion import METHODS as INVERSIONS
 from ..spectral.inversion import invert_mel_powers
 from .basis import BasisConfig, basis_separate
@@ -223,8 +224,8 @@ class MelBasis:
         init, reference = None, None
         if self.init_from is not None:
             first = self.init_from(x).mean(dim=1)  # (K, N)
-            init = self.frontend.mel_power(first)
-            reference = self.frontend.stft(first).abs().pow(self.frontend.power)
+            reference = self.frontend.stft(first).abs().pow(self.frontend.power)  # (K, F, T)
+            init = mel_spectrogram(reference, self.frontend.filterbank(reference.device, reference.dtype))
         mel_powers = self.separate_mel(self.frontend.mel_power(x.mean(dim=0)), init)
         stems = invert_mel_powers(self.frontend, mel_powers, x, method=self.inversion, seed=self.seed,
                                   reference=reference)
