@@ -124,8 +124,18 @@ def _cmd_train_nmf(args: argparse.Namespace) -> None:
           f"({model.domain.describe()})")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .priors import export_prior
+
+    if args.output.resolve() == args.checkpoint.resolve():
+        raise UserError("the weights-only copy must go to another file than the training checkpoint")
+    path = export_prior(args.checkpoint, args.output)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 def _cmd_separate(args: argparse.Namespace) -> None:
-    from .separation import BUNDLED_NMF, MelBasis, NMFModel, Separator, separate_files, separation_method
+    from .separation import (BUNDLED_NMF, BUNDLED_PRIORS, MelBasis, NMFModel, Separator, separate_files,
+                             separation_method)
     from .separation.mel_basis import baseline_mismatch, default_basis
 
     if args.threads:
@@ -135,7 +145,8 @@ def _cmd_separate(args: argparse.Namespace) -> None:
     models = args.model or []
     basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion,
                      "--init": args.init, "--init-model": args.init_model}
-    if separation_method(models, args.method) == "nmf":
+    method = separation_method(models, args.method)
+    if method == "nmf":
         given = [flag for flag, value in basis_options.items() if value is not None]
         if given:
             raise UserError(f"{', '.join(given)}: BASIS option(s), but the model is NMF; give prior checkpoints")
@@ -143,7 +154,7 @@ def _cmd_separate(args: argparse.Namespace) -> None:
     else:
         if args.init_model and args.init not in (None, "nmf"):
             raise UserError(f"--init-model is the NMF model of --init nmf, not of --init {args.init}")
-        priors = MelBasis.from_files(models, device=args.device)
+        priors = MelBasis.from_files(models or BUNDLED_PRIORS, device=args.device)
         baseline = NMFModel.load(args.init_model or BUNDLED_NMF) if args.init in (None, "nmf") else None
         init = args.init or ("nmf" if baseline_mismatch(baseline, priors.sources, priors.sample_rate) is None
                              else "mixture")
@@ -291,14 +302,24 @@ def _add_train_flow(flow) -> None:
     flow.set_defaults(run=_cmd_train_flow)
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="weights-only copy of a prior's training checkpoint (to bundle or share)")
+    p.add_argument("checkpoint", type=Path, help="a prior checkpoint written by `audiosep train`")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="the copy: EMA weights, config, domain, step; no optimiser state")
+    p.set_defaults(run=_cmd_export)
+
+
 def _add_separate(sub) -> None:
     p = sub.add_parser("separate", help="separate audio files into OUT/<track>/<source>.wav")
     p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="audio files (wav/flac/ogg/mp3, any rate/channels)")
     p.add_argument("-o", "--output", type=Path, default=Path("separated"), help="output folder (default: separated)")
     p.add_argument("--model", type=Path, nargs="+", metavar="PATH",
                    help="one NMF model file, or one prior checkpoint per source for BASIS, named after the "
-                        "files (piano.pt violin.pt → piano, violin); default: the bundled piano/violin NMF model")
-    p.add_argument("--method", choices=["nmf", "basis"], help="check the method (default: inferred from --model)")
+                        "files (piano.pt violin.pt → piano, violin); default: the bundled piano/violin NCSN priors "
+                        "(BASIS), or the bundled piano/violin NMF model with --method nmf")
+    p.add_argument("--method", choices=["nmf", "basis"],
+                   help="nmf or basis (default: inferred from --model; basis without it)")
     p.add_argument("--steps", type=int, help="BASIS: Langevin steps per noise level (default 10)")
     p.add_argument("--levels", type=int,
                    help="BASIS: noise levels, σ geometric down to 0.01 (default: 4 from σ 0.05 for --init nmf, "
@@ -326,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"audiosep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_separate, _add_synth, _add_mel, _add_invert, _add_evaluate, _add_oracle, _add_train):
+    for add in (_add_separate, _add_synth, _add_mel, _add_invert, _add_evaluate, _add_oracle, _add_train, _add_export):
         add(sub)
     return parser
 

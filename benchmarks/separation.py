@@ -1,6 +1,6 @@
 """BASIS against its ceiling, the oracles and the supervised NMF baseline, on one split.
 
-    python benchmarks/separation.py --priors piano.pt violin.pt            # /work/data/pv test split
+    python benchmarks/separation.py                                        # bundled priors, /work/data/pv test split
     python benchmarks/separation.py --priors piano.pt violin.pt --basis glow=pg.pt,vg.pt \\
         --tradeoff 5x10 10x10 20x10 --tradeoff-tracks 5 -o reports/separation
 
@@ -16,6 +16,9 @@ windows, then tracks, of SDR / SIR / SAR per source):
   `default_basis("nmf")`: a short anneal from a low σ; the NNLS starts from NMF's spectra).
 - `mel-ideal`: the true sources' mel powers through the same inversion (NNLS + Wiener on the
   mixture STFT): the ceiling of any method that estimates mel powers on that front end.
+- `mel-ideal+nmf`: the true mel powers with the NNLS started from the NMF model's spectra
+  (the inversion of `+nmf`): what a perfect prior would give started from NMF, the ceiling
+  of the `+nmf` rows.
 - `irm2`, `mix`: the IRM (α = 2) oracle and the mixture / K.
 - `nmf`: the supervised NMF model (`--nmf`, default the bundled one) through `Separator`.
 - `basis-NAME+truth` (`--from-truth`): the `+nmf` schedule started from the true stems, a
@@ -42,9 +45,11 @@ from audiosep.data.stems import list_tracks, load_track
 from audiosep.eval.report import score_track, summarize, write_reports
 from audiosep.oracle import run_oracle
 from audiosep.separation.basis import BasisConfig
-from audiosep.separation.mel_basis import MelBasis, default_basis
+from audiosep.separation.mel_basis import BUNDLED_PRIORS, LEVEL_DB, MelBasis, baseline_powers, default_basis
 from audiosep.separation.nmf import BUNDLED_NMF, NMFModel
 from audiosep.separation.separator import Separator, level_gain
+from audiosep.spectral.frontend import Frontend
+from audiosep.spectral.inversion import invert_mel_powers
 
 SeparateFn = Callable[[np.ndarray, int], np.ndarray]
 
@@ -72,18 +77,42 @@ class TrueStems:
         return self.stems.to(mix)
 
 
-def basis_from_truth(paths: list[Path], sources: list[str]) -> Callable[[np.ndarray, int], np.ndarray]:
+def basis_from_truth(paths: list[Path], sources: list[str]) -> SeparateFn:
     """An oracle: BASIS with the `--init nmf` schedule started from the true stems. What it
     loses against `irm2` (the inversion then starts from the true spectra) is what the
     priors themselves cost, independent of how the chains are started."""
     method = MelBasis.from_files(paths, default_basis("nmf"), sources=sources, progress=False)
-    truth = TrueStems(sources, method.sample_rate, method.level_db)
-    method = MelBasis(method.priors, method.config, sources, init_from=truth, progress=False)
-    separator = Separator(method, progress=False)
+    return with_true_stems(lambda truth: MelBasis(method.priors, method.config, sources, init_from=truth,
+                                                  progress=False), sources, method.sample_rate, method.level_db)
+
+
+class MelIdealFrom:
+    """A `Separator` method: the true stems' mel powers through the inversion of BASIS started
+    from `baseline` (NNLS started from the baseline's spectra, Wiener masks): what a perfect
+    prior would give with `--init nmf`, the ceiling of the `+nmf` rows."""
+
+    channels = None
+
+    def __init__(self, frontend: Frontend, baseline: NMFModel, truth: TrueStems) -> None:
+        self.frontend, self.baseline, self.truth = frontend, baseline, truth
+        self.sources, self.sample_rate, self.level_db = truth.sources, truth.sample_rate, truth.level_db
+
+    def __call__(self, mix: torch.Tensor) -> torch.Tensor:
+        _, reference = baseline_powers(self.frontend, self.baseline(mix))
+        mel = self.frontend.mel_power(self.truth(mix).mean(dim=1))
+        return invert_mel_powers(self.frontend, mel, mix, reference=reference)
+
+
+def with_true_stems(method_for: Callable[[TrueStems], MelBasis | MelIdealFrom], sources: list[str],
+                    sample_rate: int, level_db: float) -> SeparateFn:
+    """An oracle `(refs, rate) → estimates` running `method_for(truth)` through `Separator`,
+    `truth` holding the current track's true stems."""
+    truth = TrueStems(sources, sample_rate, level_db)
+    separator = Separator(method_for(truth), progress=False)
 
     def run(refs: np.ndarray, rate: int) -> np.ndarray:
-        if rate != truth.sample_rate:
-            raise SystemExit(f"--from-truth needs data at the priors' rate {truth.sample_rate} Hz, got {rate} Hz")
+        if rate != sample_rate:
+            raise SystemExit(f"the oracles started from the true stems need data at {sample_rate} Hz, got {rate} Hz")
         truth.set(refs)
         return separator.separate(refs.sum(axis=0), rate)
 
@@ -155,8 +184,9 @@ def parse_grid(specs: list[str]) -> list[tuple[int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--priors", type=Path, nargs="+", required=True,
-                        help="one prior checkpoint per source, named after the files (piano.pt → piano)")
+    parser.add_argument("--priors", type=Path, nargs="+", default=list(BUNDLED_PRIORS),
+                        help="one prior checkpoint per source, named after the files (piano.pt → piano); "
+                             "default: the bundled piano/violin NCSN priors")
     parser.add_argument("--name", default="ncsn", help="row label of --priors (basis-NAME)")
     parser.add_argument("--basis", nargs="*", default=[], metavar="NAME=A.pt,B.pt", help="more prior sets")
     parser.add_argument("--data", type=Path, default=Path("/work/data/pv"), help="stems dataset folder")
@@ -185,6 +215,8 @@ def main() -> None:
     methods["nmf"] = Separator(nmf, progress=False).separate
     oracles = {
         "mel-ideal": lambda refs, rate: run_oracle("mel-ideal", refs, rate, frontend=frontend),
+        "mel-ideal+nmf": with_true_stems(lambda truth: MelIdealFrom(frontend, nmf, truth), sources,
+                                         frontend.sample_rate, LEVEL_DB),
         "irm2": lambda refs, rate: run_oracle("irm2", refs, rate),
         "mix": lambda refs, rate: run_oracle("mix", refs, rate),
     }

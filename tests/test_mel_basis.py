@@ -3,6 +3,7 @@ prior checkpoints. Analytic Gaussian priors check the separation itself; tiny un
 NCSNv2 checkpoints check the wiring end to end (files, formats, errors, seeds)."""
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from audiosep.cli import main
 from audiosep.errors import UserError
 from audiosep.priors import Domain, NCSNv2, Prior, save_checkpoint, sigma_per_sample
-from audiosep.separation import BUNDLED_NMF, MelBasis, separation_method
+from audiosep.separation import BUNDLED_NMF, BUNDLED_PRIORS, MelBasis, separation_method
 from audiosep.separation.mel_basis import default_basis, fit_schedule
 from audiosep.separation.basis import BasisConfig
 from audiosep.spectral.frontend import Frontend, get_frontend, patchify
@@ -283,7 +284,6 @@ def test_separate_with_priors_is_seeded(mixtures, checkpoints, tmp_path):
     ([BUNDLED_NMF, "violin"], [], "is an NMF model but .*violin.pt is a prior"),
     (["piano"], [], "BASIS needs one prior per source"),
     (["piano", "violin"], ["--method", "nmf"], "method 'nmf' was asked for"),
-    ([], ["--method", "basis"], "BASIS needs one prior checkpoint per source"),
     ([BUNDLED_NMF], ["--steps", "3"], "--steps: BASIS option"),
     (["piano", "violin"], ["--levels", "1"], "at least 2 noise levels"),
     ([BUNDLED_NMF], ["--init", "nmf"], "--init: BASIS option"),
@@ -302,7 +302,20 @@ def test_separate_errors_are_one_line_and_write_nothing(mixtures, checkpoints, t
     assert not (tmp_path / "sep").exists()
 
 
+def test_method_nmf_is_the_bundled_nmf_model(tmp_path):
+    # no --model: BASIS over the bundled priors by default (tests/test_cli.py); --method nmf
+    # is the bundled NMF model, the same as naming its file
+    example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
+    assert all(path.is_file() for path in BUNDLED_PRIORS)
+    assert _run("separate", example, "-o", tmp_path / "a", "--method", "nmf") == 0
+    assert _run("separate", example, "-o", tmp_path / "b", "--model", BUNDLED_NMF) == 0
+    for source in ("piano", "violin"):
+        a, b = (sf.read(tmp_path / name / "piano_violin" / f"{source}.wav")[0] for name in ("a", "b"))
+        assert a.shape == sf.read(example)[0].shape and np.array_equal(a, b)
+
+
 def test_separation_method_is_inferred_from_the_files(checkpoints):
-    assert separation_method([]) == "nmf"
+    assert separation_method([]) == "basis"
+    assert separation_method([], "nmf") == "nmf"
     assert separation_method([BUNDLED_NMF]) == "nmf"
     assert separation_method([checkpoints["piano"], checkpoints["violin"]], "basis") == "basis"

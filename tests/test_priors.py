@@ -108,6 +108,31 @@ def test_load_prior_prefers_ema_weights(tmp_path):
         assert not torch.allclose(loaded.score(x, 0.1), model.score(x, 0.1))
 
 
+def test_export_keeps_the_ema_weights_only(tmp_path, capsys):
+    from audiosep.cli import main
+
+    model, other = _tiny(seed=0), _tiny(seed=1)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.rand(2, 1, 8, 8), 0.1).sum().backward()
+    optimizer.step()
+    path = save_checkpoint(tmp_path / "train.pt", model, Domain.image((1, 8, 8)), ema_state=other.state_dict(),
+                           optimizer_state=optimizer.state_dict(), step=12,
+                           extra={"train_config": {"lr": 1e-3}, "rng": [torch.zeros(5000, dtype=torch.uint8)]})
+    assert main(["export", str(path), "-o", str(tmp_path / "small.pt")]) == 0
+    assert "small.pt" in capsys.readouterr().out
+    payload = load_checkpoint(tmp_path / "small.pt")
+    assert payload["ema"] is None and payload["optimizer"] is None and payload["step"] == 12
+    assert payload["extra"] == {"train_config": {"lr": 1e-3}, "exported_from": "train.pt"}
+    assert (tmp_path / "small.pt").stat().st_size < path.stat().st_size / 2
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(load_prior(tmp_path / "small.pt").score(x, 0.1), other.score(x, 0.1),
+                                   rtol=0, atol=0)
+    assert main(["export", str(path), "-o", str(path)]) == 2  # never over the training checkpoint
+    assert main(["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.pt")]) == 2
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_save_checkpoint_needs_registered_prior_and_domain(tmp_path):
     class Unregistered(Prior):
         def get_config(self):

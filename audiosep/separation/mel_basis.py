@@ -51,6 +51,11 @@ from .separator import Method, resolve_device
 # −17.02 dBFS, range −17.26 to −16.92.
 LEVEL_DB = -17.0
 
+# The bundled piano/violin NCSNv2 priors, one file per source named after it (how they were
+# made and what they score: audiosep/pretrained/README.md).
+BUNDLED_PRIORS = tuple(Path(__file__).resolve().parents[1] / "pretrained" / "ncsn_piano_violin" / f"{source}.pt"
+                       for source in ("piano", "violin"))
+
 
 # The BASIS settings `audiosep separate --model A.pt B.pt` uses, per initialisation (see
 # `default_basis`), chosen on 4 tracks of the validation split of the synthesized piano/violin
@@ -223,9 +228,7 @@ class MelBasis:
         x = mix.to(self.device, torch.float32)
         init, reference = None, None
         if self.init_from is not None:
-            first = self.init_from(x).mean(dim=1)  # (K, N)
-            reference = self.frontend.stft(first).abs().pow(self.frontend.power)  # (K, F, T)
-            init = mel_spectrogram(reference, self.frontend.filterbank(reference.device, reference.dtype))
+            init, reference = baseline_powers(self.frontend, self.init_from(x))
         mel_powers = self.separate_mel(self.frontend.mel_power(x.mean(dim=0)), init)
         stems = invert_mel_powers(self.frontend, mel_powers, x, method=self.inversion, seed=self.seed,
                                   reference=reference)
@@ -251,6 +254,14 @@ class MelBasis:
     def __repr__(self) -> str:
         return (f"MelBasis(sources={list(self.sources)}, frontend={self.frontend.name!r}, "
                 f"inversion={self.inversion!r}, hop_frames={self.hop_frames})")
+
+
+def baseline_powers(frontend: Frontend, stems: Tensor) -> tuple[Tensor, Tensor]:
+    """A baseline's stems `(K, C, N)` → the mel powers `(K, n_mels, T)` that start BASIS
+    chains and the STFT powers `(K, F, T)` that start the NNLS of the inversion (both of the
+    channel mean, in `frontend`'s units)."""
+    reference = frontend.stft(stems.mean(dim=1)).abs().pow(frontend.power)
+    return mel_spectrogram(reference, frontend.filterbank(reference.device, reference.dtype)), reference
 
 
 def common_frontend(domains: Sequence[Domain | None], names: Sequence[str]) -> Frontend:
@@ -310,8 +321,9 @@ def _check_sources(sources: tuple[str, ...], n_priors: int) -> None:
 def separation_method(paths: Sequence[str | os.PathLike], requested: str | None = None) -> Literal["nmf", "basis"]:
     """The separation method for a set of model files: "nmf" or "basis".
 
-    No files → "nmf" (the bundled model); one NMF model file → "nmf"; two or more prior
-    checkpoints → "basis". `requested` (if given) must agree with the files.
+    No files → `requested`, by default "basis" (the bundled priors `BUNDLED_PRIORS`; "nmf":
+    the bundled NMF model); one NMF model file → "nmf"; two or more prior checkpoints →
+    "basis". `requested` (if given) must agree with the files.
 
     Raises:
         UserError: unreadable files (as `load_checkpoint`), NMF models mixed with priors,
@@ -320,9 +332,7 @@ def separation_method(paths: Sequence[str | os.PathLike], requested: str | None 
     if requested not in (None, "nmf", "basis"):
         raise UserError(f"unknown separation method {requested!r}; choose nmf or basis")
     if not paths:
-        if requested == "basis":
-            raise UserError("BASIS needs one prior checkpoint per source (--model A.pt B.pt ...)")
-        return "nmf"
+        return requested or "basis"
     kinds = [(Path(p), load_checkpoint(p)["kind"]) for p in paths]
     nmf = [p for p, kind in kinds if kind == "nmf"]
     priors = [p for p, kind in kinds if kind != "nmf"]

@@ -36,6 +36,9 @@ if run_stage 1; then
             $audiosep train ncsn --data "$data" --source "$source" --preset default \
                 --config recipes/piano_violin/ncsn.yaml --steps "$ncsn_steps" --threads 1 \
                 --device "$device" -o "$exp/${source}_ncsn_v2.pt"
+            # the weights-only copy (EMA weights, no optimiser state): what audiosep/pretrained/
+            # ncsn_piano_violin/ bundles (made with ncsn_steps=5000, see its README)
+            $audiosep export "$exp/${source}_ncsn_v2.pt" -o "$exp/ncsn_piano_violin/$source.pt"
         done
     fi
     # Glow priors (#5): a per-σ bundle and one σ-conditioned flow per source (train_glow=1)
