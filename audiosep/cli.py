@@ -127,8 +127,6 @@ def _cmd_train_nmf(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from .priors import export_prior
 
-    if args.output.resolve() == args.checkpoint.resolve():
-        raise UserError("the weights-only copy must go to another file than the training checkpoint")
     path = export_prior(args.checkpoint, args.output)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 

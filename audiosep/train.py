@@ -447,11 +447,11 @@ def mel_patches(data: str | os.PathLike, source: str, frontend: Any, split: str,
     return SourcePatches(crops, frontend.encode, frames=frontend.patch_frames)
 
 
-def _patch_sets(data: str | os.PathLike, source: str, frontend: Any, steps: int, config: TrainConfig,
-                seed: int, valid_items: int) -> tuple[Dataset, Dataset]:
-    """(train patches: steps × batch_size items, drawn with `seed`; valid patches: `valid_items`
-    fixed crops of the valid split, drawn with `config.seed + 1`), for every prior kind."""
-    train_ds = mel_patches(data, source, frontend, "train", steps * config.batch_size, seed)
+def _patch_sets(data: str | os.PathLike, source: str, frontend: Any, config: TrainConfig,
+                valid_items: int) -> tuple[Dataset, Dataset]:
+    """(train patches: steps × batch_size items, drawn with `config.seed`; valid patches:
+    `valid_items` fixed crops of the valid split, drawn with `config.seed + 1`), for every prior kind."""
+    train_ds = mel_patches(data, source, frontend, "train", config.steps * config.batch_size, config.seed)
     valid_ds = mel_patches(data, source, frontend, "valid", valid_items, config.seed + 1)
     return train_ds, valid_ds
 
@@ -479,7 +479,7 @@ def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike
     frontend = get_frontend(preset)
     model_config = model_config or NCSNConfig()
     config = config or TrainConfig()
-    train_ds, valid_ds = _patch_sets(data, source, frontend, config.steps, config, config.seed, valid_items)
+    train_ds, valid_ds = _patch_sets(data, source, frontend, config, valid_items)
     samples = None
     if model_config.sigma_max is None or model_config.n_levels is None:
         samples = torch.stack([train_ds[i] for i in range(min(500, len(train_ds)))])
@@ -524,7 +524,7 @@ def train_flow(data: str | os.PathLike, source: str, out_path: str | os.PathLike
     if model_config.conditioning == "bundle":
         return train_flow_bundle(data, source, out_path, arch, preset, model_config, config, finetune_steps,
                                  device, valid_items)
-    train_ds, valid_ds = _patch_sets(data, source, frontend, config.steps, config, config.seed, valid_items)
+    train_ds, valid_ds = _patch_sets(data, source, frontend, config, valid_items)
     seed_everything(config.seed)
     model = build_flow(arch, model_config)
     return train(model, flow_nll, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device)
@@ -567,8 +567,7 @@ def train_flow_bundle(data: str | os.PathLike, source: str, out_path: str | os.P
     for index, sigma in enumerate(sorted(sigmas)):
         steps = config.steps if index == 0 or finetune_steps is None else finetune_steps
         member_train = dataclasses.replace(config, steps=steps, seed=config.seed + index)
-        train_ds, valid_ds = _patch_sets(data, source, frontend, steps, member_train, member_train.seed,
-                                              valid_items)
+        train_ds, valid_ds = _patch_sets(data, source, frontend, member_train, valid_items)
         seed_everything(member_train.seed)
         member = build_flow(arch, dataclasses.replace(model_config, conditioning="none", noise_sigma=sigma))
         if previous is not None:

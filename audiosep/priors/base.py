@@ -322,13 +322,18 @@ def load_prior(
         raise UserError(
             f"{path}: prior trained on {model.domain.describe()}, but {expected_domain.describe()} is expected"
         )
+    _load_weights(model, payload, path)
+    return model.to(device).eval()
+
+
+def _load_weights(model: Prior, payload: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Load the checkpoint's EMA weights (else its raw weights) into `model` built from it."""
     weights = payload["ema"] if payload.get("ema") is not None else payload["state_dict"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[0][:160]
         raise UserError(f"{path}: weights do not fit a {payload['kind']} model ({reason})") from None
-    return model.to(device).eval()
 
 
 def export_prior(source: str | os.PathLike, target: str | os.PathLike) -> Path:
@@ -339,10 +344,13 @@ def export_prior(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     second weight copy or RNG states (an NCSNv2 with nf 32: 10.2 MB → 2.5 MB).
 
     Raises:
-        UserError: as `load_prior` for `source`.
+        UserError: as `load_prior` for `source`; `target` the same file as `source`.
     """
+    if Path(target).resolve() == Path(source).resolve():
+        raise UserError("the weights-only copy must go to another file than the training checkpoint")
     payload = load_checkpoint(source)
-    model = load_prior(source)
+    model = build_from_checkpoint(payload, source)
+    _load_weights(model, payload, source)
     keep = {k: v for k, v in payload.get("extra", {}).items() if k in ("train_config", "valid_loss", "world_size")}
     return save_checkpoint(target, model, step=payload.get("step", 0),
                            extra={**keep, "exported_from": Path(source).name})
