@@ -13,6 +13,7 @@ from .errors import UserError
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
+    from .data.augment import Augmentation
     from .data.synth import list_pieces, synthesize
 
     if args.list:
@@ -28,6 +29,9 @@ def _cmd_synth(args: argparse.Namespace) -> None:
         args.preset, args.output, n_tracks=counts, excerpts_per_piece=args.excerpts_per_piece,
         duration=args.duration, sample_rate=args.sample_rate, seed=args.seed, soundfonts=args.soundfont,
         pieces=args.piece, gain_db=args.gain_db, timeout=args.timeout, overwrite=args.overwrite,
+        font_per_source=args.font_per_source,
+        augmentation=Augmentation(tempo=args.tempo, detune_cents=args.detune_cents, velocity=args.velocity,
+                                  expression=args.expression, eq_db=args.eq_db, reverb=args.reverb),
     )
     by_split: dict[str, int] = {}
     for record in index["tracks"]:
@@ -70,6 +74,13 @@ def _cmd_oracle(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
+def _valid_text(valid_loss: float, label: str, unit: str = "") -> str:
+    """"<label> 0.1234<unit>", or "no validation run" where a training returned NaN (none ran)."""
+    import math
+
+    return "no validation run" if math.isnan(valid_loss) else f"{label} {valid_loss:.4f}{unit}"
+
+
 def _cmd_train_ncsn(args: argparse.Namespace) -> None:
     import dataclasses
 
@@ -81,12 +92,16 @@ def _cmd_train_ncsn(args: argparse.Namespace) -> None:
     run = load_yaml(NCSNRun, args.config) if args.config else from_dict(NCSNRun, {})
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if getattr(args, k) is not None}
     model_overrides = {k: getattr(args, k) for k in ("version", "nf") if getattr(args, k) is not None}
+    if args.init_from is not None and model_overrides:
+        raise UserError("--version/--nf: the network of --init-from is fine-tuned as it is; give one or the other")
     if args.threads:
         torch.set_num_threads(args.threads)
     result = train_ncsn(args.data, args.source, args.output, preset=args.preset,
                         model_config=dataclasses.replace(run.model, **model_overrides),
-                        config=dataclasses.replace(run.train, **overrides), device=args.device)
-    print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, valid loss {result['valid_loss']:.4f}")
+                        config=dataclasses.replace(run.train, **overrides), device=args.device,
+                        init_from=args.init_from)
+    print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
+          f"{_valid_text(result['valid_loss'], 'valid loss')}")
 
 
 def _cmd_train_flow(args: argparse.Namespace) -> None:
@@ -109,9 +124,10 @@ def _cmd_train_flow(args: argparse.Namespace) -> None:
                         config=dataclasses.replace(run.train, **overrides), finetune_steps=finetune_steps,
                         device=args.device)
     for member in result.get("members", []):
-        print(f"  sigma {member['sigma']:.4g}: step {member['step']}, valid {member['valid_loss']:.4f} bits/dim")
+        print(f"  sigma {member['sigma']:.4g}: step {member['step']}, "
+              f"{_valid_text(member['valid_loss'], 'valid', ' bits/dim')}")
     print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f} bits/dim, "
-          f"valid {result['valid_loss']:.4f} bits/dim")
+          f"{_valid_text(result['valid_loss'], 'valid', ' bits/dim')}")
 
 
 def _cmd_train_nmf(args: argparse.Namespace) -> None:
@@ -142,7 +158,8 @@ def _cmd_separate(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     models = args.model or []
     basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion,
-                     "--init": args.init, "--init-model": args.init_model}
+                     "--init": args.init, "--init-model": args.init_model, "--likelihood": args.likelihood,
+                     "--corrections": args.corrections, "--chains": args.chains}
     method = separation_method(models, args.method)
     if method == "nmf":
         given = [flag for flag, value in basis_options.items() if value is not None]
@@ -156,7 +173,8 @@ def _cmd_separate(args: argparse.Namespace) -> None:
         baseline = NMFModel.load(args.init_model or BUNDLED_NMF) if args.init in (None, "nmf") else None
         init = args.init or ("nmf" if baseline_mismatch(baseline, priors.sources, priors.sample_rate) is None
                              else "mixture")
-        config = default_basis(init, seed=args.seed, steps_per_level=args.steps, n_levels=args.levels)
+        config = default_basis(init, seed=args.seed, steps_per_level=args.steps, n_levels=args.levels,
+                               likelihood=args.likelihood, corrections=args.corrections, n_chains=args.chains)
         model = MelBasis(priors.priors, config, priors.sources, inversion=args.inversion or "wiener",
                          init_from=baseline if init == "nmf" else None)
     separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device, seed=args.seed)
@@ -182,9 +200,22 @@ def _add_synth(sub) -> None:
     p.add_argument("--duration", type=float, default=10.0, help="excerpt length in seconds (default 10)")
     p.add_argument("--sample-rate", type=int, default=16000, help="Hz (default 16000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--soundfont", nargs="+", help="one or more .sf2 files (one drawn per piece)")
+    p.add_argument("--soundfont", nargs="+", help="one or more .sf2/.sf3 files (one drawn per piece; "
+                   "the MuseScore General ones are reserved for evaluation and refused)")
+    p.add_argument("--font-per-source", action="store_true", help="draw a soundfont for every source of a piece")
     p.add_argument("--piece", nargs="+", help="restrict to these corpus paths (e.g. bach/bwv66.6.mxl)")
-    p.add_argument("--gain-db", type=float, default=0.0, help="random gain per source in ±dB")
+    p.add_argument("--gain-db", type=float, default=0.0,
+                   help="random gain per source in ±dB around equal loudness (sources then differ by up to 2x)")
+    aug = p.add_argument_group("augmentation (random per piece/source, drawn from --seed; all off by default)")
+    aug.add_argument("--tempo", type=float, default=0.0, help="note times scaled by 1 ± this fraction (e.g. 0.1)")
+    aug.add_argument("--detune-cents", type=float, default=0.0, help="pitch bend per source in ± cents (e.g. 30)")
+    aug.add_argument("--velocity", type=float, default=0.0,
+                     help="velocity offset per source in ± MIDI units, half of it again per note (e.g. 20)")
+    aug.add_argument("--expression", type=float, default=0.0,
+                     help="depth (0-1) of a slow random expression (CC 11) curve per source (e.g. 0.4)")
+    aug.add_argument("--eq-db", type=float, default=0.0, help="random low/high-shelf and peak EQ per source in ± dB")
+    aug.add_argument("--reverb", type=float, default=0.0,
+                     help="probability that a piece is played in a (random) room, one per piece (e.g. 0.7)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per FluidSynth render")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in the folder")
     p.set_defaults(run=_cmd_synth)
@@ -262,6 +293,9 @@ def _add_train(sub) -> None:
     ncsn.add_argument("--version", choices=["v1", "v2"], help="network (default v2)")
     ncsn.add_argument("--nf", type=int, help="base width of the network")
     ncsn.add_argument("--steps", type=int, help="total optimiser steps (across resumes)")
+    ncsn.add_argument("--init-from", type=Path, metavar="PRIOR",
+                      help="fine-tune: start from this NCSN checkpoint's weights, network and sigma schedule "
+                           "(same front end); steps count from 0")
     _add_prior_run(ncsn)
     ncsn.set_defaults(run=_cmd_train_ncsn)
 
@@ -328,8 +362,16 @@ def _add_separate(sub) -> None:
                         "sources at their rate (the bundled one: piano, violin at 16 kHz), else mixture")
     p.add_argument("--init-model", type=Path, metavar="PATH",
                    help="BASIS --init nmf: the NMF model (default: the bundled one)")
-    p.add_argument("--inversion", choices=["wiener", "phase", "griffinlim"],
-                   help="BASIS: mel → audio by Wiener masks on the mixture (default), mixture phase, or Griffin-Lim")
+    p.add_argument("--likelihood", choices=["gaussian", "dirac"],
+                   help="BASIS: the mixture as a Gaussian constraint in the drift, or exactly (dirac: every step "
+                        "projected back onto the mixture)")
+    p.add_argument("--corrections", type=int, metavar="N",
+                   help="BASIS: re-noising correction rounds per noise level (denoise, re-noise, run the level again)")
+    p.add_argument("--chains", type=int, metavar="N",
+                   help="BASIS: independent chains, averaged as powers (default 1)")
+    p.add_argument("--inversion", choices=["wiener", "wiener-mc", "phase", "griffinlim"],
+                   help="BASIS: mel → audio by Wiener masks on the mixture (default), the multichannel Wiener filter "
+                        "(a stereo image per source), mixture phase, or Griffin-Lim")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")

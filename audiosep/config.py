@@ -35,7 +35,8 @@ class TrainConfig:
     adam_betas, weight_decay (Adam); grad_clip (max global gradient L2 norm, None = no
     clipping); ema_decay (exponential moving average of the weights, warmed up as
     min(decay, (1 + step)/(10 + step))); checkpoint_every / valid_every (steps between
-    checkpoints / validation losses; a checkpoint is always written at the end);
+    checkpoints / validation losses; a checkpoint is always written at the end, and a run of
+    fewer than valid_every steps validates once at its end);
     valid_batches (batches in a validation pass); seed; num_workers (DataLoader worker
     processes; 0 loads in the main process, which also makes a resumed run bit-identical);
     tensorboard (log scalars beside the checkpoint when `torch.utils.tensorboard`

@@ -4,8 +4,8 @@
 with optional gradient clipping, keeps an exponential moving average (EMA) of the
 weights, writes atomic checkpoints (model config + domain inside, so `load_prior` needs
 nothing else) every `checkpoint_every` steps and at the end, logs a validation loss of
-the EMA weights every `valid_every` steps, and resumes from `out_path` after an
-interruption: model, EMA, optimiser, step, and the RNG states of every process are
+the EMA weights every `valid_every` steps (and once at the end of a run shorter than
+that), and resumes from `out_path` after an interruption: model, EMA, optimiser, step, and the RNG states of every process are
 restored and the data order is a function of (seed, epoch), so with `num_workers = 0` a
 resumed run continues bit-identically. (With worker processes, each epoch's worker
 seeds are fixed, but the random crops of the epoch that was cut short are drawn anew.)
@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .config import TrainConfig, to_dict
+from .devices import resolve_device
 from .errors import UserError
 from .priors.base import Domain, Prior, load_checkpoint, save_checkpoint
 from .priors.flows import (
@@ -139,28 +140,25 @@ def _isolated_rng(seed: int) -> Iterator[None]:
         _set_rng_state(saved)
 
 
-def _init_distributed(device: str) -> tuple[int, int, bool]:
+def _init_distributed(device: torch.device) -> tuple[int, int, bool]:
     """(rank, world size, whether this call created the process group) from the torchrun env."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), False
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, False
-    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world, True
 
 
-def _resolve_device(device: str, world: int) -> torch.device:
-    """The device of this process: with several CUDA processes, cuda:LOCAL_RANK."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and world > 1 and dev.index is None:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {device!r} requested but CUDA is not available")
-        torch.cuda.set_device(dev)
-    return dev
+def _local_rank() -> int | None:
+    """This process's LOCAL_RANK when several processes train together (torchrun), else None:
+    what a bare "cuda" stands for in `resolve_device`."""
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+    else:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else None
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -292,20 +290,23 @@ def train(
         config: the `TrainConfig`.
         out_path: the checkpoint file, rewritten atomically.
         domain: what the data is (stored in the checkpoint and set on `model.domain`).
-        device: "cpu", "cuda", "cuda:1", ...
+        device: "cpu", "cuda", "cuda:1", ... (`audiosep.devices.resolve_device`; under torchrun
+            with several processes a bare "cuda" is cuda:LOCAL_RANK).
         resume: continue from `out_path` if it exists (it must hold this model kind, config
             and domain); False starts afresh and overwrites it.
         callback: called on every process as `callback(step, logs)` after each step (and its
             checkpoint, if any); logs has "loss" and, after validation, "valid_loss".
 
     Returns:
-        {"step", "loss" (last training loss), "valid_loss" (last, NaN if none)}.
+        {"step", "loss" (last training loss), "valid_loss" (last; NaN without a
+        valid_dataset, and on ranks other than 0)}.
     """
     out_path = Path(out_path)
-    rank, world, owns_group = _init_distributed(device)
+    dev = resolve_device(device, local_rank=_local_rank())  # set before NCCL starts, as it wants
+    rank, world, owns_group = _init_distributed(dev)
     try:
         return _run(model, loss_fn, train_dataset, valid_dataset, config, out_path, domain,
-                    _resolve_device(device, world), resume, callback, rank, world)
+                    dev, resume, callback, rank, world)
     finally:
         if owns_group:
             dist.destroy_process_group()
@@ -382,7 +383,7 @@ def _run(
             ema.update(model)
             step += 1
             logs = {"loss": loss_value}
-            if valid_dataset is not None and step % config.valid_every == 0 and is_main:
+            if valid_dataset is not None and _validation_due(step, config) and is_main:
                 with ema.swapped_into(model):
                     valid_loss = validation_loss(model, loss_fn, valid_dataset, config, device)
                 logs["valid_loss"] = valid_loss
@@ -396,6 +397,14 @@ def _run(
         if writer is not None:
             writer.close()
     return {"step": step, "loss": loss_value, "valid_loss": valid_loss}
+
+
+def _validation_due(step: int, config: TrainConfig) -> bool:
+    """Whether the EMA weights are validated after `step`: every `valid_every` steps, and at the
+    last step of a run shorter than `valid_every` (so its final checkpoint carries a real
+    validation loss). A function of the config only, so a resumed run validates where an
+    uninterrupted one does."""
+    return step % config.valid_every == 0 or (step == config.steps and config.steps < config.valid_every)
 
 
 def _report(bar: tqdm, writer: Any, step: int, logs: dict[str, float], valid_loss: float) -> None:
@@ -466,13 +475,17 @@ class NCSNRun:
 
 def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike, preset: str = "default",
                model_config: NCSNConfig | None = None, config: TrainConfig | None = None, device: str = "cpu",
-               valid_items: int = 256) -> dict[str, float]:
+               valid_items: int = 256, init_from: str | os.PathLike | None = None) -> dict[str, float]:
     """Train an NCSN prior on the mel patches of one source: `audiosep train ncsn`.
 
     Every step draws fresh crops from the `train` split (the dataset has steps × batch_size
     items); the validation loss uses `valid_items` fixed crops of the `valid` split. With
     NCSNv2 rules (null sigma_max / n_levels in `model_config`) the schedule is set from 500
     training patches. The checkpoint carries the model config and the mel domain.
+
+    init_from: fine-tune: start from the weights (EMA weights if stored), network and σ
+    schedule of this NCSN checkpoint (`model_config` is then not used); it must have been
+    trained on the same front end. The step count starts at 0 with a fresh optimiser.
     """
     from .spectral.frontend import get_frontend
 
@@ -480,12 +493,29 @@ def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike
     model_config = model_config or NCSNConfig()
     config = config or TrainConfig()
     train_ds, valid_ds = _patch_sets(data, source, frontend, config, valid_items)
-    samples = None
-    if model_config.sigma_max is None or model_config.n_levels is None:
-        samples = torch.stack([train_ds[i] for i in range(min(500, len(train_ds)))])
-    seed_everything(config.seed)
-    model = build_ncsn(model_config, samples)
+    if init_from is not None:
+        model = _initial_prior(init_from, Domain.mel(frontend), "ncsn")
+    else:
+        samples = None
+        if model_config.sigma_max is None or model_config.n_levels is None:
+            samples = torch.stack([train_ds[i] for i in range(min(500, len(train_ds)))])
+        seed_everything(config.seed)
+        model = build_ncsn(model_config, samples)
     return train(model, dsm_loss, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device)
+
+
+def _initial_prior(path: str | os.PathLike, domain: Domain, kind: str) -> Prior:
+    """The prior at `path` (weights, config) to fine-tune, in training mode.
+
+    Raises:
+        UserError: as `load_prior`, or a checkpoint of another kind or front end.
+    """
+    from .priors.base import load_prior
+
+    model = load_prior(path, expected_domain=domain)
+    if not model.kind.startswith(kind):
+        raise UserError(f"{path}: a {model.kind} checkpoint cannot start a {kind} training")
+    return model.train()
 
 
 @dataclasses.dataclass

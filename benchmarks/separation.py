@@ -24,16 +24,25 @@ windows, then tracks, of SDR / SIR / SAR per source):
 - `basis-NAME+truth` (`--from-truth`): the `+nmf` schedule started from the true stems, a
   diagnostic: its gap to `irm2` is what the priors cost wherever the chains start.
 
+- `basis-NAME+nmf/VARIANT` (`--variant VARIANT=key=value,...`): the `+nmf` row with
+  `BasisConfig` fields changed, e.g. `dirac=likelihood=dirac`, `corr=corrections=1`,
+  `chains4=n_chains=4`, `wide=sigma_max=0.1,n_levels=5,init_noise=true`.
+
 Below it, CPU seconds per second of audio of each separation (separation only: reading and
 scoring excluded; torch on `--threads` threads, default 1, the stable figure on a shared
 machine), and the trade-off table: steps per level × levels → median SDR per source and
-CPU s/s, for the first prior set on the first `--tradeoff-tracks` tracks.
+CPU s/s, for the first prior set on the first `--tradeoff-tracks` tracks. With `--levels
+-12 -6 0 6 12`: the level/room table, the median SDR of each source for the default
+`audiosep separate` (BASIS started from the NMF model) and for NMF, beside the mixture / K,
+with the last source (violin) that many dB above its level in the track, dry and with every
+stem in one random room (`augment_audio`, seeded by the track's name). Use it on a split whose
+sources are at equal loudness (`synth` without `--gain-db`, e.g. the TimGM6mb test split).
 """
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +50,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from audiosep.config import from_dict
+from audiosep.data.augment import Augmentation, augment_audio
 from audiosep.data.stems import list_tracks, load_track
 from audiosep.eval.report import score_track, summarize, write_reports
 from audiosep.oracle import run_oracle
@@ -119,28 +130,71 @@ def with_true_stems(method_for: Callable[[TrueStems], MelBasis | MelIdealFrom], 
     return run
 
 
-def run_methods(tracks: list[Path], sources: list[str], methods: dict[str, SeparateFn],
-                oracles: dict[str, SeparateFn], win: float) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Score every method and oracle on every track.
+Item = tuple[str, np.ndarray, np.ndarray, int]  # (track name, mixture (C, N), true stems (K, C, N), rate)
+
+
+def dataset_items(tracks: list[Path], sources: list[str]) -> Iterator[Item]:
+    """The tracks as they are on disk: their mixture and stems."""
+    for track in tracks:
+        mix, stems, rate = load_track(track)
+        yield track.name, mix, np.stack([stems[s] for s in sources]), rate
+
+
+def remixed_items(tracks: list[Path], sources: list[str], gain_db: float, reverb: bool) -> Iterator[Item]:
+    """The tracks remixed: the last source `gain_db` dB louder than the others relative to the
+    track's own balance (every synthesized test track has its sources at equal RMS), and with
+    `reverb`, every stem played in one random room (`augment_audio`, seeded by the track name,
+    the same room at every level); the mixture is the sum of the new stems."""
+    for name, _, refs, rate in dataset_items(tracks, sources):
+        gains = np.ones((len(sources), 1, 1), dtype=np.float32)
+        gains[-1] = 10 ** (gain_db / 20)
+        refs = refs * gains
+        if reverb:
+            seed = int.from_bytes(name.encode()[-8:], "little")
+            wet, _ = augment_audio({s: refs[k, 0] for k, s in enumerate(sources)}, rate, Augmentation(reverb=1.0),
+                                   np.random.default_rng(seed))
+            refs = np.stack([wet[s][: refs.shape[-1]][None] for s in sources])
+        yield name, refs.sum(axis=0), refs, rate
+
+
+def run_methods(items: Iterable[Item], sources: list[str], methods: dict[str, SeparateFn],
+                oracles: dict[str, SeparateFn], win: float, desc: str = "tracks"
+                ) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Score every method and oracle on every item.
 
     Returns:
         (the long report table of all methods, CPU seconds per second of audio of each
         method in `methods`; oracles are not timed).
     """
     tables, cpu, audio = [], dict.fromkeys(methods, 0.0), 0.0
-    for track in tqdm(tracks, desc="tracks", unit="track"):
-        mix, stems, rate = load_track(track)
-        refs = np.stack([stems[s] for s in sources])
+    for name, mix, refs, rate in tqdm(list(items), desc=desc, unit="track"):
         audio += mix.shape[-1] / rate
         estimates = {}
-        for name, separate in methods.items():
+        for method, separate in methods.items():
             start = time.process_time()
-            estimates[name] = separate(mix, rate)
-            cpu[name] += time.process_time() - start
-        estimates.update({name: oracle(refs, rate) for name, oracle in oracles.items()})
-        tables += [score_track(track.name, sources, refs, est, rate, win, method=name)
-                   for name, est in estimates.items()]
-    return pd.concat(tables, ignore_index=True), {name: t / audio for name, t in cpu.items()}
+            estimates[method] = separate(mix, rate)
+            cpu[method] += time.process_time() - start
+        estimates.update({method: oracle(refs, rate) for method, oracle in oracles.items()})
+        tables += [score_track(name, sources, refs, est, rate, win, method=method)
+                   for method, est in estimates.items()]
+    return pd.concat(tables, ignore_index=True), {method: t / audio for method, t in cpu.items()}
+
+
+def level_table(tracks: list[Path], sources: list[str], methods: dict[str, SeparateFn], levels: list[float],
+                win: float) -> pd.DataFrame:
+    """Median SDR of each source for each method (and the mixture / K) against the level of
+    the last source relative to the others, dry and in a room."""
+    rows = []
+    oracles = {"mix": lambda refs, rate: run_oracle("mix", refs, rate)}
+    for reverb in (False, True):
+        for gain in levels:
+            table, _ = run_methods(remixed_items(tracks, sources, gain, reverb), sources, methods, oracles, win,
+                                   desc=f"{gain:+g} dB{' room' if reverb else ''}")
+            sdr = summarize(table).query("metric == 'SDR'")
+            for method, group in sdr.groupby("method", sort=False):
+                rows.append({"room": "yes" if reverb else "no", f"{sources[-1]} dB": gain, "method": method,
+                             **group.set_index("target")["score"].reindex(sources).to_dict()})
+    return pd.DataFrame(rows)
 
 
 def median_table(table: pd.DataFrame, order: list[str]) -> pd.DataFrame:
@@ -156,7 +210,7 @@ def tradeoff(tracks: list[Path], sources: list[str], paths: list[Path], grid: li
     for steps, levels in grid:
         config = default_basis("mixture", steps_per_level=steps, n_levels=levels)
         separator = basis_separator(paths, config, sources)
-        table, cpu = run_methods(tracks, sources, {"basis": separator.separate}, {}, win)
+        table, cpu = run_methods(dataset_items(tracks, sources), sources, {"basis": separator.separate}, {}, win)
         sdr = summarize(table).query("metric == 'SDR'").set_index("target")["score"]
         rows.append({"steps": steps, "levels": levels, **{f"SDR {s}": sdr[s] for s in sources},
                      "CPU s/s": cpu["basis"]})
@@ -172,6 +226,22 @@ def parse_basis(specs: list[str]) -> dict[str, list[Path]]:
             raise SystemExit(f"--basis expects NAME=A.pt,B.pt, got {spec!r}")
         sets[name] = [Path(f) for f in files.split(",")]
     return sets
+
+
+def parse_variants(specs: list[str]) -> dict[str, dict]:
+    """`NAME=key=value,key=value` → {NAME: BasisConfig overrides}, values read as YAML scalars."""
+    import yaml
+
+    variants = {}
+    for spec in specs:
+        name, _, settings = spec.partition("=")
+        try:
+            overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in settings.split(","))}
+        except ValueError:
+            raise SystemExit(f"--variant expects NAME=key=value[,key=value], got {spec!r}") from None
+        from_dict(BasisConfig, {**vars(default_basis("nmf")), **overrides})  # unknown keys fail here
+        variants[name] = overrides
+    return variants
 
 
 def parse_grid(specs: list[str]) -> list[tuple[int, int]]:
@@ -195,6 +265,13 @@ def main() -> None:
     parser.add_argument("--nmf", type=Path, default=BUNDLED_NMF, help="NMF model (default: the bundled one)")
     parser.add_argument("--from-truth", action="store_true",
                         help="also the diagnostic row basis-NAME+truth: BASIS started from the true stems")
+    parser.add_argument("--variant", nargs="*", default=[], metavar="NAME=key=value,...",
+                        help="more rows basis-NAME+nmf/VARIANT: the +nmf settings with BasisConfig fields changed, "
+                             "e.g. dirac=likelihood=dirac chains4=n_chains=4 renoise=corrections=1,init_noise=true")
+    parser.add_argument("--no-mixture-init", action="store_true", help="leave out the basis-NAME rows (from the mixture)")
+    parser.add_argument("--levels", nargs="*", type=float, metavar="DB",
+                        help="the level/room table: the last source at these dB relative to the others "
+                             "(e.g. -12 -6 0 6 12), dry and in a room, for the default BASIS and NMF")
     parser.add_argument("--tradeoff", nargs="*", default=[], metavar="STEPSxLEVELS")
     parser.add_argument("--tradeoff-tracks", type=int, default=5)
     parser.add_argument("--win", type=float, default=1.0, help="BSSEval window in seconds")
@@ -209,9 +286,14 @@ def main() -> None:
     frontend = MelBasis.from_files(args.priors, sources=sources, progress=False).frontend
     nmf = NMFModel.load(args.nmf)
     methods: dict[str, SeparateFn] = {}
+    variants = parse_variants(args.variant)
     for name, paths in prior_sets.items():
-        methods[f"basis-{name}"] = basis_separator(paths, default_basis("mixture"), sources).separate
+        if not args.no_mixture_init:
+            methods[f"basis-{name}"] = basis_separator(paths, default_basis("mixture"), sources).separate
         methods[f"basis-{name}+nmf"] = basis_separator(paths, default_basis("nmf"), sources, nmf).separate
+        for variant, overrides in variants.items():
+            methods[f"basis-{name}+nmf/{variant}"] = basis_separator(
+                paths, default_basis("nmf", **overrides), sources, nmf).separate
     methods["nmf"] = Separator(nmf, progress=False).separate
     oracles = {
         "mel-ideal": lambda refs, rate: run_oracle("mel-ideal", refs, rate, frontend=frontend),
@@ -224,12 +306,19 @@ def main() -> None:
         oracles[f"basis-{args.name}+truth"] = basis_from_truth(args.priors, sources)
     print(f"{len(tracks)} tracks of {args.data / args.split}; front end {frontend.name}; torch threads {args.threads}")
     print(f"basis-*: {default_basis('mixture')}\nbasis-*+nmf: {default_basis('nmf')}, started from {args.nmf.name}")
-    table, cpu = run_methods(tracks, sources, methods, oracles, args.win)
+    for variant, overrides in variants.items():
+        print(f"  /{variant}: {overrides}")
+    table, cpu = run_methods(dataset_items(tracks, sources), sources, methods, oracles, args.win)
     print("\nmedian over 1 s windows, then tracks (dB, BSSEval v4)")
     print(median_table(table, [*methods, *oracles]).round(2).to_string())
     print("\nCPU seconds per second of audio: " + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()))
     if args.output is not None:
         write_reports(table, args.output, args.win)
+    if args.levels:
+        print(f"\nmedian SDR (dB) against the level of {sources[-1]} relative to the rest, dry and in a room "
+              "(one random room per track)")
+        chosen = {"basis (default)": methods[f"basis-{args.name}+nmf"], "nmf": methods["nmf"]}
+        print(level_table(tracks, sources, chosen, args.levels, args.win).round(2).to_string(index=False))
     if args.tradeoff:
         grid = parse_grid(args.tradeoff)
         print(f"\ntrade-off, basis-{args.name}, first {args.tradeoff_tracks} tracks")

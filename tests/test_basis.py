@@ -51,8 +51,9 @@ def _posterior(m, mu1, s1, mu2, s2):
 
 # --- BASIS on Gaussian priors ------------------------------------------------------------
 
-@pytest.mark.parametrize("update, factor", [("jacobi", 2), ("gauss-seidel", 1)])
-def test_chain_average_recovers_analytic_posterior_mean(update, factor):
+@pytest.mark.parametrize("update, factor, likelihood",
+                         [("jacobi", 2, "gaussian"), ("gauss-seidel", 1, "gaussian"), ("jacobi", 2, "dirac")])
+def test_chain_average_recovers_analytic_posterior_mean(update, factor, likelihood):
     # Tolerance: each element of the average of C independent chains has Monte Carlo
     # standard error SE = posterior std / √C. Langevin with a fixed step keeps a Gaussian
     # target's mean exact, and smoothing the priors by σ_L = 0.01 moves the mean by
@@ -60,7 +61,9 @@ def test_chain_average_recovers_analytic_posterior_mean(update, factor):
     # below 4.5 (a 1-in-20 000 event per element). A bias of 1.1 SE would fail the RMS bound.
     priors, m, (mu1, s1, mu2, s2) = _gaussian_problem()
     chains = 400
-    config = BasisConfig(update=update, grad_factor=factor, n_chains=chains, clamp=None)
+    # (dirac: projected Langevin on the plane x₁ + x₂ = m samples p(x₁, x₂) restricted to it,
+    # which is the same posterior)
+    config = BasisConfig(update=update, grad_factor=factor, n_chains=chains, clamp=None, likelihood=likelihood)
     est = basis_separate(priors, m, LinearMixing([1, 1]), config, progress=False)
     mean, std = _posterior(m, mu1, s1, mu2, s2)
     se = std / math.sqrt(chains)
@@ -99,6 +102,44 @@ def test_final_samples_satisfy_the_mixture_constraint(update):
                                         config.grad_factor, sigma_l, s1, s2)
     assert residual.pow(2).mean().sqrt() < sigma_l
     assert (residual.pow(2) / var).mean().item() == pytest.approx(1.0, abs=0.08)
+
+
+@pytest.mark.parametrize("mixing", [LinearMixing([0.5, 0.5]), LinearMixing([1.0, 2.0, 0.5]),
+                                    DbPowerMixing(db_lo=-90.0, db_hi=30.0)], ids=repr)
+def test_dirac_likelihood_keeps_the_mixture_constraint_exactly(mixing):
+    # every step is projected onto g(x) = m: after a whole run (corrections, init noise and
+    # the Tweedie step included) the sources mix to the mixture to rounding error, and the
+    # projection itself leaves sources that already satisfy it unchanged
+    k = mixing.n_sources if isinstance(mixing, LinearMixing) else 2
+    gen = torch.Generator().manual_seed(5)
+    m = 0.2 + 0.6 * torch.rand(3, 1, 6, 5, generator=gen, dtype=F64)
+    priors = [GaussianPrior(torch.full((1, 6, 5), 0.3 + 0.1 * j, dtype=F64), torch.full((1, 6, 5), 0.2, dtype=F64))
+              for j in range(k)]
+    config = BasisConfig(likelihood="dirac", n_levels=3, steps_per_level=4, corrections=1, init="mixture",
+                         init_noise=True, tweedie=True, clamp=None, delta=1e-4)
+    est = basis_separate(priors, m, mixing, config, progress=False)
+    assert torch.allclose(mixing.mix(est), m, atol=1e-12, rtol=0)
+    assert torch.allclose(mixing.project(est, m), est, atol=1e-12, rtol=0)
+    far = est + torch.randn(est.shape, generator=gen, dtype=F64)
+    assert torch.allclose(mixing.mix(mixing.project(far, m)), m, atol=1e-12, rtol=0)
+
+
+def test_db_power_projection_keeps_each_sources_share_of_the_mixture():
+    mixing = DbPowerMixing(db_lo=-90.0, db_hi=30.0)
+    gen = torch.Generator().manual_seed(6)
+    x, m = torch.rand(2, 4, 7, generator=gen, dtype=F64), torch.rand(4, 7, generator=gen, dtype=F64)
+    projected = mixing.project(x, m)
+    assert torch.allclose(mixing.jacobian(projected), mixing.jacobian(x), atol=1e-12)
+    assert torch.allclose(mixing.mix(projected), m, atol=1e-12)
+
+
+def test_corrections_and_dirac_settings_are_validated():
+    with pytest.raises(UserError, match="likelihood"):
+        BasisConfig(likelihood="laplace")
+    with pytest.raises(UserError, match="jacobi"):
+        BasisConfig(likelihood="dirac", update="gauss-seidel")
+    with pytest.raises(UserError, match="corrections"):
+        BasisConfig(corrections=-1)
 
 
 def test_tweedie_denoise_is_the_posterior_mean_of_the_clean_sample():

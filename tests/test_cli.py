@@ -87,8 +87,12 @@ def test_oracle_then_evaluate(dataset, tmp_path):
         (["invert", "{tmp}/missing.npy", "-o", "{tmp}/x.wav"], "no such file"),
         (["evaluate", "{data}/test", "{tmp}/nothing", "-o", "{tmp}/r"], "no such estimate folder"),
         (["oracle", "--method", "irm2", "{tmp}/nodata", "-o", "{tmp}/o"], "no such dataset folder"),
+        (["separate", "{mix}", "-o", "{tmp}/sep", "--device", "gpu"], "unknown device 'gpu'"),
+        (["separate", "{mix}", "-o", "{tmp}/sep", "--method", "nmf", "--device", "cuda:x"],
+         "unknown device 'cuda:x'"),
     ],
-    ids=["missing", "directory", "bad-preset", "missing-npy", "missing-estimates", "missing-data"],
+    ids=["missing", "directory", "bad-preset", "missing-npy", "missing-estimates", "missing-data",
+         "bad-device-basis", "bad-device-nmf"],
 )
 def test_user_errors_are_one_line_and_exit_2(dataset, tmp_path, capsys, argv, message):
     mix = dataset / "test" / "track0" / "mix.wav"
@@ -127,12 +131,8 @@ def test_separate_bad_model_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "sep").exists()
 
 
-def test_train_ncsn_tiny_then_domain_check(tmp_path):
-    from audiosep.errors import UserError
-    from audiosep.priors.base import Domain, load_prior
-    from audiosep.spectral.frontend import get_frontend
-
-    root = tmp_path / "data"
+def _training_data(root):
+    """root/{train,valid}/t0/{src0,src1,mix}.wav, 3 s of tones."""
     for split in ("train", "valid"):
         track = root / split / "t0"
         track.mkdir(parents=True)
@@ -140,11 +140,79 @@ def test_train_ncsn_tiny_then_domain_check(tmp_path):
         for name, wav in stems.items():
             sf.write(track / f"{name}.wav", wav, SR, subtype="FLOAT")
         sf.write(track / "mix.wav", sum(stems.values()), SR, subtype="FLOAT")
+    return root
+
+
+def test_train_ncsn_tiny_then_domain_check(tmp_path, capsys):
+    from audiosep.errors import UserError
+    from audiosep.priors.base import Domain, load_prior
+    from audiosep.spectral.frontend import get_frontend
+
+    root = _training_data(tmp_path / "data")
     ckpt = tmp_path / "src0.pt"
     argv = ["train", "ncsn", "--data", root, "--source", "src0", "-o", ckpt, "--preset", "audiosourcesep",
             "--steps", "2", "--batch-size", "2", "--nf", "4"]
     assert _run(*argv) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]  # 2 steps < valid_every: validated at the end
+    assert "valid loss " in summary and "nan" not in summary
     prior = load_prior(ckpt, expected_domain=Domain.mel(get_frontend("audiosourcesep")))
     assert prior.domain == Domain.mel(get_frontend("audiosourcesep"))
     with pytest.raises(UserError, match="trained on mel front end 'audiosourcesep'"):
         load_prior(ckpt, expected_domain=Domain.mel(get_frontend("default")))
+
+
+@pytest.mark.parametrize("kind", ["ncsn", "glow"])
+def test_train_bad_device_is_one_line_and_writes_nothing(tmp_path, capsys, kind):
+    root = _training_data(tmp_path / "data")
+    argv = ["train", kind, "--data", root, "--source", "src0", "-o", tmp_path / "p.pt", "--preset", "audiosourcesep",
+            "--steps", "1", "--batch-size", "2", "--device", "gpu"]
+    assert _run(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown device 'gpu'" in err and "\n" not in err
+    assert not (tmp_path / "p.pt").exists()
+
+
+def test_train_without_a_validation_says_so_instead_of_nan(monkeypatch, tmp_path, capsys):
+    import audiosep.train
+
+    nan = float("nan")
+    monkeypatch.setattr(audiosep.train, "train_ncsn", lambda *a, **k: {"step": 2, "loss": 0.5, "valid_loss": nan})
+    monkeypatch.setattr(audiosep.train, "train_flow", lambda *a, **k: {
+        "step": 3, "loss": 2.5, "valid_loss": nan,
+        "members": [{"sigma": 0.1, "step": 2, "loss": 2.0, "valid_loss": 1.25},
+                    {"sigma": 1.0, "step": 1, "loss": 2.5, "valid_loss": nan}]})
+    common = ["--data", tmp_path, "--source", "src0", "-o", tmp_path / "p.pt"]
+    assert _run("train", "ncsn", *common) == 0
+    assert capsys.readouterr().out.strip().endswith("step 2, loss 0.5000, no validation run")
+    assert _run("train", "glow", *common) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].endswith("sigma 0.1: step 2, valid 1.2500 bits/dim")
+    assert lines[1].endswith("sigma 1: step 1, no validation run")
+    assert lines[2].endswith("step 3, loss 2.5000 bits/dim, no validation run")
+
+
+def test_train_ncsn_init_from_fine_tunes_a_prior_of_the_same_front_end(tmp_path, capsys):
+    import torch
+
+    from audiosep.priors.base import Domain, load_checkpoint, load_prior
+    from audiosep.spectral.frontend import get_frontend
+    from audiosep.train import _initial_prior
+
+    root = _training_data(tmp_path / "data")
+    base, tuned, bad = tmp_path / "base.pt", tmp_path / "tuned.pt", tmp_path / "bad.pt"
+
+    def train(preset, out, *extra):
+        return _run("train", "ncsn", "--data", root, "--source", "src0", "--preset", preset, "--batch-size", "2",
+                    "--steps", "2", "-o", out, *extra)
+
+    assert train("audiosourcesep", base, "--nf", "4") == 0
+    start = _initial_prior(base, Domain.mel(get_frontend("audiosourcesep")), "ncsn")
+    assert start.training and all(torch.equal(a, b) for a, b in
+                                   zip(start.state_dict().values(), load_prior(base).state_dict().values()))
+    assert train("audiosourcesep", tuned, "--init-from", base) == 0
+    assert load_prior(tuned).get_config() == load_prior(base).get_config() and load_checkpoint(tuned)["step"] == 2
+    capsys.readouterr()
+    for preset, extra, message in (("default", [], "is expected"), ("audiosourcesep", ["--nf", "8"], "--init-from")):
+        assert train(preset, bad, "--init-from", base, *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and not bad.exists()

@@ -12,9 +12,9 @@ import torch
 
 from audiosep.cli import main
 from audiosep.errors import UserError
-from audiosep.priors import Domain, NCSNv2, Prior, save_checkpoint, sigma_per_sample
-from audiosep.separation import BUNDLED_NMF, BUNDLED_PRIORS, MelBasis, separation_method
-from audiosep.separation.mel_basis import default_basis, fit_schedule
+from audiosep.priors import Domain, NCSNv2, Prior, load_prior, save_checkpoint, sigma_per_sample
+from audiosep.separation import BUNDLED_NMF, BUNDLED_PRIORS, MelBasis, NMFModel, separation_method
+from audiosep.separation.mel_basis import baseline_mismatch, default_basis, fit_schedule
 from audiosep.separation.basis import BasisConfig
 from audiosep.spectral.frontend import Frontend, get_frontend, patchify
 
@@ -270,6 +270,19 @@ def test_default_initialisation_is_nmf_only_when_the_nmf_model_fits(mixtures, ch
     assert np.array_equal(read("ab", "a"), read("mixture", "piano"))
 
 
+def test_dirac_corrections_and_chains_reach_the_sampler(mixtures, checkpoints, tmp_path):
+    # each option changes the stems; the Wiener stems still add up to the mixture
+    read = lambda folder: sf.read(tmp_path / folder / "mono16k" / "piano.wav")[0]  # noqa: E731
+    runs = {"base": [], "dirac": ["--likelihood", "dirac"], "corr": ["--corrections", "1"], "chains": ["--chains", "2"]}
+    for folder, extra in runs.items():
+        assert _basis(mixtures[:1], checkpoints, tmp_path / folder, *extra) == 0
+    for folder in ("dirac", "corr", "chains"):
+        assert not np.allclose(read("base"), read(folder)), folder
+    mix = sf.read(mixtures[0])[0]
+    total = sum(sf.read(tmp_path / "dirac" / "mono16k" / f"{s}.wav")[0] for s in ("piano", "violin"))
+    assert 10 * np.log10(np.sum(mix**2) / np.sum((total - mix) ** 2)) > 100
+
+
 def test_separate_with_priors_is_seeded(mixtures, checkpoints, tmp_path):
     runs = [("a", 3), ("b", 3), ("c", 4)]
     for name, seed in runs:
@@ -287,6 +300,9 @@ def test_separate_with_priors_is_seeded(mixtures, checkpoints, tmp_path):
     ([BUNDLED_NMF], ["--steps", "3"], "--steps: BASIS option"),
     (["piano", "violin"], ["--levels", "1"], "at least 2 noise levels"),
     ([BUNDLED_NMF], ["--init", "nmf"], "--init: BASIS option"),
+    ([BUNDLED_NMF], ["--likelihood", "dirac", "--chains", "2"], "--likelihood, --chains: BASIS option"),
+    (["piano", "violin"], ["--corrections", "-1"], "corrections must be >= 0"),
+    (["piano", "violin"], ["--chains", "0"], "n_chains must be >= 1"),
     (["piano", "violin"], ["--init", "uniform", "--init-model", BUNDLED_NMF], "--init-model is the NMF model of"),
     (["piano", "violin"], ["--init-model", "violin"], "not an NMF model"),
 ])
@@ -319,3 +335,16 @@ def test_separation_method_is_inferred_from_the_files(checkpoints):
     assert separation_method([], "nmf") == "nmf"
     assert separation_method([BUNDLED_NMF]) == "nmf"
     assert separation_method([checkpoints["piano"], checkpoints["violin"]], "basis") == "basis"
+
+
+def test_bundled_priors_load_on_the_default_front_end_and_fit_the_bundled_nmf():
+    # the default `audiosep separate` path: both priors on the `default` mel front end (a
+    # checkpoint of another front end would fail here), and the bundled NMF model able to
+    # start their chains (same sources, same order, same rate)
+    domain = Domain.mel(get_frontend("default"))
+    priors = [load_prior(path, expected_domain=domain) for path in BUNDLED_PRIORS]
+    assert [p.stem for p in BUNDLED_PRIORS] == ["piano", "violin"]
+    assert all(prior.kind == "ncsn_v2" and prior.domain == domain for prior in priors)
+    method = MelBasis.from_files(BUNDLED_PRIORS)
+    assert method.frontend.to_dict() == get_frontend("default").to_dict()
+    assert baseline_mismatch(NMFModel.load(BUNDLED_NMF), method.sources, method.sample_rate) is None

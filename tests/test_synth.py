@@ -4,11 +4,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pretty_midi
 import pytest
 import soundfile as sf
 from music21 import corpus
 
 from audiosep.data import synth
+from audiosep.data.augment import Augmentation, augment_audio, augment_midi
 from audiosep.errors import UserError
 
 needs_fluidsynth = pytest.mark.skipif(
@@ -16,6 +18,7 @@ needs_fluidsynth = pytest.mark.skipif(
 )
 SR = 16000
 DURATION = 2.5
+TIMGM = Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"  # ships with pretty_midi
 COUNTS = {"train": 3, "valid": 1, "test": 1}
 
 
@@ -229,3 +232,77 @@ def test_piano_violin_arrangement_follows_the_score():
     assert parts["violin"].program == 40 and parts["piano"].program == 0
     assert violin == written[0]  # the soprano, already in the violin's range
     assert piano == sorted(written[1] + written[2] + written[3])
+
+
+# --- augmentation ------------------------------------------------------------------------
+
+AUGMENT = Augmentation(tempo=0.1, detune_cents=30, velocity=20, expression=0.4, eq_db=6, reverb=1.0)
+
+
+def _augmented(out_dir, seed=0):
+    pieces = _chorales()[:1]
+    return synth.synthesize("piano_violin", out_dir, n_tracks={"train": 1}, duration=DURATION, sample_rate=SR,
+                            seed=seed, pieces=pieces, progress=False, gain_db=12, augmentation=AUGMENT,
+                            font_per_source=True, soundfonts=[synth.default_soundfont(), TIMGM])
+
+
+@needs_fluidsynth
+def test_augmented_render_is_deterministic_by_seed_and_mixes_exactly(tmp_path):
+    first, again, other = (_augmented(tmp_path / name, seed) for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+    track = first["tracks"][0]
+    assert again["tracks"][0]["performance"] == track["performance"]
+    assert again["tracks"][0]["recording"] == track["recording"]
+    assert other["tracks"][0]["performance"] != track["performance"]
+    assert set(track["performance"]) == {"tempo", "piano", "violin"} and "room" in track["recording"]
+    assert set(track["source_soundfonts"]) == {"piano", "violin"}
+    folder_a, folder_b = (root / "train" / track["track"] for root in (tmp_path / "a", tmp_path / "b"))
+    stems = {s: _read(folder_a / f"{s}.wav") for s in ("mix", "piano", "violin")}
+    for name, audio in stems.items():
+        np.testing.assert_array_equal(audio, _read(folder_b / f"{name}.wav"))
+    np.testing.assert_allclose(stems["mix"], stems["piano"] + stems["violin"], atol=1e-7)
+    assert np.max(np.abs(stems["mix"])) <= synth.PEAK + 1e-6
+
+
+def test_augment_midi_moves_times_pitch_and_dynamics_only_where_asked():
+    def instrument():
+        inst = pretty_midi.Instrument(program=0)
+        inst.notes = [pretty_midi.Note(90, 60 + i, 0.5 * i, 0.5 * i + 0.4) for i in range(8)]
+        return inst
+
+    rng = np.random.default_rng(0)
+    plain = {"piano": instrument()}
+    assert augment_midi(plain, Augmentation(), rng) == {}
+    assert [(n.velocity, n.start) for n in plain["piano"].notes] == [(90, 0.5 * i) for i in range(8)]
+    moved = {"piano": instrument()}
+    drawn = augment_midi(moved, Augmentation(tempo=0.2, detune_cents=50, velocity=10), rng)
+    factor, notes = drawn["tempo"], moved["piano"].notes
+    assert 0.8 <= factor <= 1.2 and notes[3].start == pytest.approx(1.5 * factor)
+    assert all(60 <= n.velocity <= 120 for n in notes) and len({n.velocity for n in notes}) > 1
+    bend = moved["piano"].pitch_bends[0].pitch
+    assert bend == round(drawn["piano"]["detune_cents"] / 200 * 8192) and abs(bend) <= 2048
+
+
+def test_augment_audio_is_linear_per_source_and_off_by_default():
+    rng = np.random.default_rng(0)
+    x = np.random.default_rng(1).standard_normal(SR).astype(np.float32)
+    same, drawn = augment_audio({"a": x}, SR, Augmentation(), rng)
+    assert same["a"] is x and drawn == {}
+    for seed in (2, 3):  # the same draws on 2x the input give 2x the output (EQ and reverb are linear)
+        one, d1 = augment_audio({"a": x}, SR, AUGMENT, np.random.default_rng(seed))
+        two, d2 = augment_audio({"a": 2 * x}, SR, AUGMENT, np.random.default_rng(seed))
+        assert d1 == d2 and len(one["a"]) == SR + int(2.0 * SR)
+        np.testing.assert_allclose(two["a"], 2 * one["a"], atol=1e-4)
+
+
+def test_bad_augmentation_and_reserved_soundfonts_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="tempo"):
+        Augmentation(tempo=0.7)
+    with pytest.raises(UserError, match="reverb"):
+        Augmentation(reverb=2)
+    font = tmp_path / "MuseScore_General.sf3"
+    font.write_bytes(b"x")
+    link = tmp_path / "default.sf2"
+    link.symlink_to(font)
+    for path in (font, link):
+        with pytest.raises(UserError, match="reserved"):
+            synth.synthesize("piano_violin", tmp_path / "out", soundfonts=[path])

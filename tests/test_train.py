@@ -14,7 +14,7 @@ from audiosep.config import TrainConfig, from_dict, load_yaml, to_dict
 from audiosep.errors import UserError
 from audiosep.priors import Domain, NCSNConfig, NCSNv1, NCSNv2, dsm_loss, load_prior
 from audiosep.priors.base import load_checkpoint
-from audiosep.train import EMA, seed_everything, train
+from audiosep.train import EMA, seed_everything, train, validation_loss
 
 DOMAIN = Domain.image((1, 16, 16))
 
@@ -202,6 +202,79 @@ def test_resume_refuses_another_model_or_domain(tmp_path):
 def test_too_small_dataset_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="fewer than batch_size"):
         train(_tiny_model(), dsm_loss, _RandomCrops(3, 0), None, _config(), tmp_path / "p.pt", DOMAIN)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+def _validated_steps(steps):
+    return lambda step, logs: steps.append(step) if "valid_loss" in logs else None
+
+
+def test_a_run_shorter_than_valid_every_validates_its_ema_weights_at_the_end(tmp_path):
+    valid_set, config = _RandomCrops(8, 1), _config(steps=3, valid_every=10, checkpoint_every=10)
+    validated = []
+    result = train(_tiny_model(), dsm_loss, _RandomCrops(20, 0), valid_set, config, tmp_path / "p.pt", DOMAIN,
+                   callback=_validated_steps(validated))
+    assert validated == [3]
+    assert np.isfinite(result["valid_loss"])
+    assert load_checkpoint(tmp_path / "p.pt")["extra"]["valid_loss"] == result["valid_loss"]
+    ema_weights = load_prior(tmp_path / "p.pt", expected_domain=DOMAIN)
+    expected = validation_loss(ema_weights, dsm_loss, valid_set, config, torch.device("cpu"))
+    assert result["valid_loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_validation_steps_follow_the_config_not_interruptions(tmp_path):
+    train_set, valid_set = _RandomCrops(20, 0), _RandomCrops(8, 1)
+    validated = []
+    train(_tiny_model(), dsm_loss, train_set, valid_set, _config(steps=5, valid_every=2), tmp_path / "long.pt",
+          DOMAIN, callback=_validated_steps(validated))
+    assert validated == [2, 4]  # a run of valid_every steps or more is not validated again at its end
+
+    short = _config(steps=3, valid_every=10, checkpoint_every=2)
+    whole = train(_tiny_model(), dsm_loss, train_set, valid_set, short, tmp_path / "whole.pt", DOMAIN)
+    with pytest.raises(_Stop):
+        train(_tiny_model(), dsm_loss, train_set, valid_set, short, tmp_path / "cut.pt", DOMAIN,
+              callback=_stop_at(2))
+    assert np.isnan(load_checkpoint(tmp_path / "cut.pt")["extra"]["valid_loss"])
+    resumed = train(_tiny_model(seed=99), dsm_loss, train_set, valid_set, short, tmp_path / "cut.pt", DOMAIN)
+    assert resumed["valid_loss"] == whole["valid_loss"] and np.isfinite(whole["valid_loss"])
+
+
+def test_without_a_validation_set_the_valid_loss_is_nan(tmp_path):
+    result = train(_tiny_model(), dsm_loss, _RandomCrops(8, 0), None, _config(steps=2), tmp_path / "p.pt", DOMAIN)
+    assert np.isnan(result["valid_loss"]) and np.isnan(load_checkpoint(tmp_path / "p.pt")["extra"]["valid_loss"])
+
+
+def _write_stems(root, seconds=3.0):
+    """root/{train,valid}/t0/{src0,src1,mix}.wav: two tones at 16 kHz."""
+    import soundfile as sf
+
+    t = np.arange(int(16000 * seconds)) / 16000
+    stems = {f"src{i}": (0.1 * np.sin(2 * np.pi * f * t)).astype(np.float32) for i, f in enumerate((220.0, 1760.0))}
+    for split in ("train", "valid"):
+        track = root / split / "t0"
+        track.mkdir(parents=True)
+        for name, wav in {**stems, "mix": sum(stems.values())}.items():
+            sf.write(track / f"{name}.wav", wav, 16000, subtype="FLOAT")
+    return root
+
+
+def test_short_flow_bundle_run_validates_every_member(tmp_path):
+    from audiosep.priors.flows import FlowConfig
+    from audiosep.train import bundle_member_path, train_flow
+
+    data = _write_stems(tmp_path / "data")
+    model = FlowConfig(conditioning="bundle", levels=2, depth=1, hidden=4, n_sigmas=2)
+    config = TrainConfig(steps=2, batch_size=2, valid_batches=1, progress=False)  # valid_every 500
+    result = train_flow(data, "src0", tmp_path / "bundle.pt", arch="glow", preset="audiosourcesep",
+                        model_config=model, config=config, finetune_steps=1, valid_items=2)
+    assert [m["step"] for m in result["members"]] == [2, 1]
+    for member in result["members"]:
+        assert np.isfinite(member["valid_loss"])
+        stored = load_checkpoint(bundle_member_path(tmp_path / "bundle.pt", member["sigma"]))
+        assert stored["extra"]["valid_loss"] == member["valid_loss"]
+    assert result["valid_loss"] == result["members"][-1]["valid_loss"]
+    assert load_checkpoint(tmp_path / "bundle.pt")["extra"]["valid_loss"] == result["valid_loss"]
 
 
 _DDP_SCRIPT = textwrap.dedent("""

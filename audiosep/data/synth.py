@@ -16,10 +16,16 @@ written as mono float32 wavs::
 
 Splits are made *by piece* from a hash of the piece's corpus path, so a piece lands in the same
 split whatever the seed or selection. Pieces by Haydn and Mozart are reserved (kept out of every
-dataset) and cannot be selected.
+dataset) and cannot be selected; so are the MuseScore General soundfonts (every variant).
+
+What real recordings vary in and one soundfont does not: several soundfonts (one drawn per
+piece, or per source with ``font_per_source``), levels between sources (``gain_db``), and the
+performance and recording variations of `augment.Augmentation` (tempo, detuning, dynamics,
+expression, EQ, room reverb), all drawn from the piece's seed.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -37,9 +43,11 @@ import soundfile as sf
 
 from ..errors import UserError
 from ..io import atomic_output, write_audio
+from .augment import Augmentation, augment_audio, augment_midi
 
 SPLITS = ("train", "valid", "test")
 RESERVED_COMPOSERS = ("haydn", "mozart")
+RESERVED_SOUNDFONTS = ("musescore",)  # MuseScore General (every variant): held-out evaluation only
 SYSTEM_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 # Corpus folders of test files and exercises rather than music.
 NON_MUSIC_FOLDERS = ("demos", "theoryExercises")
@@ -397,8 +405,10 @@ def render_midi(midi_path: Path, soundfont: Path, sample_rate: int, timeout: flo
     return audio.mean(axis=1)
 
 
-def _render_piece(instruments: Mapping, soundfont: Path, sample_rate: int, timeout: float) -> dict[str, np.ndarray]:
-    """Render each instrument over the whole piece; mono (N,) arrays padded to one length."""
+def _render_piece(instruments: Mapping, soundfonts: Mapping[str, Path], sample_rate: int,
+                  timeout: float) -> dict[str, np.ndarray]:
+    """Render each instrument (with its source's soundfont) over the whole piece; mono (N,)
+    arrays padded to one length."""
     import pretty_midi
 
     renders = {}
@@ -408,7 +418,7 @@ def _render_piece(instruments: Mapping, soundfont: Path, sample_rate: int, timeo
             midi.instruments.append(instrument)
             midi_path = Path(tmp) / f"{source}.mid"
             midi.write(str(midi_path))
-            renders[source] = render_midi(midi_path, soundfont, sample_rate, timeout)
+            renders[source] = render_midi(midi_path, soundfonts[source], sample_rate, timeout)
     n = max(len(x) for x in renders.values())
     return {s: np.pad(x, (0, n - len(x))) for s, x in renders.items()}
 
@@ -482,6 +492,8 @@ def synthesize(
     pieces: Sequence[str] | None = None,
     splits: Sequence[float] = (0.8, 0.1, 0.1),
     gain_db: float = 0.0,
+    augmentation: Augmentation | None = None,
+    font_per_source: bool = False,
     threshold_db: float = -30.0,
     timeout: float = 60.0,
     overwrite: bool = False,
@@ -503,7 +515,11 @@ def synthesize(
         composers: corpus folders to draw from, in priority order (default: Bach, then the rest).
         pieces: corpus paths to restrict the selection to (e.g. ``bach/bwv66.6.mxl``).
         splits: train/valid/test fractions of pieces (assigned by a hash of the piece path).
-        gain_db: each source gets a random gain in ±gain_db dB around equal loudness.
+        gain_db: each source gets a random gain in ±gain_db dB around equal loudness (the
+            level between two sources then spans ±2·gain_db dB).
+        augmentation: tempo, detuning, dynamics, expression, EQ and reverb ranges
+            (`augment.Augmentation`; default: none).
+        font_per_source: draw a soundfont for every source of a piece (default: one per piece).
         threshold_db: a 0.5 s window counts as active within this many dB of the source's level.
         timeout: seconds allowed for each FluidSynth render.
         progress: show a tqdm bar over pieces.
@@ -516,6 +532,7 @@ def synthesize(
     from tqdm.auto import tqdm
 
     chosen = _get_preset(preset)
+    augmentation = augmentation or Augmentation()
     fractions = _check_splits(splits)
     _check_numbers(duration, sample_rate, excerpts_per_piece, gain_db, timeout)
     fonts = _check_soundfonts(soundfonts)
@@ -526,7 +543,8 @@ def synthesize(
 
     index = {"preset": preset, "sources": list(chosen.sources), "sample_rate": sample_rate,
              "duration": duration, "seed": seed, "splits": dict(zip(SPLITS, fractions)),
-             "soundfonts": [str(f) for f in fonts], "tracks": [], "skipped": {}}
+             "soundfonts": [str(f) for f in fonts], "font_per_source": font_per_source, "gain_db": gain_db,
+             "augmentation": dataclasses.asdict(augmentation), "tracks": [], "skipped": {}}
     counts = dict.fromkeys(SPLITS, 0)
     bar = tqdm(total=len(candidates) if targets is None else None, unit="piece", disable=not progress)
     for piece in candidates:
@@ -538,7 +556,7 @@ def synthesize(
         bar.update()
         try:
             records = _make_piece(piece, chosen, out_dir, wanted, duration, sample_rate, seed,
-                                  fonts, gain_db, threshold_db, timeout)
+                                  fonts, gain_db, threshold_db, timeout, augmentation, font_per_source)
         except Exception as err:  # noqa: BLE001 — any parse/render failure skips the piece
             reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
             index["skipped"][piece.path] = reason
@@ -560,13 +578,17 @@ def synthesize(
 
 def _make_piece(piece: Piece, preset: Preset, out_dir: Path, wanted: int, duration: float,
                 sample_rate: int, seed: int, fonts: list[Path], gain_db: float,
-                threshold_db: float, timeout: float) -> list[dict]:
-    """Parse, arrange, render and cut one piece; write its tracks; return their index records."""
+                threshold_db: float, timeout: float, augmentation: Augmentation,
+                font_per_source: bool) -> list[dict]:
+    """Parse, arrange, augment, render and cut one piece; write its tracks; return their index records."""
     piece_seed = int(hashlib.sha1(f"{seed}:{piece.path}".encode()).hexdigest()[:15], 16)
     rng = np.random.default_rng(piece_seed)
     soundfont = fonts[int(rng.integers(len(fonts)))]
     instruments = preset.arrange(_parse(piece.path), rng)
-    renders = _render_piece(instruments, soundfont, sample_rate, timeout)
+    source_fonts = {s: fonts[int(rng.integers(len(fonts)))] if font_per_source else soundfont for s in instruments}
+    performance = augment_midi(instruments, augmentation, rng)
+    renders = _render_piece(instruments, source_fonts, sample_rate, timeout)
+    renders, recording = augment_audio(renders, sample_rate, augmentation, rng)
     length = int(round(duration * sample_rate))
     records = []
     for k, start in enumerate(excerpt_starts(renders, sample_rate, duration, wanted, threshold_db, rng)):
@@ -581,7 +603,9 @@ def _make_piece(piece: Piece, preset: Preset, out_dir: Path, wanted: int, durati
         write_audio(track_dir / "mix.wav", mix[None], sample_rate)
         records.append({
             "track": name, "split": piece.split, "piece": piece.path, "composer": piece.composer,
-            "soundfont": str(soundfont), "offset": start / sample_rate, "duration": duration,
+            "soundfont": str(soundfont), "source_soundfonts": {s: str(f) for s, f in source_fonts.items()},
+            "performance": performance, "recording": recording,
+            "offset": start / sample_rate, "duration": duration,
             "gains": gains, "programs": {s: int(i.program) for s, i in instruments.items() if not i.is_drum},
             "seed": piece_seed,
         })
@@ -653,4 +677,13 @@ def _check_soundfonts(soundfonts: Sequence[str | Path] | None) -> list[Path]:
     for font in fonts:
         if not font.is_file():
             raise UserError(f"{font}: soundfont not found")
+        if is_reserved_soundfont(font):
+            raise UserError(f"{font}: the MuseScore General soundfonts are reserved for held-out evaluation "
+                            "and are never rendered into a dataset")
     return fonts
+
+
+def is_reserved_soundfont(path: str | Path) -> bool:
+    """True if a soundfont file (by its name or the file a link points to) is a reserved one."""
+    names = (Path(path).name, Path(path).resolve().name)
+    return any(word in name.lower() for name in names for word in RESERVED_SOUNDFONTS)

@@ -14,31 +14,8 @@ of the sources (plus float64 eps). On mono input Rⱼ = 1 and this is IRM2.
 """
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
-from ..spectral.inversion import multichannel_wiener
+from ..spectral.inversion import blockwise_multichannel_wiener, spatial_covariances
 from .common import EPS, HOP, N_FFT, as_sources, istft, like_input, stft
-
-# Frames filtered at once: bounds the (K, F, frames, C, C) covariances the filter builds.
-BLOCK_FRAMES = 256
-
-
-def spatial_covariances(spec: Tensor) -> Tensor:
-    """Time-invariant spatial covariance of each source, trace-normalised to C.
-
-    Args:
-        spec: source STFTs `(K, C, F, T)`.
-    Returns:
-        Rⱼ(f) `(K, F, C, C)` Hermitian; the identity where a source is silent at f.
-    """
-    n_chan = spec.shape[1]
-    outer = torch.einsum("kaft,kbft->kfab", spec, spec.conj())
-    trace = torch.diagonal(outer, dim1=-2, dim2=-1).real.sum(dim=-1)  # (K, F)
-    eye = torch.eye(n_chan, dtype=spec.dtype)
-    silent = (trace <= 0)[..., None, None]
-    scaled = outer * (n_chan / trace.clamp(min=EPS))[..., None, None]
-    return torch.where(silent, eye, scaled)
 
 
 def mwf(sources, reg: float = 1e-10, n_fft: int = N_FFT, hop: int = HOP):
@@ -57,9 +34,5 @@ def mwf(sources, reg: float = 1e-10, n_fft: int = N_FFT, hop: int = HOP):
     cov = spatial_covariances(spec)  # Rⱼ (K, F, C, C)
     mix = spec.sum(dim=0)  # X (C, F, T)
     load = reg * float(psd.sum(dim=0).mean()) + EPS
-    blocks = [
-        multichannel_wiener(p, cov, x, eps=load)
-        for p, x in zip(psd.split(BLOCK_FRAMES, dim=-1), mix.split(BLOCK_FRAMES, dim=-1))
-    ]
-    est = torch.cat(blocks, dim=-1)  # (K, C, F, T)
+    est = blockwise_multichannel_wiener(psd, cov, mix, eps=load)  # (K, C, F, T)
     return like_input(istft(est, s.shape[-1], n_fft, hop), sources)

@@ -22,6 +22,17 @@ every level: 0.8 for the defaults and a sum of two sources (Σw² = 2), at most 
 dB-power mixing (its Jacobian is a softmax, Σ ≤ 1). A run that diverges stops with a
 UserError naming the level.
 
+Dirac likelihood (`likelihood="dirac"`): the mixture is taken as exact, g(x) = m, as the
+Dirac variant of multi-source diffusion separation (Mariani et al., 2024) does. Instead of
+setting one source to "mixture minus the others" (asymmetric, and in the dB-power domain a
+source below zero power wherever the others overshoot), every step moves each source by its
+prior's score and noise alone and then projects the sources back onto {x : g(x) = m}
+(`MixingModel.project`: the orthogonal projection for linear mixing; a common dB shift per
+bin, which keeps each source's share of the mixture power, for dB-power mixing). For linear
+mixing and Gaussian priors this projected Langevin samples the exact posterior (the prior
+restricted to the constraint plane; tests/test_basis.py). `corrections` re-noise and repeat
+each level ("correction" steps), `init_noise` puts σ₁-noise on a clean starting estimate.
+
 The priors' `score` is called under `torch.no_grad()`; a prior whose score needs
 autograd (a flow) enables it inside its own `score`.
 """
@@ -59,6 +70,14 @@ class BasisConfig:
         init: "uniform" (U(0, 1)) or "mixture" (the mixing model's equal split of the
             mixture, which satisfies the constraint); an explicit `init` tensor passed to
             `basis_separate` overrides this.
+        init_noise: add σ₁-noise to the starting sources (an equal split or a baseline's
+            estimate is clean, but the score at σ₁ is that of data plus σ₁-noise).
+        likelihood: "gaussian" (the constraint term λᵢ·∇‖g(x) − m‖² in the drift) or
+            "dirac" (g(x) = m exactly: after every step the sources are projected back onto
+            the constraint by `mixing.project`; the weight, γ and grad_factor are then unused).
+        corrections: re-noising correction rounds per level: after the level's T steps the
+            chains are denoised (Tweedie), re-noised at σᵢ and run for T steps again, this
+            many times (the "correction" of multi-source diffusion separation).
         tweedie: finish with one denoising step x + σ_L²·s(x, σ_L) per source.
         clamp: (lo, hi) range the final samples are clipped to, or None.
         n_chains: independent chains run (batched) and averaged.
@@ -78,6 +97,9 @@ class BasisConfig:
     grad_factor: float = 2.0
     update: Literal["jacobi", "gauss-seidel"] = "jacobi"
     init: Literal["uniform", "mixture"] = "uniform"
+    init_noise: bool = False
+    likelihood: Literal["gaussian", "dirac"] = "gaussian"
+    corrections: int = 0
     tweedie: bool = False
     clamp: tuple[float, float] | None = (0.0, 1.0)
     n_chains: int = 1
@@ -103,6 +125,11 @@ class BasisConfig:
         need(self.update in ("jacobi", "gauss-seidel"),
              f"update must be 'jacobi' or 'gauss-seidel', got {self.update!r}")
         need(self.init in ("uniform", "mixture"), f"init must be 'uniform' or 'mixture', got {self.init!r}")
+        need(self.likelihood in ("gaussian", "dirac"),
+             f"likelihood must be 'gaussian' or 'dirac', got {self.likelihood!r}")
+        need(self.likelihood == "gaussian" or self.update == "jacobi",
+             "the dirac likelihood moves all sources together (update 'jacobi')")
+        need(self.corrections >= 0, f"corrections must be >= 0, got {self.corrections}")
         need(self.clamp is None or (len(self.clamp) == 2 and self.clamp[0] < self.clamp[1]),
              f"clamp must be null or (lo, hi) with lo < hi, got {self.clamp}")
         need(self.n_chains >= 1, f"n_chains must be >= 1, got {self.n_chains}")
@@ -174,22 +201,32 @@ def basis_separate(
     if generator is None:
         generator = torch.Generator().manual_seed(config.seed)
     target = mixture.repeat(n_chains, *([1] * (mixture.dim() - 1)))  # (C·B, ...), chain-major
-    x = _initial_sources(config, init, mixing, target, n_sources, generator)
-
     sigmas, steps, weights = config.noise_levels(), config.step_sizes(), config.constraint_weights()
-    step = _jacobi_step if config.update == "jacobi" else _gauss_seidel_step
+    dirac = config.likelihood == "dirac"
+    x = _initial_sources(config, init, mixing, target, n_sources, generator)
+    if config.init_noise:
+        x = x + sigmas[0] * _noise(x, generator)
+    if dirac:
+        x = mixing.project(x, target)
+    step = _dirac_step if dirac else _jacobi_step if config.update == "jacobi" else _gauss_seidel_step
     bar = tqdm(range(len(sigmas)), desc="BASIS", unit="level", disable=not progress, leave=False)
     with torch.no_grad():
         for level in bar:
-            for _ in range(config.steps_per_level):
-                x = step(priors, x, target, mixing, sigmas[level], steps[level], weights[level],
-                         config.grad_factor, generator)
+            for round_ in range(1 + config.corrections):
+                if round_ > 0:  # correction: denoise, re-noise at this level, run it again
+                    x = x + sigmas[level] ** 2 * _scores(priors, x, sigmas[level])
+                    x = x + sigmas[level] * _noise(x, generator)
+                    x = mixing.project(x, target) if dirac else x
+                for _ in range(config.steps_per_level):
+                    x = step(priors, x, target, mixing, sigmas[level], steps[level], weights[level],
+                             config.grad_factor, generator)
             _check_finite(x, level, sigmas[level])
             if progress:
                 residual = (mixing.mix(x) - target).pow(2).mean().sqrt().item()
                 bar.set_postfix(sigma=f"{sigmas[level]:.3g}", residual=f"{residual:.3g}")
         if config.tweedie:
             x = x + sigmas[-1] ** 2 * _scores(priors, x, sigmas[-1])
+            x = mixing.project(x, target) if dirac else x
     if config.clamp is not None:
         x = x.clamp(*config.clamp)
     return _average_chains(x.unflatten(1, (n_chains, mixture.shape[0])), config.chain_average, mixing)
@@ -261,6 +298,16 @@ def _jacobi_step(
     """One Langevin step of every source from the same state `x (K, B, ...)`."""
     drift = _scores(priors, x, sigma) - weight * mixing.constraint_grad(x, m, factor)
     return x + eta * drift + math.sqrt(2.0 * eta) * _noise(x, generator)
+
+
+def _dirac_step(
+    priors: Sequence[Prior], x: Tensor, m: Tensor, mixing: MixingModel, sigma: float, eta: float,
+    weight: float, factor: float, generator: torch.Generator,
+) -> Tensor:
+    """One Langevin step of every source under the priors alone, projected back onto the
+    constraint g(x) = m (the Dirac likelihood; `weight` and `factor` are unused)."""
+    x = x + eta * _scores(priors, x, sigma) + math.sqrt(2.0 * eta) * _noise(x, generator)
+    return mixing.project(x, m)
 
 
 def _gauss_seidel_step(

@@ -47,6 +47,11 @@ class MixingModel:
         """K equal sources `(K, B, ...)` whose mixture is exactly `m (B, ...)` (an initial guess)."""
         raise NotImplementedError
 
+    def project(self, x: Tensor, m: Tensor) -> Tensor:
+        """Sources `(K, B, ...)` moved onto the constraint g(x) = m exactly (the Dirac
+        likelihood's support), changing them as little as the model's geometry allows."""
+        raise NotImplementedError
+
     def constraint_grad(self, x: Tensor, m: Tensor, factor: float = 2.0) -> Tensor:
         """factor/2 · ∇ₓₖ‖g(x) − m‖² = factor·(g(x) − m)·∂g/∂xₖ, shape `(K, B, ...)`.
 
@@ -81,6 +86,11 @@ class LinearMixing(MixingModel):
 
     def jacobian(self, x: Tensor) -> Tensor:
         return self._weights(x).expand_as(x)
+
+    def project(self, x: Tensor, m: Tensor) -> Tensor:
+        """The orthogonal projection onto the plane Σₖ wₖxₖ = m: xₖ + wₖ·(m − g(x))/Σw²."""
+        w = self._weights(x)
+        return x + w * (m - self.mix(x)) / w.pow(2).sum()
 
     def split(self, m: Tensor, n_sources: int) -> Tensor:
         """xₖ = m / Σw for every k."""
@@ -138,6 +148,13 @@ class DbPowerMixing(MixingModel):
     def jacobian(self, x: Tensor) -> Tensor:
         """softmax over sources of dB·ln10/10: each source's share of the mixture power."""
         return torch.softmax(self.to_db(x) / _DB_PER_NEPER, dim=0)
+
+    def project(self, x: Tensor, m: Tensor) -> Tensor:
+        """Every source shifted by the same m − g(x) (its powers scaled by one factor per bin,
+        the sources' shares of the mixture power kept): g(x + c) = g(x) + c, so the result
+        mixes to m exactly, whatever the levels (no source can fall below zero power, as
+        setting one source to "mixture minus the others" can)."""
+        return x + (m - self.mix(x))
 
     def split(self, m: Tensor, n_sources: int) -> Tensor:
         """Every source gets 1/K of the mixture power: xₖ = m − 10·log10(K)/(db_hi − db_lo)."""

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..devices import resolve_device
 from ..errors import UserError
 from ..io import audio_info, convert_channels, fit_length, read_audio, resample, write_audio
 
@@ -203,14 +204,3 @@ def _check_inputs(paths: list[Path], outputs: list[dict[str, Path]]) -> None:
 def _to_input(stem: np.ndarray, method_rate: int, rate: int, channels: int, length: int) -> np.ndarray:
     """One stem `(C_m, N_m)` at the method's rate → `(channels, length)` at the input's rate."""
     return fit_length(convert_channels(resample(stem, method_rate, rate), channels), length)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`device` as a torch.device; UserError for an unknown one or CUDA without a GPU."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise UserError(f"unknown device {device!r} ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device} requested but CUDA is not available")
-    return device

@@ -4,41 +4,72 @@
 #   recipes/piano_violin/run.sh                       # every stage
 #   stage=2 stop_stage=3 recipes/piano_violin/run.sh  # some stages
 #
-# Variables (environment): data (dataset folder), exp (outputs), stage, stop_stage,
-# train_ncsn / train_glow (1 to train the NCSN / Glow priors too; then BASIS is separated and
-# scored beside NMF with each: from the mixture, and started from the NMF stems), ncsn_steps, device. Run it after
-# `make test` or `make demo` has set up .venv. The test split comes from held-out pieces; Haydn and Mozart are never used.
+# Variables (environment): data (the FluidR3 dataset folder), data_real (the augmented
+# multi-soundfont training set), data_unseen (the test excerpts rendered with TimGM6mb, a
+# soundfont no model is trained on), exp (outputs), stage, stop_stage, train_ncsn / train_glow
+# (1 to train the NCSN / Glow priors too; then BASIS is separated and scored beside NMF with
+# each: from the mixture, and started from the NMF stems), ncsn_steps, finetune_steps, device.
+# Run it after `make test` or `make demo` has set up .venv. The test split comes from held-out
+# pieces; Haydn and Mozart are never used, nor the MuseScore General soundfonts (reserved for
+# evaluation; `audiosep synth` refuses them). The bundled models are the `*_real` ones.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 audiosep=.venv/bin/audiosep
 data=${data:-data/piano_violin}
+data_real=${data_real:-data/piano_violin_real}
+data_unseen=${data_unseen:-data/piano_violin_timgm}
 exp=${exp:-exp/piano_violin}
 stage=${stage:-0}
 stop_stage=${stop_stage:-4}
 train_ncsn=${train_ncsn:-0}
 train_glow=${train_glow:-0}
 ncsn_steps=${ncsn_steps:-40000}
+finetune_steps=${finetune_steps:-}  # default: train.steps of ncsn_finetune.yaml
 device=${device:-cpu}
 
 run_stage() { [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; }
 
+# Training soundfonts: every GM soundfont Debian packages except the reserved MuseScore General
+# family and TimGM6mb (the unseen-timbre check). fluid-soundfont-gs is left out: FluidR3_GS.sf2
+# holds only the GS drum/variation banks, no piano or violin (its renders are silent).
+sf=/usr/share/sounds
+fonts_real="$sf/sf2/FluidR3_GM.sf2 $sf/sf3/FluidR3Mono_GM.sf3 $sf/sf2/sf_GMbank.sf2 $sf/sf2/OPL-3_FM_128M.sf2"
+timgm="$sf/sf2/TimGM6mb.sf2"
+
 if run_stage 0; then
-    echo "stage 0: synthesize the dataset into $data"
+    bash scripts/setup_system.sh soundfonts
+    echo "stage 0: synthesize the datasets into $data, $data_real and $data_unseen"
     $audiosep synth piano_violin -o "$data" --train 180 --valid 20 --test 20 --duration 10 --seed 0
+    # what real recordings vary in: timbre (a soundfont per source), levels (sources ±8 dB
+    # around equal loudness: ±16 dB between them), tempo, tuning, dynamics, EQ, rooms
+    # shellcheck disable=SC2086
+    $audiosep synth piano_violin -o "$data_real" --train 400 --valid 40 --test 40 --excerpts-per-piece 2 \
+        --duration 10 --seed 0 --soundfont $fonts_real --font-per-source --gain-db 8 --tempo 0.1 \
+        --detune-cents 30 --velocity 20 --expression 0.4 --eq-db 6 --reverb 0.7
+    # the test (and valid, for tuning) excerpts of $data, rendered with a soundfont no model saw
+    $audiosep synth piano_violin -o "$data_unseen" --train 0 --valid 20 --test 20 --duration 10 --seed 0 \
+        --soundfont "$timgm"
 fi
 
 if run_stage 1; then
     echo "stage 1: train the models into $exp"
     $audiosep train nmf --data "$data" -o "$exp/nmf_piano_violin.pt" --atoms 64 --seed 0
+    # the bundled NMF model (audiosep/pretrained/nmf_piano_violin.pt): the same on the augmented set
+    $audiosep train nmf --data "$data_real" -o "$exp/nmf_piano_violin_real.pt" --atoms 64 --seed 0
     # NCSN priors for BASIS: opt in with train_ncsn=1 (hours on a CPU; resumes where it stopped)
     if [ "$train_ncsn" = 1 ]; then
         for source in piano violin; do
             $audiosep train ncsn --data "$data" --source "$source" --preset default \
                 --config recipes/piano_violin/ncsn.yaml --steps "$ncsn_steps" --threads 1 \
                 --device "$device" -o "$exp/${source}_ncsn_v2.pt"
-            # the weights-only copy (EMA weights, no optimiser state): what audiosep/pretrained/
-            # ncsn_piano_violin/ bundles (made with ncsn_steps=5000, see its README)
-            $audiosep export "$exp/${source}_ncsn_v2.pt" -o "$exp/ncsn_piano_violin/$source.pt"
+            # fine-tuned on the augmented set: the bundled priors (audiosep/pretrained/
+            # ncsn_piano_violin/, made with ncsn_steps=5000, see its README)
+            $audiosep train ncsn --data "$data_real" --source "$source" --preset default \
+                --config recipes/piano_violin/ncsn_finetune.yaml ${finetune_steps:+--steps "$finetune_steps"} \
+                --init-from "$exp/${source}_ncsn_v2.pt" --threads 1 --device "$device" \
+                -o "$exp/${source}_ncsn_v2_real.pt"
+            # the weights-only copy (EMA weights, no optimiser state) that is bundled
+            $audiosep export "$exp/${source}_ncsn_v2_real.pt" -o "$exp/ncsn_piano_violin/$source.pt"
         done
     fi
     # Glow priors (#5): a per-σ bundle and one σ-conditioned flow per source (train_glow=1)
@@ -53,11 +84,16 @@ if run_stage 1; then
     fi
 fi
 
-# separate_test NAME ARGS...: `audiosep separate ARGS` on every test mixture into $exp/NAME/<track>/
-# (`separate` names its output after the input file, here always mix.wav: one call per track)
+# The test sets: the FluidR3 excerpts (training timbre of the first priors) and the same
+# excerpts rendered with TimGM6mb (a timbre no model is trained on), as TAG:FOLDER.
+test_sets="fluidr3:$data unseen:$data_unseen"
+
+# separate_test DATA NAME ARGS...: `audiosep separate ARGS` on every test mixture of DATA into
+# $exp/NAME/<track>/ (`separate` names its output after the input file, here always mix.wav:
+# one call per track)
 separate_test() {
-    local name=$1; shift
-    for track in "$data"/test/*/; do
+    local data_dir=$1 name=$2; shift 2
+    for track in "$data_dir"/test/*/; do
         rm -rf "$exp/${name}_tmp"
         $audiosep separate "$track/mix.wav" -o "$exp/${name}_tmp" --device "$device" "$@" >/dev/null
         mkdir -p "$exp/$name/$(basename "$track")"
@@ -78,27 +114,39 @@ link_priors() {  # link_priors KIND: true when both checkpoints of KIND exist
 }
 
 if run_stage 2; then
-    echo "stage 2: separate the test mixtures"
-    separate_test nmf --model "$exp/nmf_piano_violin.pt"
-    for kind in ncsn_v2 glow_bundle glow_sigma; do
-        if link_priors "$kind"; then
-            separate_test "basis_$kind" --model "$exp/priors_$kind/piano.pt" "$exp/priors_$kind/violin.pt" \
-                --init mixture
-            separate_test "basis_${kind}_nmf" --model "$exp/priors_$kind/piano.pt" "$exp/priors_$kind/violin.pt" \
-                --init nmf --init-model "$exp/nmf_piano_violin.pt"
-        fi
+    echo "stage 2: separate the test mixtures of $test_sets"
+    for set in $test_sets; do
+        tag=${set%%:*} dir=${set#*:}
+        [ -d "$dir/test" ] || continue
+        separate_test "$dir" "$tag/nmf" --model "$exp/nmf_piano_violin.pt"
+        separate_test "$dir" "$tag/nmf_real" --model "$exp/nmf_piano_violin_real.pt"
+        for kind in ncsn_v2 ncsn_v2_real glow_bundle glow_sigma; do
+            if link_priors "$kind"; then
+                # priors fine-tuned on the augmented set start from the NMF model of that set
+                nmf_model="$exp/nmf_piano_violin.pt"
+                [ "$kind" = ncsn_v2_real ] && nmf_model="$exp/nmf_piano_violin_real.pt"
+                separate_test "$dir" "$tag/basis_$kind" --model "$exp/priors_$kind/piano.pt" \
+                    "$exp/priors_$kind/violin.pt" --init mixture
+                separate_test "$dir" "$tag/basis_${kind}_nmf" --model "$exp/priors_$kind/piano.pt" \
+                    "$exp/priors_$kind/violin.pt" --init nmf --init-model "$nmf_model"
+            fi
+        done
     done
 fi
 
 if run_stage 3; then
     echo "stage 3: evaluate (BSSEval v4, 1 s windows) and the oracles"
-    for system in nmf basis_{ncsn_v2,glow_bundle,glow_sigma}{,_nmf}; do
-        if [ -d "$exp/$system" ]; then
-            $audiosep evaluate "$data/test" "$exp/$system" -o "$exp/$system/report" --method "$system"
-        fi
-    done
-    for oracle in irm2 mel-ideal mix; do
-        $audiosep oracle --method "$oracle" "$data" -o "$exp/oracle_$oracle"
+    for set in $test_sets; do
+        tag=${set%%:*} dir=${set#*:}
+        [ -d "$dir/test" ] || continue
+        for system in nmf nmf_real basis_{ncsn_v2,ncsn_v2_real,glow_bundle,glow_sigma}{,_nmf}; do
+            if [ -d "$exp/$tag/$system" ]; then
+                $audiosep evaluate "$dir/test" "$exp/$tag/$system" -o "$exp/$tag/$system/report" --method "$system"
+            fi
+        done
+        for oracle in irm2 mel-ideal mix; do
+            $audiosep oracle --method "$oracle" "$dir" -o "$exp/$tag/oracle_$oracle"
+        done
     done
 fi
 
@@ -111,8 +159,10 @@ from pathlib import Path
 import pandas as pd
 
 exp = Path(sys.argv[1])
-tables = [pd.read_csv(p) for p in [*sorted(exp.glob("*/report/summary.csv")), *sorted(exp.glob("oracle_*/summary.csv"))]]
-summary = pd.concat(tables)
-print(summary.pivot_table(index=["method", "target"], columns="metric", values="score").round(2).to_string())
+for test_set in sorted(p for p in exp.iterdir() if p.is_dir() and any(p.glob("oracle_*/summary.csv"))):
+    paths = [*sorted(test_set.glob("*/report/summary.csv")), *sorted(test_set.glob("oracle_*/summary.csv"))]
+    summary = pd.concat([pd.read_csv(p) for p in paths])
+    print(f"\n{test_set.name} test set")
+    print(summary.pivot_table(index=["method", "target"], columns="metric", values="score").round(2).to_string())
 PY
 fi
