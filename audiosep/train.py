@@ -5,10 +5,11 @@ with optional gradient clipping, keeps an exponential moving average (EMA) of th
 weights, writes atomic checkpoints (model config + domain inside, so `load_prior` needs
 nothing else) every `checkpoint_every` steps and at the end, logs a validation loss of
 the EMA weights every `valid_every` steps (and once at the end of a run shorter than
-that), and resumes from `out_path` after an interruption: model, EMA, optimiser, step, and the RNG states of every process are
-restored and the data order is a function of (seed, epoch), so with `num_workers = 0` a
-resumed run continues bit-identically. (With worker processes, each epoch's worker
-seeds are fixed, but the random crops of the epoch that was cut short are drawn anew.)
+that), and resumes from `out_path` after an interruption: model, EMA, optimiser, step,
+and the RNG states of every process are restored and the data order is a function of
+(seed, epoch), so with `num_workers = 0` a resumed run continues bit-identically. (With
+worker processes, each epoch's worker seeds are fixed, but the random crops of the epoch
+that was cut short are drawn anew.)
 
 Data parallel: launch with `torchrun --nproc_per_node N ...`; every process calls
 `train` with the same arguments. The process group is initialised from the torchrun
@@ -37,7 +38,7 @@ from tqdm import tqdm
 from .config import TrainConfig, to_dict
 from .devices import resolve_device
 from .errors import UserError
-from .priors.base import Domain, Prior, load_checkpoint, save_checkpoint
+from .priors.base import Domain, Prior, load_checkpoint, load_prior, save_checkpoint
 from .priors.flows import (
     FLOWS,
     FlowBundle,
@@ -510,8 +511,6 @@ def _initial_prior(path: str | os.PathLike, domain: Domain, kind: str) -> Prior:
     Raises:
         UserError: as `load_prior`, or a checkpoint of another kind or front end.
     """
-    from .priors.base import load_prior
-
     model = load_prior(path, expected_domain=domain)
     if not model.kind.startswith(kind):
         raise UserError(f"{path}: a {model.kind} checkpoint cannot start a {kind} training")

@@ -203,20 +203,21 @@ def basis_separate(
     target = mixture.repeat(n_chains, *([1] * (mixture.dim() - 1)))  # (C·B, ...), chain-major
     sigmas, steps, weights = config.noise_levels(), config.step_sizes(), config.constraint_weights()
     dirac = config.likelihood == "dirac"
+
+    def constrain(x: Tensor) -> Tensor:  # the Dirac likelihood's projection onto g(x) = m
+        return mixing.project(x, target) if dirac else x
+
     x = _initial_sources(config, init, mixing, target, n_sources, generator)
     if config.init_noise:
         x = x + sigmas[0] * _noise(x, generator)
-    if dirac:
-        x = mixing.project(x, target)
+    x = constrain(x)
     step = _dirac_step if dirac else _jacobi_step if config.update == "jacobi" else _gauss_seidel_step
     bar = tqdm(range(len(sigmas)), desc="BASIS", unit="level", disable=not progress, leave=False)
     with torch.no_grad():
         for level in bar:
             for round_ in range(1 + config.corrections):
                 if round_ > 0:  # correction: denoise, re-noise at this level, run it again
-                    x = x + sigmas[level] ** 2 * _scores(priors, x, sigmas[level])
-                    x = x + sigmas[level] * _noise(x, generator)
-                    x = mixing.project(x, target) if dirac else x
+                    x = constrain(_denoise(priors, x, sigmas[level]) + sigmas[level] * _noise(x, generator))
                 for _ in range(config.steps_per_level):
                     x = step(priors, x, target, mixing, sigmas[level], steps[level], weights[level],
                              config.grad_factor, generator)
@@ -225,8 +226,7 @@ def basis_separate(
                 residual = (mixing.mix(x) - target).pow(2).mean().sqrt().item()
                 bar.set_postfix(sigma=f"{sigmas[level]:.3g}", residual=f"{residual:.3g}")
         if config.tweedie:
-            x = x + sigmas[-1] ** 2 * _scores(priors, x, sigmas[-1])
-            x = mixing.project(x, target) if dirac else x
+            x = constrain(_denoise(priors, x, sigmas[-1]))
     if config.clamp is not None:
         x = x.clamp(*config.clamp)
     return _average_chains(x.unflatten(1, (n_chains, mixture.shape[0])), config.chain_average, mixing)
@@ -284,6 +284,11 @@ def _scores(priors: Sequence[Prior], x: Tensor, sigma: float) -> Tensor:
         batch = x.index_select(0, index).flatten(0, 1)
         out.index_copy_(0, index, priors[members[0]].score(batch, sigma).view(len(members), *x.shape[1:]))
     return out
+
+
+def _denoise(priors: Sequence[Prior], x: Tensor, sigma: float) -> Tensor:
+    """Tweedie's estimate x + σ²·s(x, σ) of every source `(K, B, ...)` (`tweedie_denoise`, per prior)."""
+    return x + sigma**2 * _scores(priors, x, sigma)
 
 
 def _noise(x: Tensor, generator: torch.Generator) -> Tensor:
