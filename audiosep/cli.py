@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
+from .errors import Terminated, UserError
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
     from .data.augment import Augmentation
     from .data.synth import list_pieces, synthesize
+    from .io import check_output_dir
 
     if args.list:
         for piece in list_pieces(args.preset):
@@ -22,6 +23,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
         return
     if args.output is None:
         raise UserError("synth needs -o/--output DIR (or --list)")
+    check_output_dir(args.output)
     counts = args.tracks
     if any(n is not None for n in (args.train, args.valid, args.test)):
         counts = {s: n or 0 for s, n in (("train", args.train), ("valid", args.valid), ("test", args.test))}
@@ -41,33 +43,49 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_mel(args: argparse.Namespace) -> None:
+    from .io import check_output_file
     from .spectral.files import save_mel
 
+    check_output_file(args.output)
     paths = save_mel(args.input, args.output, args.preset, picture=not args.no_png)
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
 def _cmd_invert(args: argparse.Namespace) -> None:
+    from .io import check_output_file
     from .spectral.files import invert_mel_file
 
+    check_output_file(args.output)
     path = invert_mel_file(args.input, args.output, method=args.method, mix=args.mix,
                            n_iter=args.iters, seed=args.seed)
     print(f"wrote {path}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from .eval.report import evaluate_dirs, summarize, write_reports
+    from .eval.report import check_report_output, evaluate_dirs, summarize, write_reports
 
+    check_report_output(args.output)
     table = evaluate_dirs(args.references, args.estimates, args.win, args.hop, method=args.method)
-    paths = write_reports(table, args.output, args.win)
+    paths = write_reports(table, args.output, args.win, references=args.references, estimates=args.estimates)
     _print_summary(summarize(table))
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
+def _cmd_report(args: argparse.Namespace) -> None:
+    from .eval.listening import write_listening_report
+    from .io import check_output_file
+
+    check_output_file(args.output)
+    path = write_listening_report(args.run_dir, args.output, max_tracks=args.max_tracks, seconds=args.seconds,
+                                  preset=args.preset)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 def _cmd_oracle(args: argparse.Namespace) -> None:
-    from .eval.report import summarize
+    from .eval.report import check_report_output, summarize
     from .oracle.dataset import oracle_dataset
 
+    check_report_output(args.output)
     table, paths = oracle_dataset(args.method, args.data, args.output, split=args.split,
                                   preset=args.preset, win_seconds=args.win)
     _print_summary(summarize(table))
@@ -81,21 +99,26 @@ def _valid_text(valid_loss: float, label: str, unit: str = "") -> str:
     return "no validation run" if math.isnan(valid_loss) else f"{label} {valid_loss:.4f}{unit}"
 
 
+def _train_overrides(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields given on the command line."""
+    return {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "checkpoint_every")
+            if getattr(args, k) is not None}
+
+
 def _cmd_train_ncsn(args: argparse.Namespace) -> None:
     import dataclasses
 
-    import torch
-
     from .config import from_dict, load_yaml
+    from .io import check_output_file
     from .train import NCSNRun, train_ncsn
 
+    check_output_file(args.output)
     run = load_yaml(NCSNRun, args.config) if args.config else from_dict(NCSNRun, {})
-    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if getattr(args, k) is not None}
+    overrides = _train_overrides(args)
     model_overrides = {k: getattr(args, k) for k in ("version", "nf") if getattr(args, k) is not None}
     if args.init_from is not None and model_overrides:
         raise UserError("--version/--nf: the network of --init-from is fine-tuned as it is; give one or the other")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     result = train_ncsn(args.data, args.source, args.output, preset=args.preset,
                         model_config=dataclasses.replace(run.model, **model_overrides),
                         config=dataclasses.replace(run.train, **overrides), device=args.device,
@@ -107,18 +130,17 @@ def _cmd_train_ncsn(args: argparse.Namespace) -> None:
 def _cmd_train_flow(args: argparse.Namespace) -> None:
     import dataclasses
 
-    import torch
-
     from .config import from_dict, load_yaml
+    from .io import check_output_file
     from .train import FlowRun, train_flow
 
+    check_output_file(args.output)
     run = load_yaml(FlowRun, args.config) if args.config else from_dict(FlowRun, {})
-    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if getattr(args, k) is not None}
+    overrides = _train_overrides(args)
     model_overrides = {k: getattr(args, k) for k in ("conditioning", "levels", "depth", "hidden")
                        if getattr(args, k) is not None}
     finetune_steps = args.finetune_steps if args.finetune_steps is not None else run.finetune_steps
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     result = train_flow(args.data, args.source, args.output, arch=args.kind, preset=args.preset,
                         model_config=dataclasses.replace(run.model, **model_overrides),
                         config=dataclasses.replace(run.train, **overrides), finetune_steps=finetune_steps,
@@ -131,8 +153,10 @@ def _cmd_train_flow(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_nmf(args: argparse.Namespace) -> None:
+    from .io import check_output_file
     from .separation.nmf import train_nmf
 
+    check_output_file(args.output)
     model = train_nmf(args.data, args.output, args.sources, n_atoms=args.atoms, split=args.split,
                       max_minutes=args.max_minutes, max_frames=args.max_frames, n_iter=args.iters,
                       sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop, seed=args.seed)
@@ -141,21 +165,44 @@ def _cmd_train_nmf(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
+    from .io import check_output_file
     from .priors import export_prior
 
+    check_output_file(args.output)
     path = export_prior(args.checkpoint, args.output)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
-def _cmd_separate(args: argparse.Namespace) -> None:
-    from .separation import (BUNDLED_NMF, BUNDLED_PRIORS, MelBasis, NMFModel, Separator, separate_files,
-                             separation_method)
+def _cmd_separate(args: argparse.Namespace) -> int:
+    from .io import OutputFormat, check_output_dir
+    from .separation import Separator, find_inputs, separate_files
+
+    fmt = OutputFormat(args.format, args.bits, args.clip_mode)
+    shard = _shard(args.shard)
+    if args.jobs > 1:
+        return _run_jobs(args)
+    _set_threads(args.threads)
+    check_output_dir(args.output)
+    inputs = find_inputs(args.inputs, exclude=args.output)  # checked before any model is loaded
+    model, name = _separation_model(args)
+    out_dir = args.output / (args.name or name)
+    separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device, seed=args.seed)
+    summary = separate_files(inputs, out_dir, separator, fmt, strict=args.strict, shard=shard,
+                             on_track=lambda inp, out: print("wrote " + ", ".join(str(p) for p in out.values())))
+    for note in summary.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for inp, reason in summary.failed:
+        print(f"audiosep separate: skipped: {reason}", file=sys.stderr)
+    print(f"{len(summary.written)} track(s) written to {out_dir}" +
+          (f", {len(summary.failed)} failed (listed above)" if summary.failed else ""))
+    return 1 if summary.failed else 0
+
+
+def _separation_model(args: argparse.Namespace):
+    """(the Separator method the options ask for, the model set's name for OUT/<name>/)."""
+    from .separation import BUNDLED_NMF, BUNDLED_PRIORS, MelBasis, NMFModel, model_set_name, separation_method
     from .separation.mel_basis import baseline_mismatch, default_basis
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     models = args.model or []
     basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion,
                      "--init": args.init, "--init-model": args.init_model, "--likelihood": args.likelihood,
@@ -165,21 +212,67 @@ def _cmd_separate(args: argparse.Namespace) -> None:
         given = [flag for flag, value in basis_options.items() if value is not None]
         if given:
             raise UserError(f"{', '.join(given)}: BASIS option(s), but the model is NMF; give prior checkpoints")
-        model = NMFModel.load(models[0] if models else BUNDLED_NMF)
-    else:
-        if args.init_model and args.init not in (None, "nmf"):
-            raise UserError(f"--init-model is the NMF model of --init nmf, not of --init {args.init}")
-        priors = MelBasis.from_files(models or BUNDLED_PRIORS, device=args.device)
-        baseline = NMFModel.load(args.init_model or BUNDLED_NMF) if args.init in (None, "nmf") else None
-        init = args.init or ("nmf" if baseline_mismatch(baseline, priors.sources, priors.sample_rate) is None
-                             else "mixture")
-        config = default_basis(init, seed=args.seed, steps_per_level=args.steps, n_levels=args.levels,
-                               likelihood=args.likelihood, corrections=args.corrections, n_chains=args.chains)
-        model = MelBasis(priors.priors, config, priors.sources, inversion=args.inversion or "wiener",
-                         init_from=baseline if init == "nmf" else None)
-    separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device, seed=args.seed)
-    for stems in separate_files(args.inputs, args.output, separator):
-        print("wrote " + ", ".join(str(p) for p in stems.values()))
+        path = models[0] if models else BUNDLED_NMF
+        return NMFModel.load(path), model_set_name([path])
+    if args.init_model and args.init not in (None, "nmf"):
+        raise UserError(f"--init-model is the NMF model of --init nmf, not of --init {args.init}")
+    paths = models or BUNDLED_PRIORS
+    priors = MelBasis.from_files(paths, device=args.device)
+    baseline = NMFModel.load(args.init_model or BUNDLED_NMF) if args.init in (None, "nmf") else None
+    init = args.init or ("nmf" if baseline_mismatch(baseline, priors.sources, priors.sample_rate) is None
+                         else "mixture")
+    config = default_basis(init, seed=args.seed, steps_per_level=args.steps, n_levels=args.levels,
+                           likelihood=args.likelihood, corrections=args.corrections, n_chains=args.chains)
+    model = MelBasis(priors.priors, config, priors.sources, inversion=args.inversion or "wiener",
+                     init_from=baseline if init == "nmf" else None)
+    return model, model_set_name(paths)
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    """--shard I/N, else the torchrun rank (RANK/WORLD_SIZE), else (0, 1)."""
+    import os
+
+    if text is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise UserError(f"--shard {text}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return int(index), int(count)
+
+
+def _run_jobs(args: argparse.Namespace) -> int:
+    """`separate --jobs N`: the same command in N processes, one shard each (each input is
+    seeded on its own, so the stems equal one process's); the worst exit status."""
+    import os
+    import subprocess
+
+    if args.shard is not None:
+        raise UserError("--jobs splits the inputs itself; do not combine it with --shard")
+    argv = _strip_option(args.argv, "--jobs")
+    threads = [] if args.threads else ["--threads", str(max(1, (os.cpu_count() or 1) // args.jobs))]
+    procs = [subprocess.Popen([sys.executable, "-m", "audiosep", *argv, *threads, "--shard", f"{i}/{args.jobs}"])
+             for i in range(args.jobs)]
+    return max(proc.wait() for proc in procs)
+
+
+def _strip_option(argv: list[str], flag: str) -> list[str]:
+    """argv without `flag VALUE` / `flag=VALUE`."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        elif not item.startswith(flag + "="):
+            out.append(item)
+    return out
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _print_summary(summary) -> None:
@@ -187,18 +280,47 @@ def _print_summary(summary) -> None:
     print(wide.round(2).to_string())
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (argparse turns the ValueError into a one-line usage error)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+_positive_float.__name__ = "number > 0"
+_positive_int.__name__ = "integer >= 1"  # argparse names the type in its error: "invalid integer >= 1 value: '0'"
+_count.__name__ = "integer >= 0"
+
+
 def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="render a multi-stem dataset from the music21 corpus with FluidSynth")
     p.add_argument("preset", choices=["piano_violin", "drums_bass"])
     p.add_argument("-o", "--output", type=Path, help="dataset folder (DATA/<split>/<track>/{mix,<source>}.wav)")
     p.add_argument("--list", action="store_true", help="list the usable corpus pieces and their splits, then exit")
-    p.add_argument("--tracks", type=int, help="excerpts in all (shared by the split fractions); default: all pieces")
-    p.add_argument("--train", type=int, help="excerpts in the train split (with --valid/--test)")
-    p.add_argument("--valid", type=int, help="excerpts in the valid split")
-    p.add_argument("--test", type=int, help="excerpts in the test split")
-    p.add_argument("--excerpts-per-piece", type=int, default=4)
+    p.add_argument("--tracks", type=_count, help="excerpts in all (shared by the split fractions); default: all pieces")
+    p.add_argument("--train", type=_count, help="excerpts in the train split (with --valid/--test)")
+    p.add_argument("--valid", type=_count, help="excerpts in the valid split")
+    p.add_argument("--test", type=_count, help="excerpts in the test split")
+    p.add_argument("--excerpts-per-piece", type=_positive_int, default=4)
     p.add_argument("--duration", type=float, default=10.0, help="excerpt length in seconds (default 10)")
-    p.add_argument("--sample-rate", type=int, default=16000, help="Hz (default 16000)")
+    p.add_argument("--sample-rate", type=_positive_int, default=16000, help="Hz (default 16000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--soundfont", nargs="+", help="one or more .sf2/.sf3 files (one drawn per piece; "
                    "the MuseScore General ones are reserved for evaluation and refused)")
@@ -237,7 +359,7 @@ def _add_invert(sub) -> None:
     p.add_argument("--method", choices=["griffinlim", "phase"], default="griffinlim",
                    help="phase from Griffin-Lim, or from --mix")
     p.add_argument("--mix", type=Path, help="audio whose STFT phase to use (with --method phase)")
-    p.add_argument("--iters", type=int, default=64, help="Griffin-Lim iterations (fast variant)")
+    p.add_argument("--iters", type=_positive_int, default=64, help="Griffin-Lim iterations (fast variant)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_cmd_invert)
 
@@ -252,6 +374,17 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--hop", type=float, help="hop in seconds (default: the window)")
     p.add_argument("--method", default="estimates", help="name for the method column")
     p.set_defaults(run=_cmd_evaluate)
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="HTML listening report of the evaluations under a run folder")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                   help="folder searched for evaluations (written by `audiosep evaluate` / `oracle`)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the HTML file (self-contained)")
+    p.add_argument("--max-tracks", type=_positive_int, default=10, help="tracks with players and pictures (default 10)")
+    p.add_argument("--seconds", type=_positive_float, default=30.0, help="length of each clip (default 30)")
+    p.add_argument("--preset", default="default", help="front end of the mel pictures")
+    p.set_defaults(run=_cmd_report)
 
 
 def _add_oracle(sub) -> None:
@@ -277,11 +410,14 @@ def _add_prior_data(p) -> None:
 
 def _add_prior_run(p) -> None:
     """The optimiser and machine options every `train PRIOR` command shares."""
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
+                   help="write the checkpoint every STEPS steps (default: the config's, 100); it is also written "
+                        "at the end and on Ctrl-C / SIGTERM")
 
 
 def _add_train(sub) -> None:
@@ -291,8 +427,8 @@ def _add_train(sub) -> None:
     _add_prior_data(ncsn)
     ncsn.add_argument("--config", type=Path, help="YAML with `model:` (NCSNConfig) and `train:` (TrainConfig)")
     ncsn.add_argument("--version", choices=["v1", "v2"], help="network (default v2)")
-    ncsn.add_argument("--nf", type=int, help="base width of the network")
-    ncsn.add_argument("--steps", type=int, help="total optimiser steps (across resumes)")
+    ncsn.add_argument("--nf", type=_positive_int, help="base width of the network")
+    ncsn.add_argument("--steps", type=_positive_int, help="total optimiser steps (across resumes)")
     ncsn.add_argument("--init-from", type=Path, metavar="PRIOR",
                       help="fine-tune: start from this NCSN checkpoint's weights, network and sigma schedule "
                            "(same front end); steps count from 0")
@@ -306,14 +442,14 @@ def _add_train(sub) -> None:
     nmf.add_argument("--data", type=Path, required=True, help="stems dataset DATA/<split>/<track>/{mix,<source>}.wav")
     nmf.add_argument("-o", "--output", type=Path, required=True, help="model file to write (.pt)")
     nmf.add_argument("--sources", nargs="+", help="sources to learn (default: all in the split)")
-    nmf.add_argument("--atoms", type=int, default=64, help="atoms per source (default 64)")
+    nmf.add_argument("--atoms", type=_positive_int, default=64, help="atoms per source (default 64)")
     nmf.add_argument("--split", default="train", help="dataset split (default train)")
     nmf.add_argument("--max-minutes", type=float, help="read at most this much audio (default: all)")
-    nmf.add_argument("--max-frames", type=int, default=20000, help="STFT frames per source kept (default 20000)")
-    nmf.add_argument("--iters", type=int, default=200, help="NMF iterations (default 200)")
-    nmf.add_argument("--sample-rate", type=int, default=16000, help="Hz (default 16000)")
-    nmf.add_argument("--n-fft", type=int, default=4096, help="STFT size in samples (default 4096)")
-    nmf.add_argument("--hop", type=int, default=1024, help="STFT hop in samples (default 1024)")
+    nmf.add_argument("--max-frames", type=_positive_int, default=20000, help="STFT frames per source kept (default 20000)")
+    nmf.add_argument("--iters", type=_positive_int, default=200, help="NMF iterations (default 200)")
+    nmf.add_argument("--sample-rate", type=_positive_int, default=16000, help="Hz (default 16000)")
+    nmf.add_argument("--n-fft", type=_positive_int, default=4096, help="STFT size in samples (default 4096)")
+    nmf.add_argument("--hop", type=_positive_int, default=1024, help="STFT hop in samples (default 1024)")
     nmf.add_argument("--seed", type=int, default=0)
     nmf.set_defaults(run=_cmd_train_nmf)
 
@@ -325,11 +461,11 @@ def _add_train_flow(flow) -> None:
     flow.add_argument("--conditioning", choices=["none", "sigma", "bundle"],
                       help="sigma: one sigma-conditioned flow (default); bundle: one flow per BASIS sigma, "
                            "trained from low to high noise (members kept in OUTPUT_members/); none: one flow")
-    flow.add_argument("--levels", type=int, help="scales of the flow (default 3)")
-    flow.add_argument("--depth", type=int, help="flow steps per scale")
-    flow.add_argument("--hidden", type=int, help="width of the coupling networks")
-    flow.add_argument("--steps", type=int, help="total optimiser steps (across resumes; a bundle's first member)")
-    flow.add_argument("--finetune-steps", type=int, help="bundle: steps of each later member (default: --steps)")
+    flow.add_argument("--levels", type=_positive_int, help="scales of the flow (default 3)")
+    flow.add_argument("--depth", type=_positive_int, help="flow steps per scale")
+    flow.add_argument("--hidden", type=_positive_int, help="width of the coupling networks")
+    flow.add_argument("--steps", type=_positive_int, help="total optimiser steps (across resumes; a bundle's first member)")
+    flow.add_argument("--finetune-steps", type=_positive_int, help="bundle: steps of each later member (default: --steps)")
     _add_prior_run(flow)
     flow.set_defaults(run=_cmd_train_flow)
 
@@ -343,17 +479,23 @@ def _add_export(sub) -> None:
 
 
 def _add_separate(sub) -> None:
-    p = sub.add_parser("separate", help="separate audio files into OUT/<track>/<source>.wav")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="audio files (wav/flac/ogg/mp3, any rate/channels)")
+    p = sub.add_parser("separate", help="separate audio files, folders or dataset splits into OUT/<name>/<track>/<source>.wav")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="audio files (wav/flac/ogg/mp3/aiff, any rate/channels), folders (searched recursively; "
+                        "tracks named by their relative paths) or dataset splits DATA/<split> (stems, MUSDB18 or "
+                        "Slakh2100 layout: each track's mixture, named after its folder)")
     p.add_argument("-o", "--output", type=Path, default=Path("separated"), help="output folder (default: separated)")
+    p.add_argument("-n", "--name", help="sub-folder of the model set, OUT/<name>/<track>/ (default: the model's "
+                                        "name: ncsn_piano_violin for the bundled priors, the NMF file's stem, the "
+                                        "folder the --model priors share)")
     p.add_argument("--model", type=Path, nargs="+", metavar="PATH",
                    help="one NMF model file, or one prior checkpoint per source for BASIS, named after the "
                         "files (piano.pt violin.pt → piano, violin); default: the bundled piano/violin NCSN priors "
                         "(BASIS), or the bundled piano/violin NMF model with --method nmf")
     p.add_argument("--method", choices=["nmf", "basis"],
                    help="nmf or basis (default: inferred from --model; basis without it)")
-    p.add_argument("--steps", type=int, help="BASIS: Langevin steps per noise level (default 10)")
-    p.add_argument("--levels", type=int,
+    p.add_argument("--steps", type=_positive_int, help="BASIS: Langevin steps per noise level (default 10)")
+    p.add_argument("--levels", type=_positive_int,
                    help="BASIS: noise levels, σ geometric down to 0.01 (default: 4 from σ 0.05 for --init nmf, "
                         "7 from 0.3 for mixture, 10 from 1 for uniform)")
     p.add_argument("--init", choices=["nmf", "mixture", "uniform"],
@@ -365,45 +507,134 @@ def _add_separate(sub) -> None:
     p.add_argument("--likelihood", choices=["gaussian", "dirac"],
                    help="BASIS: the mixture as a Gaussian constraint in the drift, or exactly (dirac: every step "
                         "projected back onto the mixture)")
-    p.add_argument("--corrections", type=int, metavar="N",
+    p.add_argument("--corrections", type=_count, metavar="N",
                    help="BASIS: re-noising correction rounds per noise level (denoise, re-noise, run the level again)")
-    p.add_argument("--chains", type=int, metavar="N",
+    p.add_argument("--chains", type=_positive_int, metavar="N",
                    help="BASIS: independent chains, averaged as powers (default 1)")
     p.add_argument("--inversion", choices=["wiener", "wiener-mc", "phase", "griffinlim"],
                    help="BASIS: mel → audio by Wiener masks on the mixture (default), the multichannel Wiener filter "
                         "(a stereo image per source), mixture phase, or Griffin-Lim")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--segment", type=float, default=30.0, help="chunk length in seconds (default 30)")
     p.add_argument("--overlap", type=float, default=1.0, help="seconds cross-faded between chunks (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    out = p.add_argument_group("output files")
+    out.add_argument("--format", choices=["wav", "flac", "mp3"], default="wav", help="container (default wav)")
+    out.add_argument("--bits", choices=["16", "24", "32f"],
+                     help="sample format: 16/24-bit integer or 32-bit float (default: 32f for wav, so the stems sum "
+                          "back to the mixture exactly; 24 for flac; none for mp3)")
+    out.add_argument("--clip-mode", choices=["rescale", "clamp", "none"], default="rescale",
+                     help="stems with peaks above full scale: rescale all stems of the track by one factor (default; "
+                          "said on stderr), clamp at ±1, or none (float wav only)")
+    runs = p.add_argument_group("collections")
+    runs.add_argument("--strict", action="store_true",
+                      help="stop at the first input that fails (default: report it, skip it, go on; exit status 1)")
+    runs.add_argument("--jobs", type=_positive_int, default=1,
+                      help="processes, each separating every N-th input (results equal one process's)")
+    runs.add_argument("--shard", metavar="I/N", help="separate only inputs I, I+N, I+2N, ... (default: the torchrun "
+                                                     "RANK/WORLD_SIZE, if set)")
     p.set_defaults(run=_cmd_separate)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors ("audiosep separate: error: ..., see --help"), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="audiosep", description="Audio source separation with deep generative priors."
     )
     parser.add_argument("--version", action="version", version=f"audiosep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_separate, _add_synth, _add_mel, _add_invert, _add_evaluate, _add_oracle, _add_train, _add_export):
+    for add in (_add_separate, _add_synth, _add_mel, _add_invert, _add_evaluate, _add_oracle, _add_report,
+                _add_train, _add_export):
         add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `audiosep` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the `audiosep` console script; returns the exit status.
+
+    0: done; 1: some inputs of a collection failed (listed); 2: a user error (one line);
+    130 / 143: interrupted by Ctrl-C / SIGTERM (temporary files removed; a training writes
+    its checkpoint first).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args.run(args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error (already printed on one line)
+        return int(done.code or 0)
+    args.argv = argv
+    from .devices import keep_freed_memory
+
+    keep_freed_memory()  # no page-fault churn in training and Langevin loops (see its docstring)
+    _one_line_warnings(args.command)
+    previous = _terminate_as_interrupt()
+    try:
+        return args.run(args) or 0
     except UserError as err:
         print(f"audiosep {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("audiosep: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("audiosep: interrupted", file=sys.stderr)
         return 130
-    return 0
+    except BrokenPipeError:  # e.g. `audiosep synth --list | head`: the reader left
+        _silence_stdout()
+        return 0
+    except OSError as err:  # a full disk, a vanished folder: what the checks before the work cannot see
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"audiosep {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
+    finally:
+        _restore_signal(previous)
+
+
+def _one_line_warnings(command: str) -> None:
+    """Show warnings as "audiosep COMMAND: warning: ..." on stderr, without source lines."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"audiosep {command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
+def _terminate_as_interrupt():
+    """Make SIGTERM raise `Terminated` (main thread only); the previous handler, to restore."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_signal(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

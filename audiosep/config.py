@@ -50,7 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = None
     ema_decay: float = 0.999
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 100
     valid_every: int = 500
     valid_batches: int = 8
     seed: int = 0

@@ -6,3 +6,8 @@ class UserError(Exception):
 
     The message is one line and names the offending file or value.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C (the CLI installs the handler) so that every `finally`
+    (temporary files) and a training's interrupt handling run; the CLI exits 143."""

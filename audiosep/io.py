@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -25,21 +27,94 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`.
 
     The temporary name keeps `path`'s suffix (so writers that infer the format from it
-    still work). If the body raises, the temporary file is removed and `path` is left
-    untouched: an output is never half-written or half-overwritten.
+    still work). If the body raises (an error, Ctrl-C, or SIGTERM turned into an exception
+    by the CLI), the temporary file and any folder created for it are removed and `path` is
+    left untouched: an output is never half-written or half-overwritten.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-    try:
+    with atomic_outputs([path]) as (tmp,):
         yield tmp
-        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_outputs(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
+    """`atomic_output` for several files written together (the stems of one track): all are
+    renamed into place after the body succeeds, none if it raises.
+
+    Raises:
+        UserError: a parent folder cannot be created (a file in the way, no permission).
+    """
+    paths = [Path(p) for p in paths]
+    created: list[Path] = []
+    temps: list[Path] = []
+    try:
+        for path in paths:
+            created += _make_parents(path.parent)
+            temps.append(_temp_beside(path))
+        yield temps
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for tmp in temps:
+            if tmp.exists():
+                tmp.unlink()
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds if nothing landed in it
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; the ones created, outermost first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{folder}: cannot create this folder (a file is in the way)") from None
+    except PermissionError:
+        raise UserError(f"{folder}: cannot create this folder (permission denied)") from None
+    return missing
+
+
+def _temp_beside(path: Path) -> Path:
+    """A new empty hidden file `.<stem>.<random>.tmp<suffix>` beside `path`, usual permissions."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except PermissionError:
+        raise UserError(f"{path.parent}: cannot write here (permission denied)") from None
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+    return Path(tmp)
+
+
+def check_output_dir(folder: str | os.PathLike) -> Path:
+    """UserError unless `folder` is, or can be created as, a writable folder; checked before
+    any compute so that no work is lost at the end. Nothing is created."""
+    folder = Path(folder)
+    problem = _unwritable(folder)
+    if problem:
+        raise UserError(f"{folder}: cannot be an output folder ({problem})")
+    return folder
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """UserError unless `path` can be written as a file: not a folder, and its folder is or can
+    be made writable (see `check_output_dir`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, expected a file name")
+    problem = _unwritable(path.parent)
+    if problem:
+        raise UserError(f"{path}: cannot be written ({problem})")
+    return path
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why `folder` cannot be used (or made) for writing, or None."""
+    existing = next(p for p in (folder, *folder.parents, Path(".")) if p.exists())
+    if not existing.is_dir():
+        return "is a file" if existing == folder else f"is under the file {existing}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"permission denied on {existing}"
+    return None
 
 
 def _umask() -> int:
@@ -92,6 +167,7 @@ def read_audio(
         raise UserError(f"{path}: not a readable audio file ({_first_line(err)})") from None
     if data.shape[0] == 0:
         raise UserError(f"{path}: contains no audio samples")
+    _warn_if_truncated(path)
     if not np.isfinite(data).all():
         raise UserError(f"{path}: contains NaN or infinite samples")
     wav = np.ascontiguousarray(data.T)
@@ -100,6 +176,32 @@ def read_audio(
     if channels is not None:
         wav = convert_channels(wav, channels)
     return wav, int(sr)
+
+
+def _warn_if_truncated(path: Path) -> None:
+    """Warn when a WAV file holds fewer bytes of audio than its header announces (a copy or
+    download cut short: libsndfile reads what is there without a word)."""
+    declared, available = _wav_data_sizes(path)
+    if declared is not None and 0 < available < declared:
+        warnings.warn(f"{path}: truncated WAV: the header announces {declared} bytes of audio, the file holds "
+                      f"{available} ({100 * available / declared:.0f} %); reading what is there", stacklevel=3)
+
+
+def _wav_data_sizes(path: Path) -> tuple[int | None, int]:
+    """(bytes the 'data' chunk declares, bytes present after its header) of a RIFF/WAVE file;
+    (None, 0) for other files and for writers that leave the size open (0 or 0xFFFFFFFF)."""
+    with open(path, "rb") as f:
+        if f.read(12)[8:12] != b"WAVE":
+            return None, 0
+        size = path.stat().st_size
+        while True:
+            header = f.read(8)
+            if len(header) < 8:
+                return None, 0
+            chunk, length = header[:4], int.from_bytes(header[4:], "little")
+            if chunk == b"data":
+                return (None, 0) if length in (0, 0xFFFFFFFF) else (length, size - f.tell())
+            f.seek(length + (length & 1), os.SEEK_CUR)
 
 
 def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -141,6 +243,76 @@ def fit_length(wav: np.ndarray, length: int) -> np.ndarray:
     return np.pad(wav, [(0, 0)] * (wav.ndim - 1) + [(0, length - wav.shape[-1])])
 
 
+# Containers `write_audio` knows, their sample formats (`--bits`) and the default one.
+OUTPUT_SUBTYPES = {
+    "wav": {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"},
+    "flac": {"16": "PCM_16", "24": "PCM_24"},
+    "mp3": {"mp3": "MPEG_LAYER_III"},  # lossy; libsndfile's LAME encoder (soundfile wheels ship it)
+}
+DEFAULT_BITS = {"wav": "32f", "flac": "24", "mp3": "mp3"}
+CLIP_MODES = ("rescale", "clamp", "none")
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """How stems are written: container, sample format, and what happens to peaks above full scale.
+
+    format: "wav", "flac" or "mp3". bits: "16", "24" or "32f" (float; wav only), None for
+    the container's default (wav: 32f, so stems sum back to the mixture exactly; flac: 24;
+    mp3 has none). clip_mode: "rescale" (all stems of a track scaled by one factor so the
+    loudest peak is just under 1: their sum stays the mixture, scaled), "clamp" (samples
+    cut at ±1), or "none" (float wav only: samples above 1 are kept).
+
+    Raises:
+        UserError: an unknown or impossible combination (flac at 32f, --bits with mp3,
+            clip_mode none into integer samples, which would clip anyway).
+    """
+
+    format: str = "wav"
+    bits: str | None = None
+    clip_mode: str = "rescale"
+
+    def __post_init__(self) -> None:
+        if self.format not in OUTPUT_SUBTYPES:
+            raise UserError(f"unknown output format '{self.format}'; choose from: {', '.join(OUTPUT_SUBTYPES)}")
+        if self.clip_mode not in CLIP_MODES:
+            raise UserError(f"unknown clip mode '{self.clip_mode}'; choose from: {', '.join(CLIP_MODES)}")
+        if self.bits is not None and self.bits not in OUTPUT_SUBTYPES[self.format]:
+            have = ", ".join(OUTPUT_SUBTYPES[self.format]) if self.format != "mp3" else "none (it is lossy)"
+            raise UserError(f"--bits {self.bits} is not possible in {self.format}; it has: {have}")
+        if self.clip_mode == "none" and self.subtype != "FLOAT":
+            raise UserError(f"--clip-mode none keeps samples above full scale, which only float wav can hold; "
+                            f"use rescale or clamp with {self.format} at {self.resolved_bits}")
+
+    @property
+    def resolved_bits(self) -> str:
+        return self.bits or DEFAULT_BITS[self.format]
+
+    @property
+    def subtype(self) -> str:
+        """The libsndfile subtype."""
+        return OUTPUT_SUBTYPES[self.format][self.resolved_bits]
+
+    @property
+    def suffix(self) -> str:
+        return f".{self.format}"
+
+
+def limit_peaks(stems: np.ndarray, clip_mode: str) -> tuple[np.ndarray, float]:
+    """Apply `clip_mode` (see `OutputFormat`) to the stems of one track `(K, C, N)`.
+
+    Returns:
+        (the stems to write, their peak |sample| before the change). "rescale" scales all
+        stems by 0.999 / peak when peak > 1 (the factor is 0.999 / peak).
+    """
+    peak = float(np.max(np.abs(stems))) if stems.size else 0.0
+    if peak <= 1.0 or clip_mode == "none":
+        return stems, peak
+    if clip_mode == "clamp":
+        return np.clip(stems, -1.0, 1.0), peak
+    return stems * np.float32(0.999 / peak), peak
+
+
 def write_audio(
     path: str | os.PathLike, wav: np.ndarray, sample_rate: int, subtype: str | None = None
 ) -> Path:
@@ -150,6 +322,29 @@ def write_audio(
     mixture exactly) and to the format's default otherwise.
     """
     path = Path(path)
+    with atomic_output(path) as tmp:
+        _write_file(tmp, wav, sample_rate, subtype, path)
+    return path
+
+
+def write_stems(paths: Sequence[str | os.PathLike], stems: np.ndarray, sample_rate: int,
+                fmt: OutputFormat | None = None) -> list[Path]:
+    """Write the stems `(K, C, N)` of one track to K files, all or none (`atomic_outputs`),
+    in `fmt` (default `OutputFormat()`); `limit_peaks` is the caller's.
+
+    Returns:
+        the K paths.
+    """
+    fmt = fmt or OutputFormat()
+    paths = [Path(p) for p in paths]
+    with atomic_outputs(paths) as temps:
+        for tmp, path, stem in zip(temps, paths, stems):
+            _write_file(tmp, stem, sample_rate, fmt.subtype, path)
+    return paths
+
+
+def _write_file(tmp: Path, wav: np.ndarray, sample_rate: int, subtype: str | None, path: Path) -> None:
+    """Encode (C, N) float audio into the file `tmp` (the temporary of `path`, named in errors)."""
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 2:
         raise ValueError(f"write_audio expects (channels, samples), got shape {wav.shape}")
@@ -157,9 +352,12 @@ def write_audio(
         raise ValueError(f"refusing to write NaN/inf samples to {path}")
     if subtype is None and path.suffix.lower() == ".wav":
         subtype = "FLOAT"
-    with atomic_output(path) as tmp:
-        sf.write(str(tmp), wav.T, int(sample_rate), subtype=subtype)
-    return path
+    try:
+        sf.write(str(tmp), wav.T, int(sample_rate), subtype=subtype, format=path.suffix.lstrip(".").upper() or None)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        raise UserError(f"{path}: cannot be written ({_first_line(err)})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot be written ({err.strerror or err})") from None
 
 
 def _first_line(err: BaseException) -> str:

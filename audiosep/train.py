@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import random
+import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,7 @@ from tqdm import tqdm
 
 from .config import TrainConfig, to_dict
 from .devices import resolve_device
-from .errors import UserError
+from .errors import Terminated, UserError
 from .priors.base import Domain, Prior, load_checkpoint, load_prior, save_checkpoint
 from .priors.flows import (
     FLOWS,
@@ -250,9 +253,11 @@ def _open_tensorboard(out_path: Path) -> Any:
     return SummaryWriter(log_dir=str(out_path.with_name(out_path.stem + "_tb")))
 
 
-def _check_resumable(payload: Mapping[str, Any], model: Prior, domain: Domain, out_path: Path) -> None:
+def _check_resumable(payload: Mapping[str, Any], model: Prior, domain: Domain, out_path: Path,
+                     data: Mapping[str, Any]) -> None:
     """UserError unless the checkpoint at out_path is a training state of this model (kind,
-    config) and domain."""
+    config), domain and data (e.g. the same source; checkpoints from before `data` was
+    stored are not checked for it)."""
     if payload.get("optimizer") is None:
         raise UserError(f"{out_path} has no optimiser state to resume from; pass resume=False to overwrite it")
     if payload["kind"] != model.kind or payload["config"] != model.get_config():
@@ -266,6 +271,11 @@ def _check_resumable(payload: Mapping[str, Any], model: Prior, domain: Domain, o
             f"{out_path} was trained on {stored.describe()}, not {domain.describe()}; "
             "choose a new output path or pass resume=False"
         )
+    stored_data = payload.get("extra", {}).get("data")
+    for key, value in data.items():
+        if stored_data is not None and stored_data.get(key) != value:
+            raise UserError(f"{out_path} was trained with {key} '{stored_data.get(key)}', not '{value}'; "
+                            "choose a new output path to train another")
 
 
 def train(
@@ -279,8 +289,12 @@ def train(
     device: str = "cpu",
     resume: bool = True,
     callback: Callback | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Train `model` to minimise `loss_fn` for `config.steps` steps; checkpoint to `out_path`.
+
+    Ctrl-C or SIGTERM (in the main thread of a single process) ends the run after the step in
+    progress, with a checkpoint of it, then raises KeyboardInterrupt / `Terminated`.
 
     Args:
         model: a registered Prior (built by the caller, e.g. after `seed_everything`).
@@ -297,31 +311,38 @@ def train(
             and domain); False starts afresh and overwrites it.
         callback: called on every process as `callback(step, logs)` after each step (and its
             checkpoint, if any); logs has "loss" and, after validation, "valid_loss".
+        data: what the run learns from beyond the domain (e.g. {"source": "piano"}): stored in
+            the checkpoint; a resume with other values is refused.
 
     Returns:
         {"step", "loss" (last training loss), "valid_loss" (last; NaN without a
-        valid_dataset, and on ranks other than 0)}.
+        valid_dataset, and on ranks other than 0)}. A checkpoint already at `config.steps`
+        is not trained further: its stored losses are returned.
+    Raises:
+        UserError: a checkpoint at out_path of another model, domain or data, or already past
+            `config.steps`.
     """
     out_path = Path(out_path)
     dev = resolve_device(device, local_rank=_local_rank())  # set before NCCL starts, as it wants
     rank, world, owns_group = _init_distributed(dev)
     try:
         return _run(model, loss_fn, train_dataset, valid_dataset, config, out_path, domain,
-                    dev, resume, callback, rank, world)
+                    dev, resume, callback, rank, world, dict(data or {}))
     finally:
         if owns_group:
             dist.destroy_process_group()
 
 
 def _restore(
-    model: Prior, optimizer: torch.optim.Optimizer, out_path: Path, domain: Domain, resume: bool
+    model: Prior, optimizer: torch.optim.Optimizer, out_path: Path, domain: Domain, resume: bool,
+    data: Mapping[str, Any],
 ) -> dict[str, Any] | None:
     """Load the training state at out_path into model and optimizer; the checkpoint, or None
     when starting afresh."""
     if not (resume and out_path.exists()):
         return None
     payload = load_checkpoint(out_path, "cpu")  # load_state_dict copies onto the model's device
-    _check_resumable(payload, model, domain, out_path)
+    _check_resumable(payload, model, domain, out_path, data)
     model.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
     return payload
@@ -349,16 +370,27 @@ def _optimizer_step(
 def _run(
     model: Prior, loss_fn: LossFn, train_dataset: Dataset, valid_dataset: Dataset | None, config: TrainConfig,
     out_path: Path, domain: Domain, device: torch.device, resume: bool, callback: Callback | None,
-    rank: int, world: int,
+    rank: int, world: int, data: dict[str, Any],
 ) -> dict[str, float]:
     model.domain = domain
     model.to(device).train()
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
     )
-    payload = _restore(model, optimizer, out_path, domain, resume)
+    payload = _restore(model, optimizer, out_path, domain, resume, data)
     step = payload["step"] if payload is not None else 0
     valid_loss = payload["extra"].get("valid_loss", math.nan) if payload is not None else math.nan
+    is_main = rank == 0
+    if payload is not None:
+        if step > config.steps:
+            raise UserError(f"{out_path} is already at step {step}, past the {config.steps} steps asked for; "
+                            "ask for more steps to continue it")
+        if is_main and config.progress:
+            done = step == config.steps
+            tqdm.write(f"{out_path}: " + (f"already at step {step}, nothing to train" if done else
+                                          f"resuming from step {step}"))
+        if step == config.steps:
+            return {"step": step, "loss": payload["extra"].get("loss", math.nan), "valid_loss": valid_loss}
     if world > 1:
         _broadcast_state(model)
     ema = EMA(model, config.ema_decay)
@@ -370,29 +402,37 @@ def _run(
     else:
         seed_everything(config.seed + step + 1_000_003 * rank)
 
-    is_main = rank == 0
     writer = _open_tensorboard(out_path) if config.tensorboard and is_main else None
     params = [p for p in model.parameters() if p.requires_grad]
     batches = _train_batches(train_dataset, config, rank, world, step)
     bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and is_main),
                desc=f"train {model.kind}", unit="step", dynamic_ncols=True)
     loss_value = math.nan
+    save = functools.partial(_checkpoint, out_path, model, domain, ema, optimizer, config=config,
+                             is_main=is_main, world=world, data=data)
     try:
-        while step < config.steps:
-            batch = _to_device(next(batches), device)
-            loss_value = _optimizer_step(model, loss_fn, batch, optimizer, params, config, world, step + 1)
-            ema.update(model)
-            step += 1
-            logs = {"loss": loss_value}
-            if valid_dataset is not None and _validation_due(step, config) and is_main:
-                with ema.swapped_into(model):
-                    valid_loss = validation_loss(model, loss_fn, valid_dataset, config, device)
-                logs["valid_loss"] = valid_loss
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                _checkpoint(out_path, model, domain, ema, optimizer, step, config, valid_loss, is_main, world)
-            _report(bar, writer, step, logs, valid_loss)
-            if callback is not None:
-                callback(step, logs)
+        with _signals_deferred(enabled=world == 1) as received:
+            while step < config.steps:
+                batch = _to_device(next(batches), device)
+                loss_value = _optimizer_step(model, loss_fn, batch, optimizer, params, config, world, step + 1)
+                ema.update(model)
+                step += 1
+                logs = {"loss": loss_value}
+                if valid_dataset is not None and _validation_due(step, config) and is_main:
+                    with ema.swapped_into(model):
+                        valid_loss = validation_loss(model, loss_fn, valid_dataset, config, device)
+                    logs["valid_loss"] = valid_loss
+                saved = step % config.checkpoint_every == 0 or step == config.steps
+                if saved:
+                    save(step=step, valid_loss=valid_loss, loss=loss_value)
+                _report(bar, writer, step, logs, valid_loss)
+                if callback is not None:
+                    callback(step, logs)
+                if received:
+                    if not saved:
+                        save(step=step, valid_loss=valid_loss, loss=loss_value)
+                    tqdm.write(f"{out_path}: interrupted; checkpoint written at step {step}")
+                    raise Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()
     finally:
         bar.close()
         if writer is not None:
@@ -420,9 +460,27 @@ def _report(bar: tqdm, writer: Any, step: int, logs: dict[str, float], valid_los
             writer.add_scalar(key, value, step)
 
 
+@contextlib.contextmanager
+def _signals_deferred(enabled: bool = True) -> Iterator[list[int]]:
+    """While inside, SIGINT and SIGTERM only append their number to the yielded list (the loop
+    checks it between steps, so no step is cut in half); the previous handlers come back
+    after. Not enabled (a list that stays empty) outside the main thread or when not asked."""
+    received: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    signums = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signums}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def _checkpoint(
-    out_path: Path, model: Prior, domain: Domain, ema: EMA, optimizer: torch.optim.Optimizer, step: int,
-    config: TrainConfig, valid_loss: float, is_main: bool, world: int,
+    out_path: Path, model: Prior, domain: Domain, ema: EMA, optimizer: torch.optim.Optimizer, *, step: int,
+    config: TrainConfig, valid_loss: float, loss: float, is_main: bool, world: int, data: Mapping[str, Any],
 ) -> None:
     """Gather every process's RNG state; rank 0 writes the checkpoint."""
     if world > 1:
@@ -433,8 +491,8 @@ def _checkpoint(
     if is_main:
         save_checkpoint(
             out_path, model, domain, ema_state=ema.state_dict(), optimizer_state=optimizer.state_dict(),
-            step=step, extra={"train_config": to_dict(config), "valid_loss": valid_loss, "rng": rng,
-                              "world_size": world},
+            step=step, extra={"train_config": to_dict(config), "valid_loss": valid_loss, "loss": loss,
+                              "rng": rng, "world_size": world, "data": dict(data)},
         )
     if world > 1:
         dist.barrier()
@@ -502,7 +560,8 @@ def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike
             samples = torch.stack([train_ds[i] for i in range(min(500, len(train_ds)))])
         seed_everything(config.seed)
         model = build_ncsn(model_config, samples)
-    return train(model, dsm_loss, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device)
+    return train(model, dsm_loss, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device,
+                 data={"source": source})
 
 
 def _initial_prior(path: str | os.PathLike, domain: Domain, kind: str) -> Prior:
@@ -556,7 +615,8 @@ def train_flow(data: str | os.PathLike, source: str, out_path: str | os.PathLike
     train_ds, valid_ds = _patch_sets(data, source, frontend, config, valid_items)
     seed_everything(config.seed)
     model = build_flow(arch, model_config)
-    return train(model, flow_nll, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device)
+    return train(model, flow_nll, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device,
+                 data={"source": source})
 
 
 def bundle_member_path(out_path: str | os.PathLike, sigma: float) -> Path:
@@ -604,7 +664,8 @@ def train_flow_bundle(data: str | os.PathLike, source: str, out_path: str | os.P
         if config.progress:
             tqdm.write(f"member {index + 1}/{len(sigmas)}: sigma {sigma:.4g}")
         path = bundle_member_path(out_path, sigma)
-        result = train(member, flow_nll, train_ds, valid_ds, member_train, path, domain, device)
+        result = train(member, flow_nll, train_ds, valid_ds, member_train, path, domain, device,
+                       data={"source": source})
         previous = members[sigma] = load_checkpoint(path)["ema"]
         results.append({"sigma": sigma, **result})
     bundle = FlowBundle(arch, member_config(model_config), sigmas)

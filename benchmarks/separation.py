@@ -37,10 +37,21 @@ CPU s/s, for the first prior set on the first `--tradeoff-tracks` tracks. With `
 with the last source (violin) that many dB above its level in the track, dry and with every
 stem in one random room (`augment_audio`, seeded by the track's name). Use it on a split whose
 sources are at equal loudness (`synth` without `--gain-db`, e.g. the TimGM6mb test split).
+
+`--long 10 60 600` (alone: the quality tables are skipped): the cost of the default
+`audiosep separate` on long inputs, run as the command itself in a child process on a 44.1 kHz
+stereo file made of the split's mixtures end to end, at `--segments` (default 10 and 30 s):
+wall, user and system seconds per second of audio, minor page faults, the child's peak memory,
+and each row's CPU s/s against the first row's. The costs per second should not depend on the
+segment or the input length, the system time should stay a small part of the user time.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -54,6 +65,7 @@ from audiosep.config import from_dict
 from audiosep.data.augment import Augmentation, augment_audio
 from audiosep.data.stems import list_tracks, load_track
 from audiosep.eval.report import score_track, summarize, write_reports
+from audiosep.io import resample, write_audio
 from audiosep.oracle import run_oracle
 from audiosep.separation.basis import BasisConfig
 from audiosep.separation.mel_basis import BUNDLED_PRIORS, LEVEL_DB, MelBasis, baseline_powers, default_basis
@@ -252,6 +264,47 @@ def parse_grid(specs: list[str]) -> list[tuple[int, int]]:
         raise SystemExit(f"--tradeoff expects STEPSxLEVELS values such as 10x10, got {specs}") from None
 
 
+def long_input_table(tracks: list, lengths: list[float], segments: list[float], threads: int) -> pd.DataFrame:
+    """The cost of `audiosep separate FILE --segment S` (the default method) on 44.1 kHz stereo
+    inputs of each length (seconds), made of the tracks' mixtures end to end (see the module doc)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for length in lengths:
+            path = Path(tmp) / f"long{length:g}.wav"
+            write_audio(path, _long_mixture(tracks, length), 44100, subtype="PCM_16")
+            for segment in segments:
+                argv = [sys.executable, "-m", "audiosep", "separate", str(path), "-o", str(Path(tmp) / "out"),
+                        "--segment", str(segment), "--threads", str(threads)]
+                start = time.perf_counter()
+                proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                _, status, usage = os.wait4(proc.pid, 0)
+                wall = time.perf_counter() - start
+                if status != 0:
+                    raise RuntimeError(f"{' '.join(argv)} failed with status {status}")
+                rows.append({"input s": length, "segment s": segment, "wall s/s": wall / length,
+                             "user s/s": usage.ru_utime / length, "sys s/s": usage.ru_stime / length,
+                             "sys/user %": 100 * usage.ru_stime / usage.ru_utime,
+                             "faults k/s": usage.ru_minflt / length / 1e3, "peak GB": usage.ru_maxrss / 2**20})
+    table = pd.DataFrame(rows)
+    cpu = table["user s/s"] + table["sys s/s"]
+    table["CPU vs first"] = cpu / cpu.iloc[0]
+    return table
+
+
+def _long_mixture(tracks: list, seconds: float) -> np.ndarray:
+    """`(2, N)` at 44.1 kHz: the tracks' mixtures end to end (repeated as needed) for `seconds`;
+    the right channel a quieter copy, so the stereo path runs."""
+    parts, total = [], 0
+    while total < seconds * 16000:
+        for track in tracks:
+            mix, stems, _ = load_track(track, sample_rate=16000, channels=1)
+            mix = mix if mix is not None else sum(stems.values())
+            parts.append(mix)
+            total += mix.shape[-1]
+    mono = resample(np.concatenate(parts, axis=-1)[:, : int(seconds * 16000)], 16000, 44100)
+    return np.concatenate([mono, 0.7 * mono]).astype(np.float32)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--priors", type=Path, nargs="+", default=list(BUNDLED_PRIORS),
@@ -277,8 +330,18 @@ def main() -> None:
     parser.add_argument("--win", type=float, default=1.0, help="BSSEval window in seconds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("-o", "--output", type=Path, help="also write the reports to OUTPUT/")
+    parser.add_argument("--long", nargs="*", type=float, metavar="SECONDS",
+                        help="only the long-input table: default `audiosep separate` on inputs this long")
+    parser.add_argument("--segments", nargs="*", type=float, default=[10.0, 30.0], metavar="SECONDS",
+                        help="--segment values of the long-input table (default 10 30)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.long:
+        tracks = list_tracks(args.data, args.split)[: args.tracks]
+        print(f"default `audiosep separate` on 44.1 kHz stereo inputs from {args.data / args.split}, "
+              f"{args.threads} torch thread(s), CPU")
+        print(long_input_table(tracks, args.long, args.segments, args.threads).round(2).to_string(index=False))
+        return
 
     sources = [p.stem.split("_")[0] for p in args.priors]
     prior_sets = {args.name: args.priors, **parse_basis(args.basis)}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages audiosep needs (FluidSynth + a GM soundfont for `audiosep synth`,
-# ffmpeg/ffprobe for museval's import chain) when they are missing. Idempotent: a no-op when
-# everything is present. Never fails the build: when it cannot install, it says what to do in
+# ffmpeg/ffprobe for museval's import chain, headless Chromium for the listening-report test)
+# when they are missing. Idempotent: a no-op when everything is present. Never fails the build: when it cannot install, it says what to do in
 # one line and the features that need the package are skipped or refused with a clear message.
 #
 #   scripts/setup_system.sh              # what the package and its tests need
@@ -12,6 +12,8 @@ missing=()
 command -v fluidsynth >/dev/null 2>&1 || missing+=(fluidsynth)
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || missing+=(fluid-soundfont-gm)
 { command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1; } || missing+=(ffmpeg)
+# headless Chromium: the test that renders `audiosep report` pages (skipped without it)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "${1:-}" = soundfonts ]; then
     [ -f /usr/share/sounds/sf3/FluidR3Mono_GM.sf3 ] || missing+=(fluidr3mono-gm-soundfont)
     [ -f /usr/share/sounds/sf2/sf_GMbank.sf2 ] || missing+=(csound-soundfont)

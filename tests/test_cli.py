@@ -1,7 +1,9 @@
 """End-to-end checks of the `audiosep` command on tiny generated data."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -90,13 +92,48 @@ def test_oracle_then_evaluate(dataset, tmp_path):
         (["separate", "{mix}", "-o", "{tmp}/sep", "--device", "gpu"], "unknown device 'gpu'"),
         (["separate", "{mix}", "-o", "{tmp}/sep", "--method", "nmf", "--device", "cuda:x"],
          "unknown device 'cuda:x'"),
+        (["separate", "{mix}", "-o", "{file}", "--method", "nmf"], "is a file"),
+        (["separate", "{mix}", "-o", "{file}/sep", "--method", "nmf"], "is under the file"),
+        (["separate", "{mix}", "--threads", "-1", "--method", "nmf"], "--threads: invalid integer >= 1"),
+        (["separate", "{mix}", "--steps", "0"], "--steps: invalid integer >= 1"),
+        (["separate", "{mix}", "--bits", "32f", "--format", "flac", "--method", "nmf"], "not possible in flac"),
+        (["separate", "{mix}", "--shard", "2/2", "--method", "nmf"], "--shard 2/2"),
+        (["separate", "{tmp}/nowhere", "--method", "nmf"], "no such file or folder"),
+        (["separate", "{mix}", "--model", "{tmp}"], "is a folder, expected a checkpoint file"),
+        (["evaluate", "{data}/test", "{data}/test", "-o", "{file}"], "is a file"),
+        (["evaluate", "{data}/test", "{data}/test", "-o", "{file}/report"], "is under the file"),
+        (["evaluate", "{data}/test", "{data}/test", "-o", "{tmp}"], "is a folder, expected a file name"),
+        (["oracle", "--method", "irm2", "{data}", "-o", "{file}/o"], "is under the file"),
+        (["train", "ncsn", "--data", "{data}", "--source", "src0", "-o", "{tmp}/p.pt", "--threads", "-1"],
+         "--threads: invalid integer >= 1"),
+        (["train", "ncsn", "--data", "{data}", "--source", "src0", "-o", "{file}/p.pt"], "cannot be written (is a file)"),
+        (["train", "nmf", "--data", "{data}", "--split", "test", "-o", "{tmp}/n.pt", "--atoms", "0"],
+         "--atoms: invalid integer >= 1"),
+        (["train", "nmf", "--data", "{data}", "--split", "test", "-o", "{tmp}/n.pt", "--iters", "0"],
+         "--iters: invalid integer >= 1"),
+        (["train", "nmf", "--data", "{data}", "--split", "test", "-o", "{tmp}"], "is a folder"),
+        (["mel", "{mix}", "-o", "{file}/m.npy"], "cannot be written (is a file)"),
+        (["synth", "piano_violin", "-o", "{file}/d"], "is under the file"),
+        (["export", "{tmp}/missing.pt", "-o", "{tmp}/x.pt"], "checkpoint not found"),
     ],
     ids=["missing", "directory", "bad-preset", "missing-npy", "missing-estimates", "missing-data",
-         "bad-device-basis", "bad-device-nmf"],
+         "bad-device-basis", "bad-device-nmf", "separate-out-is-file", "separate-out-under-file",
+         "separate-threads", "separate-steps-0", "flac-float", "bad-shard", "missing-input", "model-is-folder",
+         "evaluate-out-is-file", "evaluate-out-under-file", "evaluate-csv-is-folder", "oracle-out-under-file",
+         "train-threads", "train-out-under-file", "nmf-atoms-0", "nmf-iters-0", "nmf-out-is-folder",
+         "mel-out-under-file", "synth-out-under-file", "export-missing"],
 )
-def test_user_errors_are_one_line_and_exit_2(dataset, tmp_path, capsys, argv, message):
+def test_user_errors_are_one_line_and_exit_2(dataset, tmp_path, capsys, argv, message, monkeypatch):
+    """The table of bad inputs: one line on stderr, exit status 2, nothing written. Add a row for
+    every new bad input found."""
+    monkeypatch.chdir(tmp_path)
     mix = dataset / "test" / "track0" / "mix.wav"
-    argv = [a.format(tmp=tmp_path, mix=mix, data=dataset) for a in argv]
+    afile = tmp_path / "afile"
+    afile.write_text("a regular file in the way")
+    if "{tmp}" == argv[-1] and argv[0] == "evaluate":
+        argv = argv[:-1] + ["{tmp}/report.csv"]
+        (tmp_path / "report.csv").mkdir()
+    argv = [a.format(tmp=tmp_path, mix=mix, data=dataset, file=afile) for a in argv]
     before = sorted(tmp_path.rglob("*"))
     assert _run(*argv) == 2
     err = capsys.readouterr().err.strip()
@@ -104,23 +141,81 @@ def test_user_errors_are_one_line_and_exit_2(dataset, tmp_path, capsys, argv, me
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
 
 
+def test_a_closed_pipe_is_not_an_error():
+    out = subprocess.run(f"{sys.executable} -m audiosep synth piano_violin --list | head -1", shell=True,
+                         capture_output=True, text=True)
+    assert out.stdout.count("\n") == 1 and "Traceback" not in out.stderr and "Error" not in out.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
+    assert _run("separate", example, "-o", locked / "sep", "--method", "nmf") == 2
+    assert "permission denied" in capsys.readouterr().err
+
+
 def test_separate_bundled_example(tmp_path):
     # no --model: BASIS over the bundled NCSN priors, started from the bundled NMF model
-    # (a short schedule here: the defaults take ~20 s of CPU on this 10 s example)
-    from pathlib import Path
-
+    # (a short schedule here: the defaults take ~20 s of CPU on this 10 s example);
+    # outputs go to OUT/<model set>/<track>/, so the NMF run does not overwrite it
     example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
     assert _run("separate", example, "-o", tmp_path / "sep", "--steps", 1, "--levels", 2) == 0
-    stems = sorted(p.name for p in (tmp_path / "sep" / "piano_violin").iterdir())
+    assert _run("separate", example, "-o", tmp_path / "sep", "--method", "nmf") == 0
+    assert sorted(p.name for p in (tmp_path / "sep").iterdir()) == ["ncsn_piano_violin", "nmf_piano_violin"]
+    stems = sorted(p.name for p in (tmp_path / "sep" / "ncsn_piano_violin" / "piano_violin").iterdir())
     assert stems == ["piano.wav", "violin.wav"]
     mix, sr = sf.read(example)
-    piano, sr_out = sf.read(tmp_path / "sep" / "piano_violin" / "piano.wav")
+    piano, sr_out = sf.read(tmp_path / "sep" / "ncsn_piano_violin" / "piano_violin" / "piano.wav")
     assert sr_out == sr and piano.shape == mix.shape
 
 
-def test_separate_bad_model_writes_nothing(tmp_path, capsys):
-    from pathlib import Path
+def test_separate_a_collection_skips_bad_files_and_says_so(tmp_path, capsys):
+    example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes(example.read_bytes())
+    (folder / "b.wav").write_bytes(b"RIFF junk")
+    sf.write(folder / "short.wav", np.zeros(100, np.float32), SR)
+    assert _run("separate", folder, "-o", tmp_path / "out", "-n", "run1", "--format", "flac") == 1
+    out, err = capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "out/run1").iterdir()) == ["a"]
+    assert sorted(p.name for p in (tmp_path / "out/run1/a").iterdir()) == ["piano.flac", "violin.flac"]
+    assert "1 track(s) written" in out and "2 failed" in out
+    skipped = [line for line in err.splitlines() if "skipped" in line]
+    assert len(skipped) == 2 and any("b.wav" in line for line in skipped)
+    assert any("short.wav" in line and "too short" in line for line in skipped)
+    assert _run("separate", folder, "-o", tmp_path / "out2", "--strict", "--method", "nmf") == 2
+    assert not (tmp_path / "out2").exists()
 
+
+def test_separate_jobs_equal_one_process(tmp_path):
+    example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
+    for i in range(3):
+        sf.write(tmp_path / f"m{i}.wav", sf.read(example)[0][i * 16000:(i + 2) * 16000], SR)
+    inputs = [tmp_path / f"m{i}.wav" for i in range(3)]
+    assert _run("separate", *inputs, "-o", tmp_path / "one", "--method", "nmf", "--threads", 1) == 0
+    assert _run("separate", *inputs, "-o", tmp_path / "two", "--method", "nmf", "--threads", 1, "--jobs", 2) == 0
+    one = sorted((tmp_path / "one").rglob("*.wav"))
+    assert len(one) == 6
+    for path in one:
+        twin = tmp_path / "two" / path.relative_to(tmp_path / "one")
+        np.testing.assert_array_equal(sf.read(path)[0], sf.read(twin)[0])  # (float WAV headers hold a time stamp)
+
+
+def test_separate_under_torchrun_takes_its_rank_s_share(tmp_path, monkeypatch):
+    example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
+    for i in range(3):
+        sf.write(tmp_path / f"m{i}.wav", sf.read(example)[0][: SR], SR)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _run("separate", *[tmp_path / f"m{i}.wav" for i in range(3)], "-o", tmp_path / "out", "-n", "x",
+                "--method", "nmf") == 0
+    assert sorted(p.name for p in (tmp_path / "out/x").iterdir()) == ["m1"]
+
+
+def test_separate_bad_model_writes_nothing(tmp_path, capsys):
     example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
@@ -216,3 +311,55 @@ def test_train_ncsn_init_from_fine_tunes_a_prior_of_the_same_front_end(tmp_path,
         assert train(preset, bad, "--init-from", base, *extra) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and not bad.exists()
+
+
+@pytest.mark.parametrize("delay", [0.8, 1.6, 2.4, 3.2])
+def test_sigterm_at_any_point_leaves_no_temporary_file_and_no_partial_track(tmp_path, delay):
+    """SIGTERM while reading, separating or writing: exit 143 (or 0 if it finished first), no hidden
+    temporary file, no empty folder, and every track folder complete or absent."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        sf.write(tmp_path / f"{name}.wav", (0.1 * rng.standard_normal((20 * 44100, 2))).astype(np.float32), 44100)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "audiosep", "separate", tmp_path / "a.wav", tmp_path / "b.wav",
+                             "-o", out, "--method", "nmf", "--threads", "1", "--bits", "16"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 143) and "Traceback" not in err
+    left = list(out.rglob("*")) if out.exists() else []
+    assert not [p for p in left if p.name.startswith(".")]
+    assert not [p for p in left if p.is_dir() and not any(p.iterdir())]
+    for track in (out / "nmf_piano_violin").glob("*") if out.exists() else []:
+        assert sorted(p.name for p in track.iterdir()) == ["piano.wav", "violin.wav"]
+
+
+def test_listening_report_embeds_players_pictures_and_scores(dataset, tmp_path):
+    """`audiosep report`: a self-contained page (no file or network reference) that headless
+    Chromium renders with every player decoded and every picture drawn."""
+    import re
+    import shutil
+
+    run = tmp_path / "run"
+    assert _run("oracle", "--method", "irm2", dataset, "-o", run / "irm2") == 0
+    assert _run("oracle", "--method", "mix", dataset, "-o", run / "mix") == 0
+    page = tmp_path / "report.html"
+    assert _run("report", run, "-o", page, "--max-tracks", 1, "--seconds", 1) == 0
+    text = page.read_text()
+    assert text.count("<audio") == 1 + 2 + 2 * 2  # mixture, 2 references, 2 methods × 2 estimates
+    assert text.count("<img") == 7 + 1  # a picture under each player, the SDR chart
+    assert "track0" in text and "track1" not in text.split("Summary")[1].split("</section>")[1]
+    assert not re.search(r"(src|href)=['\"](?!data:)", text)  # everything embedded
+    for method in ("irm2", "mix"):
+        assert f">{method}<" in text
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (scripts/setup_system.sh installs it as root)")
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    assert 'data-audio-ok="7/7"' in body and 'data-images-ok="8/8"' in body, body

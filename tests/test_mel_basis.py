@@ -221,7 +221,8 @@ def _run(*argv):
 
 
 def _basis(mixtures, checkpoints, out, *extra):
-    return _run("separate", *mixtures, "-o", out, "--model", checkpoints["piano"], checkpoints["violin"],
+    """`audiosep separate` with the tiny priors, into out/<track>/ (the model set named out.name)."""
+    return _run("separate", *mixtures, "-o", out.parent, "-n", out.name, "--model", checkpoints["piano"], checkpoints["violin"],
                 "--steps", 2, "--levels", 2, *extra)
 
 
@@ -301,8 +302,8 @@ def test_separate_with_priors_is_seeded(mixtures, checkpoints, tmp_path):
     (["piano", "violin"], ["--levels", "1"], "at least 2 noise levels"),
     ([BUNDLED_NMF], ["--init", "nmf"], "--init: BASIS option"),
     ([BUNDLED_NMF], ["--likelihood", "dirac", "--chains", "2"], "--likelihood, --chains: BASIS option"),
-    (["piano", "violin"], ["--corrections", "-1"], "corrections must be >= 0"),
-    (["piano", "violin"], ["--chains", "0"], "n_chains must be >= 1"),
+    (["piano", "violin"], ["--corrections", "-1"], "--corrections: invalid integer >= 0"),
+    (["piano", "violin"], ["--chains", "0"], "--chains: invalid integer >= 1"),
     (["piano", "violin"], ["--init", "uniform", "--init-model", BUNDLED_NMF], "--init-model is the NMF model of"),
     (["piano", "violin"], ["--init-model", "violin"], "not an NMF model"),
 ])
@@ -326,7 +327,8 @@ def test_method_nmf_is_the_bundled_nmf_model(tmp_path):
     assert _run("separate", example, "-o", tmp_path / "a", "--method", "nmf") == 0
     assert _run("separate", example, "-o", tmp_path / "b", "--model", BUNDLED_NMF) == 0
     for source in ("piano", "violin"):
-        a, b = (sf.read(tmp_path / name / "piano_violin" / f"{source}.wav")[0] for name in ("a", "b"))
+        a, b = (sf.read(tmp_path / name / "nmf_piano_violin" / "piano_violin" / f"{source}.wav")[0]
+                for name in ("a", "b"))
         assert a.shape == sf.read(example)[0].shape and np.array_equal(a, b)
 
 

@@ -205,10 +205,24 @@ def test_channel_mismatch_names_file(good_track):
         report.evaluate_dirs(root / "ref", root / "est", progress=False)
 
 
-def test_silent_reference_names_file(good_track):
-    root, refs, _ = good_track
-    write_audio(root / "ref" / "song" / "b.wav", np.zeros_like(refs[1]), SR)
-    with pytest.raises(UserError, match=r"ref/song/b\.wav: reference is silent"):
+@pytest.mark.parametrize("which", ["ref", "est"])
+def test_a_silent_stem_scores_nan_for_its_target_only(good_track, which):
+    root, refs, ests = good_track
+    write_audio(root / which / "song" / "b.wav", np.zeros_like(refs[1]), SR)
+    with pytest.warns(UserWarning, match="song/b: reference or estimate silent"):
+        df = report.evaluate_dirs(root / "ref", root / "est", progress=False)
+    assert df[df.target == "b"].score.isna().all()
+    alone = report.score_track("song", ["a"], refs[:1], ests[:1], SR)  # a scored against the other references
+    np.testing.assert_allclose(df[df.target == "a"].score.to_numpy(), alone.score.to_numpy())
+
+
+def test_estimate_lengths_within_a_second_are_fitted_with_a_warning_else_refused(good_track):
+    root, refs, ests = good_track
+    write_audio(root / "est" / "song" / "a.wav", ests[0][:, :-100], SR)
+    with pytest.warns(UserWarning, match=r"song/a\.wav: .* zero-padded"):
+        report.evaluate_dirs(root / "ref", root / "est", progress=False)
+    write_audio(root / "est" / "song" / "a.wav", np.pad(ests[0], ((0, 0), (0, 2 * SR))), SR)
+    with pytest.raises(UserError, match=r"song/a\.wav: .*not the same take"):
         report.evaluate_dirs(root / "ref", root / "est", progress=False)
 
 

@@ -1,5 +1,6 @@
 """Separator: chunking with a linear cross-fade, rate/channel handling, level
-normalisation, atomic outputs, bad inputs, and the bundled NMF model on the example."""
+normalisation, atomic outputs, collections (folders, dataset splits, skipped inputs,
+shards), output formats and peak handling, bad inputs, and the bundled NMF model on the example."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,9 @@ import torch
 from audiosep.errors import UserError
 from audiosep.eval.metrics import si_sdr
 from audiosep.separation.nmf import BUNDLED_NMF, NMFModel
-from audiosep.separation.separator import Separator, chunk_bounds, crossfade_weights, separate_files
+from audiosep.io import OutputFormat, limit_peaks
+from audiosep.separation.separator import (Separator, chunk_bounds, crossfade_weights, find_inputs,
+                                          separate_files)
 from audiosep.spectral import functional as SF
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -88,10 +91,10 @@ def test_stems_follow_the_input_rate_channels_and_length(tmp_path):
     mix = np.stack([0.5 * low + high, 0.2 * low + high]).astype(np.float32)
     sf.write(tmp_path / "song.wav", mix.T, sr, subtype="FLOAT")
     method = FixedMask(16000, channels=1)
-    out = separate_files([tmp_path / "song.wav"], tmp_path / "out", Separator(method, segment=1.0, overlap=0.25, progress=False))
-    assert out == [{"low": tmp_path / "out/song/low.wav", "high": tmp_path / "out/song/high.wav"}]
+    run = separate_files([tmp_path / "song.wav"], tmp_path / "out", Separator(method, segment=1.0, overlap=0.25, progress=False))
+    assert [out for _, out in run.written] == [{"low": tmp_path / "out/song/low.wav", "high": tmp_path / "out/song/high.wav"}]
     stems = {}
-    for name, path in out[0].items():
+    for name, path in run.written[0][1].items():
         wav, rate = sf.read(path, always_2d=True)
         assert rate == sr and wav.shape == (n, 2)
         stems[name] = wav.T
@@ -139,39 +142,135 @@ def test_outputs_are_written_atomically_into_track_folders(tmp_path):
     assert wav.shape == (16000, 1)
 
 
-def test_bad_inputs_raise_and_write_nothing(tmp_path):
+def test_bad_inputs_are_skipped_and_listed_or_stop_a_strict_run(tmp_path):
     good = tmp_path / "good.wav"
     sf.write(good, _noise((1, 8000)).T, 16000)
+    (tmp_path / "junk.wav").write_bytes(b"not audio at all" * 10)
     sep = Separator(FixedMask(), progress=False)
     out = tmp_path / "out"
-    with pytest.raises(UserError, match="missing.wav"):
+    with pytest.raises(UserError, match="missing.wav"):  # a path that does not exist: a typo, refused at once
         separate_files([good, tmp_path / "missing.wav"], out, sep)
-    (tmp_path / "junk.wav").write_bytes(b"not audio at all" * 10)
+    assert not out.exists()
     with pytest.raises(UserError, match="junk.wav"):
-        separate_files([good, tmp_path / "junk.wav"], out, sep)
+        separate_files([good, tmp_path / "junk.wav"], out, sep, strict=True)
+    assert not out.exists()  # every input is opened before the first is separated
+    run = separate_files([tmp_path / "junk.wav", good], out, sep)
+    assert [i.track for i, _ in run.written] == ["good"] and len(run.failed) == 1
+    assert "junk.wav" in run.failed[0][1] and "\n" not in run.failed[0][1]
     (tmp_path / "other").mkdir()
     sf.write(tmp_path / "other/good.wav", _noise((1, 8000), seed=1).T, 16000)
     with pytest.raises(UserError, match="track folder 'good'"):
         separate_files([good, tmp_path / "other/good.wav"], out, sep)
-    assert not out.exists()
-    out.write_bytes(b"")
-    with pytest.raises(UserError, match="not a folder"):
-        separate_files([good], out, sep)
+    (tmp_path / "file").write_bytes(b"")
+    for bad in (tmp_path / "file", tmp_path / "file/sub"):
+        with pytest.raises(UserError, match="output folder"):
+            separate_files([good], bad, sep)
 
-def test_an_output_that_would_overwrite_the_input_is_refused(tmp_path):
-    source = tmp_path / "low" / "low.wav"
-    source.parent.mkdir()
-    sf.write(source, _noise((1, 8000)).T, 16000)
-    before = source.read_bytes()
-    with pytest.raises(UserError, match="overwrite"):
-        Separator(FixedMask(), progress=False).separate_file(source, tmp_path)
-    assert source.read_bytes() == before
-    assert sorted(p.name for p in source.parent.iterdir()) == ["low.wav"]
+
+def test_a_failure_during_separation_skips_that_input_only(tmp_path):
+    class Picky(FixedMask):
+        def __call__(self, mix):
+            if mix.shape[-1] < 8000:
+                raise UserError(f"{mix.shape[-1]} samples are too short")
+            return super().__call__(mix)
+
+    sf.write(tmp_path / "short.wav", _noise((1, 4000)).T, 16000)
+    sf.write(tmp_path / "long.wav", _noise((1, 16000)).T, 16000)
+    run = separate_files([tmp_path / "short.wav", tmp_path / "long.wav"], tmp_path / "out",
+                         Separator(Picky(), progress=False), progress=False)
+    assert [i.track for i, _ in run.written] == ["long"]
+    assert run.failed[0][1].startswith(str(tmp_path / "short.wav")) and "too short" in run.failed[0][1]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["long"]
+
+
+def test_folders_are_searched_and_dataset_splits_give_their_mixtures(tmp_path):
+    music = tmp_path / "music"
+    for rel in ("a.wav", "sub/b.flac", "sub/deeper/c.wav", ".hidden/d.wav"):
+        (music / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(music / rel, _noise((1, 800)).T, 16000)
+    (music / "notes.txt").write_text("not audio")
+    assert [i.track for i in find_inputs([music])] == ["a", "sub/b", "sub/deeper/c"]
+    assert [i.track for i in find_inputs([music], exclude=music / "sub")] == ["a"]
+    split = tmp_path / "data/test"
+    for track, mix_name in (("t1", "mix.wav"), ("t2", "mixture.wav")):
+        (split / track).mkdir(parents=True)
+        for name in (mix_name, "piano.wav"):
+            sf.write(split / track / name, _noise((1, 800)).T, 16000)
+    assert [(i.track, i.path.name) for i in find_inputs([split])] == [("t1", "mix.wav"), ("t2", "mixture.wav")]
+    with pytest.raises(UserError, match="give one split"):
+        find_inputs([tmp_path / "data"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no audio files"):
+        find_inputs([tmp_path / "empty"])
+    run = separate_files([split], tmp_path / "out", Separator(FixedMask(), progress=False), progress=False)
+    assert sorted(str(p.relative_to(tmp_path / "out")) for _, out in run.written for p in out.values()) == [
+        "t1/high.wav", "t1/low.wav", "t2/high.wav", "t2/low.wav"]
+
+
+def test_shards_together_write_what_one_process_writes(tmp_path):
+    def noisy(mix):  # stochastic: each input must be seeded on its own for shards to agree
+        return torch.stack([mix + torch.randn_like(mix), mix])
+
+    noisy.sources, noisy.sample_rate = ("a", "b"), 8000
+    for i in range(3):
+        sf.write(tmp_path / f"in{i}.wav", _noise((1, 4000), seed=i).T, 8000)
+    inputs = sorted(tmp_path.glob("in*.wav"))
+    sep = Separator(noisy, progress=False)
+    separate_files(inputs, tmp_path / "one", sep, progress=False)
+    shards = [separate_files(inputs, tmp_path / "many", sep, shard=(k, 2), progress=False) for k in range(2)]
+    assert [[i.track for i, _ in run.written] for run in shards] == [["in0", "in2"], ["in1"]]
+    for path in (tmp_path / "one").rglob("*.wav"):
+        twin = tmp_path / "many" / path.relative_to(tmp_path / "one")
+        np.testing.assert_array_equal(sf.read(path)[0], sf.read(twin)[0])  # (float WAV headers hold a time stamp)
+
+
+@pytest.mark.parametrize("fmt, bits, subtype", [("wav", None, "FLOAT"), ("wav", "16", "PCM_16"), ("wav", "24", "PCM_24"),
+                                                ("flac", None, "PCM_24"), ("flac", "16", "PCM_16"),
+                                                ("mp3", None, "MPEG_LAYER_III")])
+def test_output_formats(tmp_path, fmt, bits, subtype):
+    sf.write(tmp_path / "song.wav", _noise((2, 16000)).T, 16000)
+    run = separate_files([tmp_path / "song.wav"], tmp_path / "out", Separator(FixedMask(), progress=False),
+                         OutputFormat(fmt, bits), progress=False)
+    for path in run.written[0][1].values():
+        assert path.suffix == f".{fmt}" and sf.info(path).subtype == subtype and sf.info(path).channels == 2
+
+
+@pytest.mark.parametrize("fmt, bits, clip, match", [("flac", "32f", "rescale", "32f is not possible in flac"),
+                                                    ("mp3", "16", "rescale", "not possible in mp3"),
+                                                    ("wav", "16", "none", "only float wav"),
+                                                    ("ogg", None, "rescale", "unknown output format")])
+def test_impossible_output_formats_are_refused(fmt, bits, clip, match):
+    with pytest.raises(UserError, match=match):
+        OutputFormat(fmt, bits, clip)
+
+
+def test_peaks_above_full_scale_are_rescaled_clamped_or_kept_and_said(tmp_path):
+    stems = np.array([[[0.5, -1.55]], [[0.2, 0.3]]], dtype=np.float32)
+    rescaled, peak = limit_peaks(stems, "rescale")
+    assert peak == pytest.approx(1.55) and np.abs(rescaled).max() == pytest.approx(0.999)
+    np.testing.assert_allclose(rescaled / stems, 0.999 / 1.55, rtol=1e-6)  # one factor: the sum stays the mix
+    assert np.abs(limit_peaks(stems, "clamp")[0]).max() == 1.0
+    assert limit_peaks(stems, "none")[0] is stems and limit_peaks(stems * 0.5, "rescale")[0] is not None
+
+    class Loud(FixedMask):
+        def __call__(self, mix):
+            return 2 * super().__call__(mix)
+
+    square = np.sign(np.sin(2 * np.pi * 100 * np.arange(16000) / 16000))[None].astype(np.float32)
+    sf.write(tmp_path / "square.wav", square.T, 16000, subtype="FLOAT")
+    sep = Separator(Loud(), level_db=-3.0, progress=False)
+    for mode, limit in (("rescale", 1.0), ("clamp", 1.0), ("none", None)):
+        run = separate_files([tmp_path / "square.wav"], tmp_path / mode, sep, OutputFormat(clip_mode=mode),
+                             progress=False)
+        peak = max(np.abs(sf.read(p)[0]).max() for p in run.written[0][1].values())
+        assert (peak <= limit) if mode != "none" else (peak > 1.0)
+        assert len(run.notes) == 1 and "above full scale" in run.notes[0] and mode in run.notes[0]
 
 
 def test_bundled_model_separates_the_example_above_the_mixture(tmp_path):
     model = NMFModel.load(BUNDLED_NMF)
-    paths = Separator(model, progress=False).separate_file(EXAMPLES / "piano_violin.wav", tmp_path)
+    run = separate_files([EXAMPLES / "piano_violin.wav"], tmp_path, Separator(model, progress=False), progress=False)
+    paths = run.written[0][1]
     mix, _ = sf.read(EXAMPLES / "piano_violin.wav", always_2d=True)
     for source, path in paths.items():
         ref, _ = sf.read(EXAMPLES / "piano_violin" / f"{source}.wav", always_2d=True)

@@ -312,3 +312,59 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     assert payload["step"] == 4 and payload["extra"]["world_size"] == 2
     assert _states_equal(payload["state_dict"], rank0["state"])
     assert len(payload["extra"]["rng"]) == 2
+
+
+# --- interruptions and resumes ------------------------------------------------------------
+
+def test_resume_says_so_and_refuses_another_source_or_fewer_steps(tmp_path, capsys):
+    out = tmp_path / "run.pt"
+    config = _config(steps=4, progress=True)
+    train(_tiny_model(), dsm_loss, _RandomCrops(16, 0), None, config, out, DOMAIN, data={"source": "piano"})
+    assert load_checkpoint(out)["extra"]["data"] == {"source": "piano"}
+    more = dataclasses.replace(config, steps=6)
+    with pytest.raises(UserError, match="trained with source 'piano', not 'violin'"):
+        train(_tiny_model(), dsm_loss, _RandomCrops(16, 0), None, more, out, DOMAIN, data={"source": "violin"})
+    with pytest.raises(UserError, match="already at step 4, past the 3 steps"):
+        train(_tiny_model(), dsm_loss, _RandomCrops(16, 0), None, _config(steps=3), out, DOMAIN,
+              data={"source": "piano"})
+    capsys.readouterr()
+    done = train(_tiny_model(), dsm_loss, _RandomCrops(16, 0), None, config, out, DOMAIN, data={"source": "piano"})
+    assert done["step"] == 4 and np.isfinite(done["loss"])  # the stored loss, not NaN
+    assert "already at step 4" in "".join(capsys.readouterr())
+    train(_tiny_model(), dsm_loss, _RandomCrops(16, 0), None, more, out, DOMAIN, data={"source": "piano"})
+    assert "resuming from step 4" in "".join(capsys.readouterr())
+
+
+_SIGNAL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_train import DOMAIN, _RandomCrops, _config, _tiny_model
+    from audiosep.priors import dsm_loss
+    from audiosep.train import train
+
+    def callback(step, logs):
+        if step == 5:
+            os.kill(os.getpid(), {signum})  # arrives in the middle of the run
+    try:
+        train(_tiny_model(), dsm_loss, _RandomCrops(16, 0), None, _config(steps=50, checkpoint_every=1000),
+              {out!r}, DOMAIN, callback=callback)
+    except KeyboardInterrupt as err:
+        print(type(err).__name__)
+""")
+
+
+@pytest.mark.parametrize("signum", ["signal.SIGINT", "signal.SIGTERM"])
+def test_an_interrupted_training_writes_its_checkpoint_first(tmp_path, signum):
+    """Ctrl-C / SIGTERM end the run after the step in progress with a checkpoint of it (here
+    none was due before step 1000); SIGTERM raises `Terminated` (the CLI exits 143)."""
+    script = tmp_path / "script.py"
+    out = tmp_path / "run.pt"
+    script.write_text(_SIGNAL_SCRIPT.format(tests=os.path.dirname(__file__), out=str(out), signum=signum))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    said, raised = run.stdout.strip().splitlines()
+    assert said.endswith("interrupted; checkpoint written at step 5")
+    assert raised == ("Terminated" if "TERM" in signum else "KeyboardInterrupt")
+    assert load_checkpoint(out)["step"] == 5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left

@@ -29,6 +29,7 @@ from ..io import audio_info, convert_channels, resample
 
 LAYOUTS = ("stems", "musdb", "slakh")
 _MIX_FILES = {"stems": ("mix.wav", "mix.flac"), "musdb": ("mixture.wav",), "slakh": ("mix.flac", "mix.wav")}
+MIXTURE_FILES = ("mix.wav", "mix.flac", "mixture.wav")  # the mixture file of a track folder, any layout
 _STEM_SUFFIXES = (".wav", ".flac")
 _SPLIT_ALIASES = {"valid": "validation", "validation": "valid"}
 _RESAMPLE_MARGIN = 256  # output-rate samples read beyond a segment's edges when resampling

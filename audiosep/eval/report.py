@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..io import atomic_output, read_audio
+from ..io import atomic_output, check_output_dir, check_output_file, read_audio
 from .bsseval import bss_eval_v4
 
 COLUMNS = ["time", "target", "metric", "score", "track", "method"]
@@ -32,6 +33,8 @@ MIXTURE_NAMES = ("mix", "mixture")
 MUSEVAL_FORMAT_VERSION = "0.4.1"
 _JSON_METRIC_ORDER = ("SDR", "SIR", "SAR", "ISR")  # museval's TrackStore order
 _JSON_DECIMALS = 5  # museval quantises scores to 1e-5
+RUN_FILE = "run.json"  # beside a report: the folders that were scored (read by `audiosep report`)
+LENGTH_TOLERANCE = 1.0  # seconds an estimate may differ from its reference (cut or padded, with a warning)
 
 
 def track_frame(
@@ -147,22 +150,48 @@ def write_summary_csv(df: pd.DataFrame, path: str | os.PathLike) -> pd.DataFrame
     return summary
 
 
-def write_reports(df: pd.DataFrame, output: str | os.PathLike, win_seconds: float) -> list[Path]:
+def report_paths(output: str | os.PathLike) -> tuple[Path, Path]:
+    """(folder, long-table CSV) of a report `output`: a folder, or a `.csv` path (see `write_reports`)."""
+    output = Path(output)
+    return (output.parent, output) if output.suffix == ".csv" else (output, output / "report.csv")
+
+
+def check_report_output(output: str | os.PathLike) -> None:
+    """UserError unless the reports of `write_reports(df, output)` can be written (checked
+    before scoring, so no evaluation is lost at the end)."""
+    folder, report = report_paths(output)
+    check_output_dir(folder)
+    check_output_file(report)
+    if (folder / "json").exists() and not (folder / "json").is_dir():
+        raise UserError(f"{folder / 'json'}: is a file; the per-track JSON reports go in this folder")
+
+
+def write_reports(df: pd.DataFrame, output: str | os.PathLike, win_seconds: float,
+                  references: str | os.PathLike | None = None,
+                  estimates: str | os.PathLike | None = None) -> list[Path]:
     """Write the long table, its summary and one museval JSON per track, atomically.
 
     `output` is a folder (→ `report.csv`, `summary.csv`, `json/<track>.json` in it) or a
-    `.csv` path for the long table (the summary and `json/` go beside it).
-    Returns the report, summary and JSON folder paths.
+    `.csv` path for the long table (the summary and `json/` go beside it). Given the
+    reference and estimate folders that were scored, `run.json` beside them records them
+    (absolute paths), so `audiosep report` can find the audio.
+    Returns the report, summary and JSON folder paths (and run.json).
     """
-    output = Path(output)
-    folder, report = (output.parent, output) if output.suffix == ".csv" else (output, output / "report.csv")
+    folder, report = report_paths(output)
     paths = [write_csv(df, report)]
     write_summary_csv(df, folder / "summary.csv")
     paths.append(folder / "summary.csv")
     for (track, method), rows in df.groupby(["track", "method"], sort=False):
         name = f"{track}.json" if df["method"].nunique() == 1 else f"{track}.{method}.json"
         write_track_json(rows, folder / "json" / name, win_seconds)
-    return paths + [folder / "json"]
+    paths.append(folder / "json")
+    if references is not None and estimates is not None:
+        run = {"report": report.name, "references": str(Path(references).resolve()),
+               "estimates": str(Path(estimates).resolve()), "methods": sorted(df["method"].unique())}
+        with atomic_output(folder / RUN_FILE) as tmp:
+            tmp.write_text(json.dumps(run, indent=2))
+        paths.append(folder / RUN_FILE)
+    return paths
 
 
 def _is_silent(wav: np.ndarray) -> bool:
@@ -190,9 +219,6 @@ def _load_references(track_dir: Path) -> tuple[list[str], np.ndarray, int]:
         if wav.shape[-1] != first.shape[-1]:
             raise UserError(f"{path}: {wav.shape[-1]} samples but {stems[0].name} has {first.shape[-1]}")
         refs.append(wav)
-    for path, wav in zip(stems, refs):
-        if _is_silent(wav):
-            raise UserError(f"{path}: reference is silent over the whole track; BSSEval is undefined for it")
     return [p.stem for p in stems], np.stack(refs), rate
 
 
@@ -205,7 +231,12 @@ def _check_like(path: Path, wav: np.ndarray, sr: int, ref: np.ndarray, ref_sr: i
 
 
 def _load_estimates(est_dir: Path, targets: list[str], refs: np.ndarray, rate: int) -> np.ndarray:
-    """Estimates (K, C, N) for `targets`, zero-padded or cut to the references' length N."""
+    """Estimates (K, C, N) for `targets` at the references' length N.
+
+    An estimate at most `LENGTH_TOLERANCE` seconds longer or shorter than its reference is cut
+    or zero-padded with a warning (resamplers and codecs shift lengths by a few samples);
+    a larger difference is refused: the files are probably not of the same track or take.
+    """
     length = refs.shape[-1]
     ests = np.zeros_like(refs)
     for k, target in enumerate(targets):
@@ -214,8 +245,13 @@ def _load_estimates(est_dir: Path, targets: list[str], refs: np.ndarray, rate: i
             raise UserError(f"{path}: missing estimate for target '{target}'")
         wav, sr = read_audio(path)
         _check_like(path, wav, sr, refs[k], rate, "the reference")
-        if _is_silent(wav):
-            raise UserError(f"{path}: estimate is silent over the whole track; BSSEval is undefined for it")
+        if wav.shape[-1] != length:
+            diff = (wav.shape[-1] - length) / rate
+            if abs(diff) > LENGTH_TOLERANCE:
+                raise UserError(f"{path}: {wav.shape[-1]} samples, the reference {length} ({diff:+.2f} s; more than "
+                                f"{LENGTH_TOLERANCE} s apart, so probably not the same take)")
+            warnings.warn(f"{path}: {wav.shape[-1]} samples, the reference {length}: "
+                          f"{'cut' if diff > 0 else 'zero-padded'} to the reference's length", stacklevel=2)
         n = min(length, wav.shape[-1])
         ests[k, :, :n] = wav[:, :n]
     return ests
@@ -245,10 +281,13 @@ def evaluate_track(
             rounded to samples at the track's rate.
         method: value of the `method` column.
     Returns:
-        the track's long table (columns `COLUMNS`); the track name is the folder name.
+        the track's long table (columns `COLUMNS`); the track name is the folder name. A
+        target whose reference or estimate is silent over the whole track (BSSEval is
+        undefined there; museval raises) scores NaN, with a warning; the other targets are
+        scored against the remaining references.
     Raises:
         UserError naming the file: a missing estimate, a sample-rate or channel mismatch,
-        references of unequal length, a silent reference or estimate.
+        references of unequal length, an estimate of another length (see `_load_estimates`).
     """
     ref_track, est_track = Path(ref_track), Path(est_track)
     targets, refs, rate = _load_references(ref_track)
@@ -276,9 +315,19 @@ def score_track(
     """
     win = _window_samples(win_seconds, rate, "window")
     hop = _window_samples(win_seconds if hop_seconds is None else hop_seconds, rate, "hop")
-    sdr, isr, sir, sar = bss_eval_v4(
-        np.asarray(references).transpose(0, 2, 1), np.asarray(estimates).transpose(0, 2, 1), win=win, hop=hop
-    )
+    references, estimates = np.asarray(references), np.asarray(estimates)
+    silent = [_is_silent(r) or _is_silent(e) for r, e in zip(references, estimates)]
+    for name, quiet in zip(targets, silent):
+        if quiet:
+            warnings.warn(f"{track}/{name}: reference or estimate silent over the whole track; scored NaN",
+                          stacklevel=2)
+    keep = [k for k, quiet in enumerate(silent) if not quiet]
+    n_win = max(references.shape[-1] - win, 0) // hop + 1  # bss_eval_v4's window count
+    scores = np.full((4, len(targets), n_win), np.nan)
+    if keep:
+        scores[:, keep] = bss_eval_v4(references[keep].transpose(0, 2, 1), estimates[keep].transpose(0, 2, 1),
+                                      win=win, hop=hop)
+    sdr, isr, sir, sar = scores
     return track_frame(track, targets, sdr, isr, sir, sar, hop / rate, method)
 
 

@@ -37,7 +37,8 @@ def oracle_dataset(
     output = Path(output)
     opts = {"frontend": get_frontend(preset)} if name == "mel-ideal" else {}
     tables = []
-    for track in tqdm(list_tracks(data, split), desc=f"oracle {name}", unit="track", disable=not progress):
+    tracks = list_tracks(data, split)
+    for track in tqdm(tracks, desc=f"oracle {name}", unit="track", disable=not progress):
         _, stems, rate = load_track(track)
         targets = sorted(stems)
         sources = np.stack([stems[s] for s in targets])  # (K, C, N)
@@ -46,4 +47,5 @@ def oracle_dataset(
             write_audio(output / track.name / f"{target}.wav", estimate, rate)
         tables.append(score_track(track.name, targets, sources, estimates, rate, win_seconds, method=name))
     table = pd.concat(tables, ignore_index=True)
-    return table, write_reports(table, output, win_seconds)
+    split_dir = next((t.mix.parent.parent for t in tracks if t.mix is not None), None)
+    return table, write_reports(table, output, win_seconds, references=split_dir, estimates=output)

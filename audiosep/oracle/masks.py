@@ -2,11 +2,12 @@
 mixture-as-estimate baseline. Each channel is processed independently.
 
 All take the true sources `(K, C, N)` (numpy or torch; the mixture is their sum) and return
-estimates `(K, C, N)` of the same kind (see `audiosep.oracle.common`).
+estimates `(K, C, N)` of the same kind (see `audiosep.oracle.common`). The masks are
+computed block by block (`in_blocks`: the same result, bounded memory on full-length tracks).
 """
 from __future__ import annotations
 
-from .common import EPS, HOP, N_FFT, apply_masks, as_sources, like_input, stft
+from .common import EPS, HOP, N_FFT, apply_masks, as_sources, in_blocks, like_input, stft
 
 
 def ibm(sources, alpha: float = 1.0, theta: float = 0.5, n_fft: int = N_FFT, hop: int = HOP):
@@ -23,12 +24,14 @@ def ibm(sources, alpha: float = 1.0, theta: float = 0.5, n_fft: int = N_FFT, hop
     Returns:
         estimates `(K, C, N)`.
     """
-    s = as_sources(sources)
-    spec = stft(s, n_fft, hop)  # (K, C, F, T)
-    mix = spec.sum(dim=0)
-    ratio = spec.abs() ** alpha / (mix.abs() ** alpha + EPS)
-    masks = (ratio >= theta).to(s.dtype)
-    return like_input(apply_masks(masks, mix, s.shape[-1], n_fft, hop), sources)
+    def run(s):
+        spec = stft(s, n_fft, hop)  # (K, C, F, T)
+        mix = spec.sum(dim=0)
+        ratio = spec.abs() ** alpha / (mix.abs() ** alpha + EPS)
+        masks = (ratio >= theta).to(s.dtype)
+        return apply_masks(masks, mix, s.shape[-1], n_fft, hop)
+
+    return like_input(in_blocks(run, sources, n_fft, hop), sources)
 
 
 def irm(sources, alpha: float = 2.0, n_fft: int = N_FFT, hop: int = HOP):
@@ -44,11 +47,13 @@ def irm(sources, alpha: float = 2.0, n_fft: int = N_FFT, hop: int = HOP):
     Returns:
         estimates `(K, C, N)`.
     """
-    s = as_sources(sources)
-    spec = stft(s, n_fft, hop)
-    power = spec.abs() ** alpha
-    masks = power / (power.sum(dim=0) + EPS)
-    return like_input(apply_masks(masks, spec.sum(dim=0), s.shape[-1], n_fft, hop), sources)
+    def run(s):
+        spec = stft(s, n_fft, hop)
+        power = spec.abs() ** alpha
+        masks = power / (power.sum(dim=0) + EPS)
+        return apply_masks(masks, spec.sum(dim=0), s.shape[-1], n_fft, hop)
+
+    return like_input(in_blocks(run, sources, n_fft, hop), sources)
 
 
 def mixture_as_estimate(sources):

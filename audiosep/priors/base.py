@@ -247,6 +247,16 @@ def save_checkpoint(
     return path
 
 
+def _short_reason(err: BaseException, limit: int = 100) -> str:
+    """The first sentence of an exception's first line, at most `limit` characters, cut at a
+    word boundary with "..." (torch's messages run to paragraphs)."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    line = line.split(". ")[0]
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0] + "..."
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint written by `save_checkpoint` (tensors mapped to `device`).
 
@@ -254,12 +264,14 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         UserError: missing file, a file that is not an audiosep checkpoint, or a corrupt one.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, expected a checkpoint file (.pt)")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch raises many types for foreign or truncated files
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        reason = _short_reason(err)
         raise UserError(f"{path}: not a readable audiosep checkpoint ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not an audiosep checkpoint")

@@ -4,20 +4,24 @@
 - `mel_basis`: BASIS with one mel-spectrogram prior per source (`MelBasis`).
 - `separator`: reading, resampling, level normalisation, chunking, progress, writing.
 """
-from .mel_basis import BUNDLED_PRIORS, MelBasis, separation_method
+from .mel_basis import BUNDLED_PRIORS, MelBasis, model_set_name, separation_method
 from .nmf import BUNDLED_NMF, NMFModel, STFTDomain, fit_activations, learn_dictionary, separate_nmf, train_nmf
-from .separator import Method, Separator, separate_files
+from .separator import Input, Method, RunSummary, Separator, find_inputs, separate_files
 
 __all__ = [
     "BUNDLED_NMF",
     "BUNDLED_PRIORS",
+    "Input",
     "MelBasis",
     "Method",
     "NMFModel",
+    "RunSummary",
     "STFTDomain",
     "Separator",
+    "find_inputs",
     "fit_activations",
     "learn_dictionary",
+    "model_set_name",
     "separate_files",
     "separate_nmf",
     "separation_method",

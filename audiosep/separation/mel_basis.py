@@ -3,7 +3,7 @@ a `Separator` method.
 
 A mixture `(C, N)` → the mel power of its channel mean `(n_mels, T)` → the front end's [0, 1] units →
 overlapping patches `(B, 1, n_mels, patch_frames)` → `basis_separate` with dB-power mixing
-(`DbPowerMixing`), all patches in one batch → each source's patches back to mel power and
+(`DbPowerMixing`), `BATCH_PATCHES` patches at a time → each source's patches back to mel power and
 put back together (`unpatchify`) → mel powers `(K, n_mels, T)` → waveforms `(K, C, N)` by
 `invert_mel_powers` with the mixture (Wiener masks by default, the same on every channel:
 the stems sum to the mixture and keep its stereo image; Griffin-Lim gives mono stems copied
@@ -34,6 +34,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..errors import UserError
@@ -52,6 +53,15 @@ from .separator import Method
 # set the bundled priors are fine-tuned on (sources ±8 dB around equal RMS): median −17.43,
 # 5th–95th percentile −21.8 to −14.0 dBFS.
 LEVEL_DB = -17.0
+
+# Patches per `basis_separate` call (MelBasis.batch_patches). Default BASIS (bundled priors,
+# started from NMF) on 30 s of audio, 1 CPU thread, per second of audio (user / system / wall s,
+# minor page faults), measured in one process after a warm-up run, with `keep_freed_memory`:
+#   all patches of a 30 s chunk (29): 3.22 / 0.49 / 3.72 s, 293 k faults, peak RSS 1.0 GB
+#   4 patches:                        3.30 / 0.00 / 3.31 s,   2 k faults, peak RSS 0.6 GB
+# (without `keep_freed_memory`, all patches: 3.24 / 1.76 / 5.01 s, 1007 k faults; and a 10 s
+# segment cost less than a 30 s one, 4.29 s wall). 2 patches: 3.67 s user (too small to vectorise).
+BATCH_PATCHES: int | None = 4
 
 # The bundled piano/violin NCSNv2 priors, one file per source named after it (how they were
 # made and what they score: audiosep/pretrained/README.md).
@@ -130,6 +140,9 @@ class MelBasis:
             (the multichannel Wiener filter: a stereo image per source, stems sum to the mixture),
             "phase" (mixture phase) or "griffinlim" (see `invert_mel_powers`).
         hop_frames: frames between patch starts (default half a patch).
+        batch_patches: patches separated together in one `basis_separate` call (None: all
+            of a chunk). A fixed batch keeps the cost per second of audio independent of the
+            chunk length and the working memory small (see `BATCH_PATCHES`).
         level_db: the mixture RMS (dBFS) `Separator` brings inputs to (default `LEVEL_DB`).
         seed: seeds the Langevin noise and Griffin-Lim's initial phase of every call
             (default `config.seed`), so a chunk's result depends only on the chunk.
@@ -157,6 +170,7 @@ class MelBasis:
         *,
         inversion: Literal["wiener", "wiener-mc", "phase", "griffinlim"] = "wiener",
         hop_frames: int | None = None,
+        batch_patches: int | None = BATCH_PATCHES,
         level_db: float = LEVEL_DB,
         seed: int | None = None,
         init_from: Method | None = None,
@@ -177,6 +191,9 @@ class MelBasis:
         self.config = fit_schedule(config or default_basis("nmf" if init_from is not None else "mixture"),
                                    self.priors)
         self.config.noise_levels()  # an invalid σ schedule fails here, before any audio is read
+        if batch_patches is not None and batch_patches < 1:
+            raise UserError(f"batch_patches must be at least 1, got {batch_patches}")
+        self.batch_patches = batch_patches
         self.inversion, self.level_db, self.progress = inversion, float(level_db), progress
         self.seed = self.config.seed if seed is None else int(seed)
         self.mixing = DbPowerMixing(self.frontend)
@@ -242,8 +259,9 @@ class MelBasis:
         """Mixture mel power `(n_mels, T)` → source mel powers `(K, n_mels, T)` (same units).
 
         The mixture is cut into patches of `frontend.patch_frames` frames every
-        `hop_frames` (the end padded with silence), all separated in one `basis_separate`
-        batch, and each source's patches are averaged back as powers (see the module doc).
+        `hop_frames` (the end padded with silence), separated `batch_patches` at a time by
+        `basis_separate` (one generator runs through the batches), and each source's patches
+        are averaged back as powers (see the module doc).
         `init` (optional): starting source mel powers `(K, n_mels, T)`, cut the same way.
         """
         patches, layout = patchify(self.frontend.to_unit(mix_mel), self.frontend.patch_frames, self.hop_frames)
@@ -251,8 +269,14 @@ class MelBasis:
             init = patchify(self.frontend.to_unit(init), self.frontend.patch_frames, self.hop_frames)[0]
             init = init.unflatten(0, (len(self.priors), patches.shape[0]))
         generator = torch.Generator().manual_seed(self.seed)
-        sources = basis_separate(self.priors, patches, self.mixing, self.config, init=init, generator=generator,
-                                 progress=self.progress)  # (K, B, 1, n_mels, patch_frames)
+        size = self.batch_patches or patches.shape[0]
+        batches = [slice(start, start + size) for start in range(0, patches.shape[0], size)]
+        sources = torch.cat([
+            basis_separate(self.priors, patches[b], self.mixing, self.config, init=None if init is None else init[:, b],
+                           generator=generator, progress=self.progress and len(batches) == 1)
+            for b in tqdm(batches, desc="BASIS patches", unit="batch", leave=False,
+                          disable=not self.progress or len(batches) == 1)
+        ], dim=1)  # (K, B, 1, n_mels, patch_frames)
         return unpatchify(self.frontend.from_unit(sources), *layout)
 
     def __repr__(self) -> str:
@@ -320,6 +344,19 @@ def _check_sources(sources: tuple[str, ...], n_priors: int) -> None:
     repeated = sorted({s for s in sources if sources.count(s) > 1})
     if repeated:
         raise UserError(f"source name(s) {', '.join(repeated)} given twice; each source needs its own name")
+
+
+def model_set_name(paths: Sequence[str | os.PathLike]) -> str:
+    """The name of a model set, for `OUT/<name>/<track>/` (`audiosep separate -n`): one file
+    (an NMF model) → its stem; several (one prior per source) → the folder they share
+    (the bundled priors: "ncsn_piano_violin"), else "basis_" + their stems."""
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        return paths[0].stem
+    parents = {p.resolve().parent for p in paths}
+    if len(parents) == 1 and next(iter(parents)).name:
+        return next(iter(parents)).name
+    return "basis_" + "_".join(p.stem for p in paths)
 
 
 def separation_method(paths: Sequence[str | os.PathLike], requested: str | None = None) -> Literal["nmf", "basis"]:

@@ -362,8 +362,12 @@ def train_nmf(
     Returns:
         the saved `NMFModel`.
     Raises:
-        UserError: missing dataset/split, an unknown source, too little non-silent audio.
+        UserError: missing dataset/split, an unknown source, too little non-silent audio,
+            a count below 1 (atoms, iterations, frames).
     """
+    for name, value in (("n_atoms", n_atoms), ("n_iter", n_iter), ("max_frames", max_frames)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
     domain = STFTDomain(sample_rate, n_fft, hop_length)
     tracks = list_tracks(data, split)
     have = list_sources(tracks)

@@ -15,16 +15,19 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..data.stems import MIXTURE_FILES
 from ..devices import resolve_device
 from ..errors import UserError
-from ..io import audio_info, convert_channels, fit_length, read_audio, resample, write_audio
+from ..io import (AUDIO_SUFFIXES, OutputFormat, audio_info, check_output_dir, convert_channels, fit_length,
+                  limit_peaks, read_audio, resample, write_stems)
 
 DEFAULT_LEVEL_DB = -20.0  # mixture RMS (dBFS) for methods that state none
 
@@ -123,14 +126,6 @@ class Separator:
             out[k] = _to_input(stems[k], self.sample_rate, sample_rate, channels, length)
         return out
 
-    def separate_file(self, path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
-        """Separate one file into `output_dir/<track>/<source>.wav` (see `separate_files`)."""
-        return separate_files([path], output_dir, self, progress=False)[0]
-
-    def output_paths(self, path: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
-        """{source: output_dir/<track>/<source>.wav}, the track being the input file's stem."""
-        return {s: Path(output_dir) / Path(path).stem / f"{s}.wav" for s in self.sources}
-
     def _run_chunks(self, x: np.ndarray) -> np.ndarray:
         """The method over overlapping chunks of `x` `(C, N)` at its rate → `(K, C, N)`."""
         length = x.shape[-1]
@@ -158,47 +153,156 @@ class Separator:
         return out
 
 
-def separate_files(paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike, separator: Separator,
-                   progress: bool = True) -> list[dict[str, Path]]:
-    """Separate each file into `output_dir/<track>/<source>.wav` (written atomically).
+@dataclass(frozen=True)
+class Input:
+    """One mixture to separate: its file and the track name its stems go under
+    (`OUT/<name>/<track>/<source>.<ext>`; may contain "/" for files found in sub-folders)."""
 
-    Every input is checked before anything is separated or written.
+    path: Path
+    track: str
 
-    Returns:
-        one {source: path} per input, in order.
+
+@dataclass
+class RunSummary:
+    """What `separate_files` did: per written track {source: path}, per failed input its
+    one-line reason, and notes (e.g. peaks that were rescaled)."""
+
+    written: list[tuple[Input, dict[str, Path]]] = field(default_factory=list)
+    failed: list[tuple[Input, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def find_inputs(items: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Input]:
+    """The mixtures named by files and folders, in order.
+
+    A file is one input (track: its stem). A dataset split (`DATA/<split>`: sub-folders with
+    a mix.wav / mixture.wav / mix.flac, as the stems, MUSDB18 and Slakh2100 layouts have) gives
+    each track's mixture (track: the folder's name, so `audiosep evaluate DATA/<split> OUT/<name>`
+    scores the run). Any other folder gives its audio files, recursively (hidden files and
+    anything under `exclude`, the output folder, are skipped; track: the path relative to the
+    folder, without suffix). Inputs are not opened here.
+
     Raises:
-        UserError: a missing or unreadable input, two inputs with the same track name, an
-            output path that is one of the inputs, or an `output_dir` that is a file.
+        UserError: a missing path, a folder without audio, a dataset root instead of a split,
+            or two inputs that would share a track folder.
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    found: list[Input] = []
+    for item in map(Path, items):
+        if not item.exists():
+            raise UserError(f"{item}: no such file or folder")
+        found += _folder_inputs(item, exclude) if item.is_dir() else [Input(item, item.stem)]
+    if not found:
         raise UserError("no input files given")
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise UserError(f"{output_dir}: exists and is not a folder")
-    outputs = [separator.output_paths(p, output_dir) for p in paths]
-    _check_inputs(paths, outputs)
-    for path, out in tqdm(list(zip(paths, outputs)), desc="files", unit="file",
-                          disable=not progress or len(paths) < 2):
-        wav, sr = read_audio(path)
-        stems = separator.separate(wav, sr)
-        for stem, target in zip(stems, out.values()):
-            write_audio(target, stem, sr)
-    return outputs
-
-
-def _check_inputs(paths: list[Path], outputs: list[dict[str, Path]]) -> None:
-    """UserError for an unreadable input, a repeated track name, or an output that is an input."""
     seen: dict[str, Path] = {}
-    for path in paths:
-        audio_info(path)
-        if path.stem in seen and seen[path.stem].resolve() != path.resolve():
-            raise UserError(f"{path} and {seen[path.stem]} would both be written to the track folder '{path.stem}'; rename one")
-        seen[path.stem] = path
-    inputs = {p.resolve(): p for p in paths}
-    for out in outputs:
-        for target in out.values():
-            if target.resolve() in inputs:
-                raise UserError(f"{inputs[target.resolve()]}: separating would overwrite this input with {target}")
+    for inp in found:
+        other = seen.setdefault(inp.track, inp.path)
+        if other.resolve() != inp.path.resolve():
+            raise UserError(f"{inp.path} and {other} would both be written to the track folder "
+                            f"'{inp.track}'; rename one")
+    unique = {inp.path.resolve(): inp for inp in found}  # a file given twice is separated once
+    return list(unique.values())
+
+
+def _folder_inputs(folder: Path, exclude: str | os.PathLike | None) -> list[Input]:
+    """The inputs of one folder (see `find_inputs`)."""
+    tracks = sorted(d for d in folder.iterdir() if d.is_dir() and _mixture_file(d) is not None)
+    if tracks:
+        return [Input(_mixture_file(d), d.name) for d in tracks]
+    if any(_mixture_file(t) for d in folder.iterdir() if d.is_dir() for t in d.iterdir() if t.is_dir()):
+        raise UserError(f"{folder}: a dataset with splits; give one split, e.g. {folder / 'test'}")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and not (skip is not None and p.resolve().is_relative_to(skip))
+    )
+    if not files:
+        raise UserError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+    return [Input(p, p.relative_to(folder).with_suffix("").as_posix()) for p in files]
+
+
+def _mixture_file(track_dir: Path) -> Path | None:
+    """The mixture of a dataset track folder (stems, MUSDB18 or Slakh2100 layout), if any."""
+    return next((track_dir / name for name in MIXTURE_FILES if (track_dir / name).is_file()), None)
+
+
+def output_paths(inp: Input, output_dir: str | os.PathLike, sources: Sequence[str],
+                 fmt: OutputFormat) -> dict[str, Path]:
+    """{source: output_dir/<track>/<source>.<ext>}."""
+    return {s: Path(output_dir) / inp.track / f"{s}{fmt.suffix}" for s in sources}
+
+
+def separate_files(inputs: Sequence[str | os.PathLike | Input], output_dir: str | os.PathLike,
+                   separator: Separator, fmt: OutputFormat | None = None, strict: bool = False,
+                   shard: tuple[int, int] = (0, 1), progress: bool = True,
+                   on_track: Callable[[Input, dict[str, Path]], None] | None = None) -> RunSummary:
+    """Separate every input into `output_dir/<track>/<source>.<ext>`.
+
+    Before any compute: the output folder must be writable and every input is opened; an
+    unreadable input is reported in `failed` and skipped (with `strict`, it stops the run). A
+    failure during one input's separation (e.g. too short for the method) likewise. The stems
+    of one track are written together atomically (`write_stems`), after `limit_peaks`; a note
+    says when a track's peaks were changed or, with clip_mode "none", are above full scale.
+
+    Args:
+        inputs: paths (files, folders: see `find_inputs`), or `Input`s.
+        fmt: output format (default `OutputFormat()`: float wav, rescale).
+        strict: raise the first input's error instead of skipping it.
+        shard: (index, count): separate only inputs index, index + count, ... (for `--jobs` and
+            torchrun ranks; every input is seeded on its own, so shards equal one process).
+        on_track: called after each track is written (the CLI prints it).
+    Raises:
+        UserError: no inputs, an output folder that cannot be written, or (strict) an input's error.
+    """
+    fmt = fmt or OutputFormat()
+    check_output_dir(output_dir)
+    found = list(inputs) if all(isinstance(i, Input) for i in inputs) else find_inputs(inputs, exclude=output_dir)
+    index, count = shard
+    summary = RunSummary()
+    todo = []
+    for inp in found[index::count]:
+        try:
+            audio_info(inp.path)
+            _check_not_output(inp, output_paths(inp, output_dir, separator.sources, fmt))
+            todo.append(inp)
+        except UserError as err:
+            if strict:
+                raise
+            summary.failed.append((inp, str(err)))
+    for inp in tqdm(todo, desc="files", unit="file", disable=not progress or len(todo) < 2):
+        try:
+            out = _separate_one(inp, output_dir, separator, fmt, summary.notes)
+        except UserError as err:
+            named = UserError(str(err) if str(inp.path) in str(err) else f"{inp.path}: {err}")
+            if strict:
+                raise named from None
+            summary.failed.append((inp, str(named)))
+            continue
+        summary.written.append((inp, out))
+        if on_track is not None:
+            on_track(inp, out)
+    return summary
+
+
+def _separate_one(inp: Input, output_dir: str | os.PathLike, separator: Separator, fmt: OutputFormat,
+                  notes: list[str]) -> dict[str, Path]:
+    """Read, separate, limit peaks and write one input; its {source: path}."""
+    wav, sr = read_audio(inp.path)
+    stems, peak = limit_peaks(separator.separate(wav, sr), fmt.clip_mode)
+    if peak > 1.0:
+        action = {"rescale": f"all its stems scaled by {0.999 / peak:.3f}", "clamp": "clamped at ±1",
+                  "none": "kept (float wav)"}[fmt.clip_mode]
+        notes.append(f"{inp.track}: stems peaked at {peak:.2f} (above full scale): {action} (--clip-mode {fmt.clip_mode})")
+    out = output_paths(inp, output_dir, separator.sources, fmt)
+    write_stems(list(out.values()), stems, sr, fmt)
+    return out
+
+
+def _check_not_output(inp: Input, outputs: dict[str, Path]) -> None:
+    """UserError if separating `inp` would overwrite it."""
+    if inp.path.resolve() in {p.resolve() for p in outputs.values()}:
+        raise UserError(f"{inp.path}: separating would overwrite this input with itself")
 
 
 def _to_input(stem: np.ndarray, method_rate: int, rate: int, channels: int, length: int) -> np.ndarray:

@@ -46,6 +46,17 @@ def save_mel(audio: str | Path, output: str | Path, preset: str = "default", pic
 
 def save_mel_picture(unit: np.ndarray, frontend: Frontend, path: Path) -> Path:
     """Draw a (C, n_mels, frames) [0, 1] mel spectrogram, one panel per channel, as a PNG."""
+    png = mel_picture(unit, frontend)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(png)
+    return path
+
+
+def mel_picture(unit: np.ndarray, frontend: Frontend, compact: bool = False) -> bytes:
+    """PNG bytes of a (C, n_mels, frames) [0, 1] mel spectrogram, one panel per channel;
+    `compact`: a small picture without colour bar or title (for the listening report)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,20 +64,28 @@ def save_mel_picture(unit: np.ndarray, frontend: Frontend, path: Path) -> Path:
 
     n_chan, n_mels, n_frames = unit.shape
     seconds = n_frames * frontend.hop_length / frontend.sample_rate
-    fig, axes = plt.subplots(n_chan, 1, figsize=(10, 2.6 * n_chan), squeeze=False)
+    size = (4.2, 1.3 * n_chan) if compact else (10, 2.6 * n_chan)
+    fig, axes = plt.subplots(n_chan, 1, figsize=size, squeeze=False)
     for c, ax in enumerate(axes[:, 0]):
         image = ax.imshow(unit[c], origin="lower", aspect="auto", cmap="magma", vmin=0, vmax=1,
                           extent=(0, seconds, 0, n_mels))
-        ax.set_ylabel(f"mel band (ch {c})")
-    axes[-1, 0].set_xlabel("time (s)")
-    fig.colorbar(image, ax=axes[:, 0].tolist(),
-                 label=f"[0, 1] ↔ [{frontend.db_lo:g}, {frontend.db_hi:g}] dB")
-    fig.suptitle(f"{frontend.name}: {n_mels} mels, {frontend.fmin:g}–{frontend.fmax:g} Hz, "
-                 f"{frontend.sample_rate} Hz")
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        if not compact:
+            ax.set_ylabel(f"mel band (ch {c})")
+    if compact:
+        fig.subplots_adjust(left=0.02, right=0.99, top=0.97, bottom=0.2)
+        for ax in axes[:, 0]:
+            ax.set_yticks([])
+        axes[-1, 0].tick_params(labelsize=7)
+    else:
+        axes[-1, 0].set_xlabel("time (s)")
+        fig.colorbar(image, ax=axes[:, 0].tolist(),
+                     label=f"[0, 1] ↔ [{frontend.db_lo:g}, {frontend.db_hi:g}] dB")
+        fig.suptitle(f"{frontend.name}: {n_mels} mels, {frontend.fmin:g}–{frontend.fmax:g} Hz, "
+                     f"{frontend.sample_rate} Hz")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
     plt.close(fig)
-    return path
+    return buffer.getvalue()
 
 
 def load_mel(npy: str | Path) -> tuple[np.ndarray, Frontend, dict]:

@@ -88,18 +88,12 @@ fi
 # excerpts rendered with TimGM6mb (a timbre no model is trained on), as TAG:FOLDER.
 test_sets="fluidr3:$data unseen:$data_unseen"
 
-# separate_test DATA NAME ARGS...: `audiosep separate ARGS` on every test mixture of DATA into
-# $exp/NAME/<track>/ (`separate` names its output after the input file, here always mix.wav:
-# one call per track)
+# separate_test DATA NAME ARGS...: `audiosep separate ARGS` on every test mixture of DATA
+# (the split folder: each track's mix.wav) into $exp/NAME/<track>/
 separate_test() {
     local data_dir=$1 name=$2; shift 2
-    for track in "$data_dir"/test/*/; do
-        rm -rf "$exp/${name}_tmp"
-        $audiosep separate "$track/mix.wav" -o "$exp/${name}_tmp" --device "$device" "$@" >/dev/null
-        mkdir -p "$exp/$name/$(basename "$track")"
-        mv "$exp/${name}_tmp/mix/"*.wav "$exp/$name/$(basename "$track")/"
-    done
-    rm -rf "$exp/${name}_tmp"
+    $audiosep separate "$data_dir/test" -o "$exp/$(dirname "$name")" -n "$(basename "$name")" \
+        --device "$device" "$@" >/dev/null
 }
 
 # BASIS runs for each kind of prior whose two checkpoints exist (train_ncsn=1, train_glow=1).
@@ -151,7 +145,7 @@ if run_stage 3; then
 fi
 
 if run_stage 4; then
-    echo "stage 4: summary table"
+    echo "stage 4: summary table and listening reports"
     .venv/bin/python - "$exp" <<'PY'
 import sys
 from pathlib import Path
@@ -165,4 +159,9 @@ for test_set in sorted(p for p in exp.iterdir() if p.is_dir() and any(p.glob("or
     print(f"\n{test_set.name} test set")
     print(summary.pivot_table(index=["method", "target"], columns="metric", values="score").round(2).to_string())
 PY
+    # the listening report of each test set: players, mel pictures and scores of every system
+    for set in $test_sets; do
+        tag=${set%%:*}
+        [ -d "$exp/$tag" ] && $audiosep report "$exp/$tag" -o "$exp/$tag/report.html"
+    done
 fi

@@ -1,0 +1,203 @@
+"""The listening report: one self-contained HTML page to see and hear a separation run.
+
+`audiosep report RUN_DIR -o report.html` finds every evaluation under RUN_DIR (a folder with
+`run.json` beside its `report.csv`, written by `audiosep evaluate` and `audiosep oracle`) and
+draws, per track: audio players for the mixture, the references and every method's estimates,
+a mel spectrogram picture under each, and the track's metric table (median over windows);
+then the summary across tracks and methods (median over windows, then tracks, as
+`summarize`) with a picture of SDR per method and source.
+
+Everything is embedded (audio as MP3, pictures as PNG, as data: URIs), so the file opens
+anywhere, without a network or the run folder. Clips are cut to `seconds` and at most
+`max_tracks` tracks are shown, to keep the page small (about 0.2 MB per 10 s clip). A script
+at the end of the page records, once loaded, how many players and pictures the browser
+decoded (`data-audio-ok` / `data-images-ok` on <body>): the tests read them in headless
+Chromium.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..io import atomic_output, read_audio
+from ..spectral.files import mel_picture
+from ..spectral.frontend import get_frontend
+from .report import MIXTURE_NAMES, RUN_FILE, summarize
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One scored run found under RUN_DIR: its long table and the folders it scored."""
+
+    table: pd.DataFrame
+    references: Path
+    estimates: Path
+
+
+def find_evaluations(run_dir: str | os.PathLike) -> list[Evaluation]:
+    """Every evaluation under `run_dir` (folders holding `run.json` and its report), sorted by path.
+
+    Raises:
+        UserError: no such folder, or no evaluation in it.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    found = []
+    for run_file in sorted(run_dir.rglob(RUN_FILE)):
+        try:
+            run = json.loads(run_file.read_text())
+            table = pd.read_csv(run_file.parent / run["report"])
+        except (OSError, ValueError, KeyError) as err:
+            raise UserError(f"{run_file}: not a run description written by `audiosep evaluate` ({err})") from None
+        found.append(Evaluation(table, Path(run["references"]), Path(run["estimates"])))
+    if not found:
+        raise UserError(f"{run_dir}: no evaluations in it (folders with {RUN_FILE}, written by `audiosep evaluate` "
+                        "or `audiosep oracle`)")
+    return found
+
+
+def write_listening_report(run_dir: str | os.PathLike, output: str | os.PathLike, max_tracks: int = 10,
+                           seconds: float = 30.0, preset: str = "default", progress: bool = True) -> Path:
+    """Write the HTML listening report of the evaluations under `run_dir` (see the module docstring).
+
+    Args:
+        max_tracks: tracks with players and pictures (the first in name order); the summary
+            covers all of them.
+        seconds: length of every embedded clip (from the start).
+        preset: front end of the mel pictures.
+    Returns:
+        the path written (atomically).
+    """
+    evaluations = find_evaluations(run_dir)
+    table = pd.concat([e.table for e in evaluations], ignore_index=True)
+    frontend = get_frontend(preset)
+    tracks = sorted(table["track"].unique())
+    sections = [
+        _track_section(track, evaluations, table[table.track == track], frontend, seconds)
+        for track in tqdm(tracks[:max_tracks], desc="report", unit="track", disable=not progress)
+    ]
+    page = _page(Path(run_dir).name, _summary_section(table, len(tracks), max_tracks), sections)
+    with atomic_output(output) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return Path(output)
+
+
+def _track_section(track: str, evaluations: list[Evaluation], rows: pd.DataFrame, frontend, seconds: float) -> str:
+    """HTML of one track: players with pictures (mixture, references, estimates), metric table."""
+    references = next((e.references / track for e in evaluations if (e.references / track).is_dir()), None)
+    clips: list[tuple[str, Path]] = []
+    if references is not None:
+        mixture = [p for p in sorted(references.glob("*.wav")) if p.stem.lower() in MIXTURE_NAMES]
+        stems = [p for p in sorted(references.glob("*.wav")) if p.stem.lower() not in MIXTURE_NAMES]
+        clips += [("mixture", p) for p in mixture[:1]] + [(f"reference: {p.stem}", p) for p in stems]
+    for evaluation in evaluations:
+        methods = evaluation.table["method"].unique()
+        for path in sorted((evaluation.estimates / track).glob("*.wav")):
+            clips.append((f"{', '.join(methods)}: {path.stem}", path))
+    cells = "".join(_clip_cell(label, path, frontend, seconds) for label, path in clips)
+    medians = rows.groupby(["method", "target", "metric"])["score"].median().unstack("metric")
+    return (f"<section><h2>{html.escape(track)}</h2><div class='clips'>{cells}</div>"
+            f"{_table_html(medians)}</section>")
+
+
+def _clip_cell(label: str, path: Path, frontend, seconds: float) -> str:
+    """A player and the mel picture of the first `seconds` of one audio file."""
+    wav, rate = read_audio(path)
+    wav = wav[:, : int(seconds * rate)]
+    audio = base64.b64encode(_mp3_bytes(wav, rate)).decode("ascii")
+    mono = torch.from_numpy(read_audio(path, sample_rate=frontend.sample_rate, channels=1)[0])
+    unit = frontend.encode(mono[:, : int(seconds * frontend.sample_rate)]).numpy()
+    picture = base64.b64encode(mel_picture(unit, frontend, compact=True)).decode("ascii")
+    return (f"<figure><figcaption>{html.escape(label)}</figcaption>"
+            f"<audio controls preload='metadata' src='data:audio/mpeg;base64,{audio}'></audio>"
+            f"<img alt='mel spectrogram of {html.escape(label)}' src='data:image/png;base64,{picture}'></figure>")
+
+
+def _mp3_bytes(wav: np.ndarray, rate: int) -> bytes:
+    """`(C, N)` audio as MP3 (libsndfile's encoder), peaks above full scale scaled down."""
+    peak = float(np.max(np.abs(wav))) if wav.size else 0.0
+    wav = wav / peak * 0.999 if peak > 1.0 else wav
+    buffer = io.BytesIO()
+    sf.write(buffer, wav.T, rate, format="MP3", subtype="MPEG_LAYER_III")
+    return buffer.getvalue()
+
+
+def _summary_section(table: pd.DataFrame, n_tracks: int, max_tracks: int) -> str:
+    """HTML of the summary across tracks: median table and the SDR picture."""
+    summary = summarize(table)
+    wide = summary.pivot_table(index=["method", "target"], columns="metric", values="score")
+    picture = base64.b64encode(_sdr_picture(summary)).decode("ascii")
+    shown = f"; players for the first {max_tracks}" if n_tracks > max_tracks else ""
+    return (f"<section><h2>Summary ({n_tracks} tracks{shown})</h2>"
+            "<p>Median over 1 s windows, then over tracks (BSSEval v4, dB).</p>"
+            f"{_table_html(wide)}<img alt='SDR per method and source' src='data:image/png;base64,{picture}'>"
+            "</section>")
+
+
+def _sdr_picture(summary: pd.DataFrame) -> bytes:
+    """PNG bytes of a grouped bar chart: median SDR per method (groups) and target (bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sdr = summary[summary.metric == "SDR"].pivot_table(index="method", columns="target", values="score")
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(sdr) * max(1, len(sdr.columns)) / 2, 3.2))
+    sdr.plot.bar(ax=ax, rot=20)
+    ax.set_ylabel("median SDR (dB)")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.legend(title="target", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    return frame.round(2).to_html(classes="scores", na_rep="NaN", border=0)
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+.clips { display: flex; flex-wrap: wrap; gap: 0.8em; }
+figure { margin: 0; width: 420px; } figcaption { font-size: 0.85em; margin-bottom: 0.2em; }
+audio { width: 100%; } figure img { width: 100%; display: block; }
+table.scores { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+table.scores td, table.scores th { padding: 0.15em 0.6em; text-align: right; border-bottom: 1px solid #ddd; }
+"""
+
+# Once everything loaded: how many players decoded their audio and pictures their image.
+_CHECK = """
+<script>
+window.addEventListener('load', function () {
+  var audios = Array.from(document.querySelectorAll('audio'));
+  var images = Array.from(document.querySelectorAll('img'));
+  function count() {
+    document.body.dataset.audioOk = audios.filter(a => a.readyState >= 1 && a.duration > 0).length + '/' + audios.length;
+    document.body.dataset.imagesOk = images.filter(i => i.complete && i.naturalWidth > 0).length + '/' + images.length;
+  }
+  audios.forEach(a => a.addEventListener('loadedmetadata', count));
+  count();
+});
+</script>
+"""
+
+
+def _page(title: str, summary: str, sections: list[str]) -> str:
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>audiosep: {html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>audiosep listening report: {html.escape(title)}</h1>"
+            f"{summary}{''.join(sections)}{_CHECK}</body></html>")
