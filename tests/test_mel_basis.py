@@ -81,7 +81,7 @@ def test_oracle_gaussian_priors_recover_the_sources():
     hop = TINY.patch_frames // 2
     priors = [GaussianPrior(patchify(TINY.encode(s), TINY.patch_frames, hop)[0], 0.02) for s in (a, b)]
     method = MelBasis(priors, BasisConfig(n_levels=4, steps_per_level=50), ["a", "b"], hop_frames=hop,
-                      progress=False)
+                      batch_patches=None, progress=False)  # the priors know every patch: one batch
     mix = (a + b)[None]
     stems = method(mix)
     assert stems.shape == (2, 1, mix.shape[1]) and stems.dtype == torch.float32
@@ -128,7 +128,7 @@ def test_stereo_mixture_keeps_its_image():
               for s in (a, b)]
     mix = torch.stack([a + b, 0.25 * a + b])
     stems = MelBasis(priors, BasisConfig(n_levels=4, steps_per_level=50), ["a", "b"], hop_frames=hop,
-                     progress=False)(mix)
+                     batch_patches=None, progress=False)(mix)
     assert stems.shape == (2, 2, mix.shape[1])
     assert _sdr(a, stems[0, 0]) > 15 and _sdr(0.25 * a, stems[0, 1]) > 15  # measured 26.5, 21.2
     assert _sdr(b, stems[1, 0]) > 15 and _sdr(b, stems[1, 1]) > 15  # measured 23.7, 30.4
