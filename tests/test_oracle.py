@@ -152,10 +152,11 @@ def test_mel_ideal_through_project_inversion():
     assert (si_sdr(sources, est) > 25).all()
 
 
-@pytest.mark.parametrize("name", ["ibm", "irm1", "irm2"])
-def test_mask_oracles_in_blocks_equal_one_pass(name, monkeypatch):
-    """Full-length tracks are masked block by block (bounded memory); small blocks give the
-    same estimates as one pass over the whole signal."""
+@pytest.mark.parametrize("name", ["ibm", "irm1", "irm2", "mwf"])
+def test_oracles_in_blocks_equal_one_pass(name, monkeypatch):
+    """Full-length tracks are processed block by block (bounded memory; MWF in two passes, its
+    spatial covariances over every frame); small blocks give the same estimates as one pass
+    over the whole signal."""
     from audiosep.oracle import common
 
     rng = np.random.default_rng(3)

@@ -90,12 +90,37 @@ def in_blocks(fn: Callable[[Tensor], Tensor], sources, n_fft: int = N_FFT, hop: 
         estimates `(K, C, N)` on the CPU, in the sources' dtype.
     """
     x = _cpu_sources(sources)
-    length = x.shape[-1]
-    margin = -(-n_fft // hop) * hop  # ≥ n_fft, on the hop grid
-    block = max(hop, block // hop * hop)
     out = torch.empty_like(x)
-    for start in range(0, length, block):
-        stop = min(start + block, length)
-        lo, hi = max(start - margin, 0), min(stop + margin, length)
+    for lo, start, stop, hi in block_bounds(x.shape[-1], n_fft, hop, block):
         out[..., start:stop] = fn(x[..., lo:hi].to(torch.float64))[..., start - lo:stop - lo]
     return out
+
+
+def block_bounds(length: int, n_fft: int = N_FFT, hop: int = HOP, block: int | None = None
+                 ) -> list[tuple[int, int, int, int]]:
+    """(lo, start, stop, hi) of the blocks `in_blocks` uses: [start, stop) kept, [lo, hi) computed."""
+    margin = -(-n_fft // hop) * hop  # ≥ n_fft, on the hop grid
+    block = max(hop, (BLOCK if block is None else block) // hop * hop)
+    return [(max(start - margin, 0), start, min(start + block, length), min(start + block + margin, length))
+            for start in range(0, length, block)]
+
+
+def frame_sums(fn: Callable[[Tensor], Tensor], sources, n_fft: int = N_FFT, hop: int = HOP,
+               block: int | None = None) -> Tensor:
+    """Σ over every STFT frame of the whole signal of `fn(spec)`, block by block.
+
+    `fn` maps source STFTs `(K, C, F, t)` (float64 complex) to a sum over their frames; each
+    frame of the whole signal (centred at t·hop) is taken from the one block whose kept
+    interior holds its centre, where it equals the whole signal's frame. For statistics that
+    `in_blocks` cannot localise (e.g. time-invariant spatial covariances).
+    """
+    x = _cpu_sources(sources)
+    length = x.shape[-1]
+    total = None
+    for lo, start, stop, hi in block_bounds(length, n_fft, hop, block):
+        spec = stft(x[..., lo:hi].to(torch.float64), n_fft, hop)
+        first = -(-start // hop)  # global frames with centre in [start, stop), the last block to the end
+        last = length // hop + 1 if stop == length else -(-stop // hop)
+        part = fn(spec[..., first - lo // hop:last - lo // hop])
+        total = part if total is None else total + part
+    return total

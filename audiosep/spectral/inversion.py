@@ -221,10 +221,19 @@ def spatial_covariances(spec: Tensor) -> Tensor:
         Rⱼ(f) = Σₜ SⱼSⱼᴴ scaled to trace C, `(K, F, C, C)` Hermitian; the identity where a
         source is silent at f.
     """
-    n_chan = spec.shape[1]
-    outer = torch.einsum("kaft,kbft->kfab", spec, spec.conj())
+    return normalise_covariances(covariance_sums(spec))
+
+
+def covariance_sums(spec: Tensor) -> Tensor:
+    """Σₜ SⱼSⱼᴴ `(K, F, C, C)` of source STFTs `(K, C, F, T)` (sums over blocks of frames add up)."""
+    return torch.einsum("kaft,kbft->kfab", spec, spec.conj())
+
+
+def normalise_covariances(outer: Tensor) -> Tensor:
+    """`covariance_sums` `(K, F, C, C)` scaled to trace C; the identity where the trace is 0."""
+    n_chan = outer.shape[-1]
     trace = torch.diagonal(outer, dim1=-2, dim2=-1).real.sum(dim=-1)  # (K, F)
-    eye = torch.eye(n_chan, dtype=spec.dtype, device=spec.device)
+    eye = torch.eye(n_chan, dtype=outer.dtype, device=outer.device)
     silent = (trace <= 0)[..., None, None]
     scaled = outer * (n_chan / trace.clamp(min=float(torch.finfo(torch.float64).eps)))[..., None, None]
     return torch.where(silent, eye, scaled)
