@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..io import atomic_output, read_audio
+from ..io import atomic_output, convert_channels, read_audio, resample
 from ..spectral.files import mel_picture
 from ..spectral.frontend import get_frontend
 from .report import MIXTURE_NAMES, RUN_FILE, summarize
@@ -118,8 +118,8 @@ def _clip_cell(label: str, path: Path, frontend, seconds: float) -> str:
     wav, rate = read_audio(path)
     wav = wav[:, : int(seconds * rate)]
     audio = base64.b64encode(_mp3_bytes(wav, rate)).decode("ascii")
-    mono = torch.from_numpy(read_audio(path, sample_rate=frontend.sample_rate, channels=1)[0])
-    unit = frontend.encode(mono[:, : int(seconds * frontend.sample_rate)]).numpy()
+    mono = convert_channels(resample(wav, rate, frontend.sample_rate), 1)  # the clip, read once
+    unit = frontend.encode(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
     picture = base64.b64encode(mel_picture(unit, frontend, compact=True)).decode("ascii")
     return (f"<figure><figcaption>{html.escape(label)}</figcaption>"
             f"<audio controls preload='metadata' src='data:audio/mpeg;base64,{audio}'></audio>"
