@@ -110,7 +110,7 @@ def _cmd_train_ncsn(args: argparse.Namespace) -> None:
 
     from .config import from_dict, load_yaml
     from .io import check_output_file
-    from .train import NCSNRun, train_ncsn
+    from .training.ncsn import NCSNRun, train_ncsn, train_ncsn_images
 
     check_output_file(args.output)
     run = load_yaml(NCSNRun, args.config) if args.config else from_dict(NCSNRun, {})
@@ -118,11 +118,20 @@ def _cmd_train_ncsn(args: argparse.Namespace) -> None:
     model_overrides = {k: getattr(args, k) for k in ("version", "nf") if getattr(args, k) is not None}
     if args.init_from is not None and model_overrides:
         raise UserError("--version/--nf: the network of --init-from is fine-tuned as it is; give one or the other")
-    _set_threads(args.threads)
-    result = train_ncsn(args.data, args.source, args.output, preset=args.preset,
-                        model_config=dataclasses.replace(run.model, **model_overrides),
-                        config=dataclasses.replace(run.train, **overrides), device=args.device,
-                        init_from=args.init_from)
+    model_config = dataclasses.replace(run.model, **model_overrides)
+    config = dataclasses.replace(run.train, **overrides)
+    if args.images is not None:
+        if args.source is not None or args.init_from is not None:
+            raise UserError("--images trains on the whole image set: --source and --init-from are for --data")
+        _set_threads(args.threads)
+        result = train_ncsn_images(args.images, args.output, model_config=model_config, config=config,
+                                   device=args.device)
+    else:
+        if args.source is None:
+            raise UserError("--data needs --source (the source to model)")
+        _set_threads(args.threads)
+        result = train_ncsn(args.data, args.source, args.output, preset=args.preset, model_config=model_config,
+                            config=config, device=args.device, init_from=args.init_from)
     print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
           f"{_valid_text(result['valid_loss'], 'valid loss')}")
 
@@ -132,7 +141,7 @@ def _cmd_train_flow(args: argparse.Namespace) -> None:
 
     from .config import from_dict, load_yaml
     from .io import check_output_file
-    from .train import FlowRun, train_flow
+    from .training.flow import FlowRun, train_flow, train_flow_images
 
     check_output_file(args.output)
     run = load_yaml(FlowRun, args.config) if args.config else from_dict(FlowRun, {})
@@ -140,16 +149,46 @@ def _cmd_train_flow(args: argparse.Namespace) -> None:
     model_overrides = {k: getattr(args, k) for k in ("conditioning", "levels", "depth", "hidden")
                        if getattr(args, k) is not None}
     finetune_steps = args.finetune_steps if args.finetune_steps is not None else run.finetune_steps
-    _set_threads(args.threads)
-    result = train_flow(args.data, args.source, args.output, arch=args.kind, preset=args.preset,
-                        model_config=dataclasses.replace(run.model, **model_overrides),
-                        config=dataclasses.replace(run.train, **overrides), finetune_steps=finetune_steps,
-                        device=args.device)
+    model_config = dataclasses.replace(run.model, **model_overrides)
+    config = dataclasses.replace(run.train, **overrides)
+    if args.images is not None:
+        if args.source is not None:
+            raise UserError("--images trains on the whole image set: --source is for --data")
+        _set_threads(args.threads)
+        result = train_flow_images(args.images, args.output, arch=args.kind, model_config=model_config,
+                                   config=config, finetune_steps=finetune_steps, device=args.device)
+    else:
+        if args.source is None:
+            raise UserError("--data needs --source (the source to model)")
+        _set_threads(args.threads)
+        result = train_flow(args.data, args.source, args.output, arch=args.kind, preset=args.preset,
+                            model_config=model_config, config=config, finetune_steps=finetune_steps,
+                            device=args.device)
     for member in result.get("members", []):
         print(f"  sigma {member['sigma']:.4g}: step {member['step']}, "
               f"{_valid_text(member['valid_loss'], 'valid', ' bits/dim')}")
     print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f} bits/dim, "
           f"{_valid_text(result['valid_loss'], 'valid', ' bits/dim')}")
+
+
+def _cmd_train_vae(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from .config import from_dict, load_yaml
+    from .io import check_output_file
+    from .training.vae import VAERun, train_vae
+
+    check_output_file(args.output)
+    run = load_yaml(VAERun, args.config) if args.config else from_dict(VAERun, {})
+    model_overrides = {k: getattr(args, k) for k in ("n_sources", "arch", "latent_dim") if getattr(args, k) is not None}
+    if args.autoencoder:
+        model_overrides["variational"] = False
+    run = dataclasses.replace(run, model=dataclasses.replace(run.model, **model_overrides),
+                              train=dataclasses.replace(run.train, **_train_overrides(args)))
+    _set_threads(args.threads)
+    result = train_vae(args.images, args.output, run, device=args.device)
+    print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
+          f"{_valid_text(result['valid_loss'], 'valid loss')} (nats per training input)")
 
 
 def _cmd_train_nmf(args: argparse.Namespace) -> None:
@@ -400,10 +439,17 @@ def _add_oracle(sub) -> None:
     p.set_defaults(run=_cmd_oracle)
 
 
-def _add_prior_data(p) -> None:
-    """The data and output options every `train PRIOR` command shares."""
-    p.add_argument("--data", type=Path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
-    p.add_argument("--source", required=True, help="the source to model, e.g. piano")
+def _add_prior_data(p, images: bool = False) -> None:
+    """The data and output options every `train PRIOR` command shares (`images`: it also
+    trains on an image dataset, `--images`, instead of a source of a stems dataset)."""
+    data = p.add_mutually_exclusive_group(required=True) if images else p
+    data.add_argument("--data", type=Path, required=not images,
+                      help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
+    if images:
+        data.add_argument("--images", metavar="SPEC",
+                          help="image dataset instead: digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR or a folder")
+    p.add_argument("--source", required=not images, help="the source to model, e.g. piano" +
+                   (" (with --data)" if images else ""))
     p.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
     p.add_argument("--preset", default="default", help="front end (default, audiosourcesep)")
 
@@ -421,10 +467,10 @@ def _add_prior_run(p) -> None:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model on a stems dataset (ncsn, glow, realnvp priors; nmf baseline)")
+    p = sub.add_parser("train", help="train a model (ncsn, glow, realnvp priors; vae: VAE-BSS on image mixtures; nmf baseline)")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")  # ncsn, glow, realnvp, nmf
-    ncsn = kinds.add_parser("ncsn", help="NCSN score network on [0, 1] mel patches (resumes from -o)")
-    _add_prior_data(ncsn)
+    ncsn = kinds.add_parser("ncsn", help="NCSN score network on [0, 1] mel patches or images (resumes from -o)")
+    _add_prior_data(ncsn, images=True)
     ncsn.add_argument("--config", type=Path, help="YAML with `model:` (NCSNConfig) and `train:` (TrainConfig)")
     ncsn.add_argument("--version", choices=["v1", "v2"], help="network (default v2)")
     ncsn.add_argument("--nf", type=_positive_int, help="base width of the network")
@@ -436,7 +482,21 @@ def _add_train(sub) -> None:
     ncsn.set_defaults(run=_cmd_train_ncsn)
 
     for kind, name in (("glow", "Glow"), ("realnvp", "RealNVP")):
-        _add_train_flow(kinds.add_parser(kind, help=f"{name} flow prior on [0, 1] mel patches (resumes from -o)"))
+        _add_train_flow(kinds.add_parser(kind, help=f"{name} flow prior on [0, 1] mel patches or centred images (resumes from -o)"))
+
+    vae = kinds.add_parser("vae", help="VAE-BSS: a VAE with K latent sources trained on image mixtures only "
+                                       "(resumes from -o)")
+    vae.add_argument("--images", required=True, metavar="SPEC",
+                     help="image dataset: digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR or a folder")
+    vae.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
+    vae.add_argument("--config", type=Path, help="YAML with `model:` (VAEConfig), `train:` (TrainConfig), `loss:`")
+    vae.add_argument("--sources", dest="n_sources", type=_positive_int, help="K, sources decoded per mixture (default 2)")
+    vae.add_argument("--arch", choices=["mlp", "conv"], help="network (default mlp, the paper's)")
+    vae.add_argument("--latent-dim", type=_positive_int, help="latent size per source (default 20)")
+    vae.add_argument("--autoencoder", action="store_true", help="a deterministic auto-encoder instead of a VAE")
+    vae.add_argument("--steps", type=_positive_int, help="total optimiser steps (across resumes)")
+    _add_prior_run(vae)
+    vae.set_defaults(run=_cmd_train_vae)
 
     nmf = kinds.add_parser("nmf", help="supervised NMF: one spectral dictionary per source")
     nmf.add_argument("--data", type=Path, required=True, help="stems dataset DATA/<split>/<track>/{mix,<source>}.wav")
@@ -455,7 +515,7 @@ def _add_train(sub) -> None:
 
 
 def _add_train_flow(flow) -> None:
-    _add_prior_data(flow)
+    _add_prior_data(flow, images=True)
     flow.add_argument("--config", type=Path,
                       help="YAML with `model:` (FlowConfig), `train:` (TrainConfig) and `finetune_steps`")
     flow.add_argument("--conditioning", choices=["none", "sigma", "bundle"],

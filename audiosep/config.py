@@ -7,7 +7,7 @@ and values are checked against the field annotations (int, float, bool, str, Lit
 tuples/lists, `X | None`, nested dataclasses). PyYAML reads `1e-3` as a string, so a
 float field also accepts a string that parses as a number.
 
-`TrainConfig` is the configuration of `audiosep.train.train`, shared by every prior.
+`TrainConfig` is the configuration of `audiosep.training.train`, shared by every prior.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Settings of the shared training loop (`audiosep.train.train`).
+    """Settings of the shared training loop (`audiosep.training.train`).
 
     Fields: steps (optimiser steps in total, across resumes); batch_size (items per
     process and step: the global batch is batch_size × number of processes); lr,

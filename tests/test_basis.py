@@ -10,7 +10,8 @@ import torch
 
 from audiosep.errors import UserError
 from audiosep.priors import Domain, Prior, sigma_per_sample
-from audiosep.separation.basis import BasisConfig, basis_separate, tweedie_denoise
+from audiosep.priors.denoising import tweedie_denoise
+from audiosep.separation.basis import BasisConfig, basis_separate
 from audiosep.separation.mixing import DbPowerMixing, LinearMixing
 from audiosep.spectral.frontend import get_frontend
 

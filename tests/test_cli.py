@@ -268,11 +268,12 @@ def test_train_bad_device_is_one_line_and_writes_nothing(tmp_path, capsys, kind)
 
 
 def test_train_without_a_validation_says_so_instead_of_nan(monkeypatch, tmp_path, capsys):
-    import audiosep.train
+    import audiosep.training.flow
+    import audiosep.training.ncsn
 
     nan = float("nan")
-    monkeypatch.setattr(audiosep.train, "train_ncsn", lambda *a, **k: {"step": 2, "loss": 0.5, "valid_loss": nan})
-    monkeypatch.setattr(audiosep.train, "train_flow", lambda *a, **k: {
+    monkeypatch.setattr(audiosep.training.ncsn, "train_ncsn", lambda *a, **k: {"step": 2, "loss": 0.5, "valid_loss": nan})
+    monkeypatch.setattr(audiosep.training.flow, "train_flow", lambda *a, **k: {
         "step": 3, "loss": 2.5, "valid_loss": nan,
         "members": [{"sigma": 0.1, "step": 2, "loss": 2.0, "valid_loss": 1.25},
                     {"sigma": 1.0, "step": 1, "loss": 2.5, "valid_loss": nan}]})
@@ -291,7 +292,7 @@ def test_train_ncsn_init_from_fine_tunes_a_prior_of_the_same_front_end(tmp_path,
 
     from audiosep.priors.base import Domain, load_checkpoint, load_prior
     from audiosep.spectral.frontend import get_frontend
-    from audiosep.train import _initial_prior
+    from audiosep.training.ncsn import initial_prior
 
     root = _training_data(tmp_path / "data")
     base, tuned, bad = tmp_path / "base.pt", tmp_path / "tuned.pt", tmp_path / "bad.pt"
@@ -301,7 +302,7 @@ def test_train_ncsn_init_from_fine_tunes_a_prior_of_the_same_front_end(tmp_path,
                     "--steps", "2", "-o", out, *extra)
 
     assert train("audiosourcesep", base, "--nf", "4") == 0
-    start = _initial_prior(base, Domain.mel(get_frontend("audiosourcesep")), "ncsn")
+    start = initial_prior(base, Domain.mel(get_frontend("audiosourcesep")), "ncsn")
     assert start.training and all(torch.equal(a, b) for a, b in
                                    zip(start.state_dict().values(), load_prior(base).state_dict().values()))
     assert train("audiosourcesep", tuned, "--init-from", base) == 0

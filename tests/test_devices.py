@@ -6,7 +6,7 @@ import inspect
 import pytest
 import torch
 
-import audiosep.train as train_module
+import audiosep.training.loop as train_module
 from audiosep.devices import resolve_device
 from audiosep.errors import UserError
 from audiosep.separation.separator import Separator
@@ -35,7 +35,7 @@ def fake_cuda(monkeypatch):
 
 @pytest.fixture
 def train_device(monkeypatch):
-    """`train_device(device)`: the device `audiosep.train.train` runs on (the loop itself is stubbed)."""
+    """`train_device(device)`: the device `audiosep.training.train` runs on (the loop itself is stubbed)."""
     run_parameters = inspect.signature(train_module._run)
 
     def fake_run(*args, **kwargs):

@@ -41,7 +41,8 @@ from audiosep.priors.flows import (
 from audiosep.priors.ncsn import geometric_sigmas
 from audiosep.separation.basis import BasisConfig, basis_separate
 from audiosep.separation.mixing import LinearMixing
-from audiosep.train import bundle_member_path, seed_everything, train
+from audiosep.training import seed_everything, train
+from audiosep.training.flow import bundle_member_path
 
 F64 = torch.float64
 COND = 32  # the σ-embedding width (flows.EMBED_DIM)
@@ -345,7 +346,7 @@ _DDP_SCRIPT = textwrap.dedent("""
     from audiosep.config import TrainConfig
     from audiosep.priors import Domain
     from audiosep.priors.flows import Glow, flow_nll
-    from audiosep.train import train
+    from audiosep.training import train
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -426,3 +427,19 @@ def test_cli_flow_error_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "multiples of 64, got 1×96×64" in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "g.pt").exists()
+
+
+@pytest.mark.parametrize("conditioning", ["sigma", "bundle"])
+def test_flows_train_on_centred_images(tmp_path, conditioning):
+    from audiosep.training.flow import train_flow_images
+
+    out = tmp_path / "g.pt"
+    config = FlowConfig(conditioning=conditioning, levels=2, depth=1, hidden=4, n_sigmas=2)
+    result = train_flow_images("digits", out, model_config=config, finetune_steps=1, valid_items=8,
+                               config=TrainConfig(steps=2, batch_size=4, valid_batches=1, progress=False))
+    prior = load_prior(out, expected_domain=Domain.image((1, 8, 8), (-0.5, 0.5)))
+    assert np.isfinite(result["valid_loss"])
+    sigma = prior.fixed_sigmas[0] if prior.fixed_sigmas else 0.5
+    assert prior.score(torch.zeros(3, 1, 8, 8), sigma).shape == (3, 1, 8, 8)
+    stored = load_checkpoint(bundle_member_path(out, 1.0) if conditioning == "bundle" else out)
+    assert stored["extra"]["data"] == {"images": "digits"}

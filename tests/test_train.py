@@ -14,7 +14,7 @@ from audiosep.config import TrainConfig, from_dict, load_yaml, to_dict
 from audiosep.errors import UserError
 from audiosep.priors import Domain, NCSNConfig, NCSNv1, NCSNv2, dsm_loss, load_prior
 from audiosep.priors.base import load_checkpoint
-from audiosep.train import EMA, seed_everything, train, validation_loss
+from audiosep.training import EMA, seed_everything, train, validation_loss
 
 DOMAIN = Domain.image((1, 16, 16))
 
@@ -261,7 +261,7 @@ def _write_stems(root, seconds=3.0):
 
 def test_short_flow_bundle_run_validates_every_member(tmp_path):
     from audiosep.priors.flows import FlowConfig
-    from audiosep.train import bundle_member_path, train_flow
+    from audiosep.training.flow import bundle_member_path, train_flow
 
     data = _write_stems(tmp_path / "data")
     model = FlowConfig(conditioning="bundle", levels=2, depth=1, hidden=4, n_sigmas=2)
@@ -283,7 +283,7 @@ _DDP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_train import DOMAIN, _RandomCrops, _config, _tiny_model
     from audiosep.priors import dsm_loss
-    from audiosep.train import train
+    from audiosep.training import train
     torch.set_num_threads(1)
     dist.init_process_group("gloo")  # as train() would; kept open to report the state after it
     rank = dist.get_rank()
@@ -340,7 +340,7 @@ _SIGNAL_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_train import DOMAIN, _RandomCrops, _config, _tiny_model
     from audiosep.priors import dsm_loss
-    from audiosep.train import train
+    from audiosep.training import train
 
     def callback(step, logs):
         if step == 5:

@@ -199,16 +199,18 @@ def best_permutation(
     infinite ones as very good/bad but finite.
 
     Args:
-        references, estimates: `(K, ...)`, K sources stacked first (numpy or torch).
+        references, estimates: `(J, ...)` and `(K, ...)`, sources stacked first (numpy or
+            torch), K ≥ J: with more estimates than references (a model that decodes K
+            sources of a J-source mixture) the J best-matching estimates are chosen.
         metric: broadcasting function `(ref, est) -> scores`, e.g. `si_sdr` or `psnr`.
         maximize: True for similarity metrics (dB, SSIM), False for errors (MSE).
     Returns:
-        (perm `(K,)` int, estimates[perm] as float64 numpy): `estimates[perm[i]]` is the
+        (perm `(J,)` int, estimates[perm] as float64 numpy): `estimates[perm[i]]` is the
         estimate assigned to reference i.
     """
     ref, est = as_numpy(references), as_numpy(estimates)
-    if ref.shape[0] != est.shape[0]:
-        raise ValueError(f"{ref.shape[0]} references but {est.shape[0]} estimates")
+    if ref.shape[0] > est.shape[0]:
+        raise ValueError(f"{ref.shape[0]} references but only {est.shape[0]} estimates")
     scores = np.asarray(metric(ref[:, None], est[None, :]), dtype=np.float64)
     scores = scores.reshape(ref.shape[0], est.shape[0], -1).mean(axis=-1)
     big = 1e12
@@ -216,3 +218,33 @@ def best_permutation(
     rows, cols = linear_sum_assignment(scores, maximize=maximize)
     perm = cols[np.argsort(rows)]
     return perm, est[perm]
+
+
+def image_separation_scores(references, estimates, data_range: float = 1.0) -> dict[str, np.ndarray]:
+    """PSNR and SSIM of separated images, per mixture, with the best source assignment.
+
+    For each mixture the J references are matched to J of the K ≥ J estimates by
+    `best_permutation` under PSNR (per `(C, H, W)` image); PSNR is then averaged over the
+    J sources (the BASIS paper's measure), and so is SSIM (mean over channels of
+    grey-level SSIM).
+
+    Args:
+        references: `(M, J, C, H, W)`; estimates: `(M, K, C, H, W)`, same units.
+        data_range: the span of valid pixel values (1 for [0, 1]).
+    Returns:
+        {"psnr": `(M,)` dB, "ssim": `(M,)`}.
+    """
+    ref, est = as_numpy(references), as_numpy(estimates)
+    if ref.ndim != 5 or est.ndim != 5 or ref.shape[0] != est.shape[0] or ref.shape[2:] != est.shape[2:]:
+        raise ValueError(f"need references (M, J, C, H, W) and estimates (M, K, C, H, W), "
+                         f"got {ref.shape} and {est.shape}")
+
+    def image_psnr(r: np.ndarray, e: np.ndarray) -> np.ndarray:
+        return _psnr(r, e, data_range, (-3, -2, -1))
+
+    psnrs, ssims = np.empty(ref.shape[0]), np.empty(ref.shape[0])
+    for i in range(ref.shape[0]):
+        _, matched = best_permutation(ref[i], est[i], image_psnr)
+        psnrs[i] = image_psnr(ref[i], matched).mean()
+        ssims[i] = _ssim(ref[i], matched, data_range).mean() if min(ref.shape[-2:]) >= SSIM_WIN_SIZE else np.nan
+    return {"psnr": psnrs, "ssim": ssims}

@@ -319,7 +319,7 @@ def load_prior(
     The EMA weights are used when the checkpoint has them, else the raw weights.
 
     Args:
-        path: a checkpoint written by `save_checkpoint` / `audiosep.train.train`.
+        path: a checkpoint written by `save_checkpoint` / `audiosep.training.train`.
         expected_domain: if given, the checkpoint's domain must equal it.
         device: where to put the model ("cpu", "cuda", "cuda:1", ...).
 

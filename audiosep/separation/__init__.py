@@ -3,6 +3,8 @@
 - `nmf`: supervised NMF (fixed per-source dictionaries, Wiener masks), the baseline.
 - `mel_basis`: BASIS with one mel-spectrogram prior per source (`MelBasis`).
 - `separator`: reading, resampling, level normalisation, chunking, progress, writing.
+- `basis`, `mixing`: annealed Langevin over K priors and the mixing models (audio and images).
+- `vae_bss`: VAE-BSS inference and VAEM masking (image mixtures).
 """
 from .mel_basis import BUNDLED_PRIORS, MelBasis, model_set_name, separation_method
 from .nmf import BUNDLED_NMF, NMFModel, STFTDomain, fit_activations, learn_dictionary, separate_nmf, train_nmf

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..priors.base import Prior
+from ..priors.denoising import tweedie
 from ..priors.ncsn import BASIS_SIGMAS, geometric_sigmas
 from .mixing import DbPowerMixing, LinearMixing, MixingModel
 
@@ -151,11 +152,6 @@ class BasisConfig:
         """λᵢ = multiplier/γᵢ², γᵢ = σᵢ unless `likelihood_sigma` fixes it."""
         gammas = [self.likelihood_sigma or s for s in self.noise_levels()]
         return [self.constraint_multiplier / g**2 for g in gammas]
-
-
-def tweedie_denoise(prior: Prior, x: Tensor, sigma: float) -> Tensor:
-    """Tweedie's estimate of the clean signal, x + σ²·s(x, σ), for a batch `x (B, ...)`."""
-    return x + sigma**2 * prior.score(x, sigma)
 
 
 def basis_separate(
@@ -287,8 +283,8 @@ def _scores(priors: Sequence[Prior], x: Tensor, sigma: float) -> Tensor:
 
 
 def _denoise(priors: Sequence[Prior], x: Tensor, sigma: float) -> Tensor:
-    """Tweedie's estimate x + σ²·s(x, σ) of every source `(K, B, ...)` (`tweedie_denoise`, per prior)."""
-    return x + sigma**2 * _scores(priors, x, sigma)
+    """Tweedie's estimate x + σ²·s(x, σ) of every source `(K, B, ...)` (`priors.denoising.tweedie`)."""
+    return tweedie(x, _scores(priors, x, sigma), sigma)
 
 
 def _noise(x: Tensor, generator: torch.Generator) -> Tensor:

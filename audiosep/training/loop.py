@@ -20,7 +20,6 @@ after each backward pass, and only rank 0 writes checkpoints and shows progress.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 import os
@@ -38,21 +37,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .config import TrainConfig, to_dict
-from .devices import resolve_device
-from .errors import Terminated, UserError
-from .priors.base import Domain, Prior, load_checkpoint, load_prior, save_checkpoint
-from .priors.flows import (
-    FLOWS,
-    FlowBundle,
-    FlowConfig,
-    build_flow,
-    bundle_sigmas,
-    check_flow_shape,
-    flow_nll,
-    member_config,
-)
-from .priors.ncsn import NCSNConfig, build_ncsn, dsm_loss
+from ..config import TrainConfig, to_dict
+from ..devices import resolve_device
+from ..errors import Terminated, UserError
+from ..priors.base import Domain, Prior, load_checkpoint, save_checkpoint
 
 LossFn = Callable[[Prior, Any], Tensor]
 Callback = Callable[[int, dict[str, float]], None]
@@ -352,8 +340,13 @@ def _optimizer_step(
     model: Prior, loss_fn: LossFn, batch: Any, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     config: TrainConfig, world: int, step: int,
 ) -> float:
-    """One update: loss, backward, gradient average over processes, clipping, Adam. Returns the loss."""
-    loss = loss_fn(model, batch)
+    """One update: loss, backward, gradient average over processes, clipping, Adam. Returns the loss.
+
+    A loss with an `at_step(step)` method (a scheduled loss, e.g. a β warm-up) is asked for
+    the loss of this step (1-based); validation calls the loss itself.
+    """
+    step_loss = loss_fn.at_step(step) if hasattr(loss_fn, "at_step") else loss_fn
+    loss = step_loss(model, batch)
     loss_value = loss.item()
     if not math.isfinite(loss_value):
         raise RuntimeError(f"training loss became {loss_value} at step {step}; lower lr or set grad_clip")
@@ -496,184 +489,3 @@ def _checkpoint(
         )
     if world > 1:
         dist.barrier()
-
-
-# ----------------------------------------------------------------------------- entry points
-
-
-def mel_patches(data: str | os.PathLike, source: str, frontend: Any, split: str, length: int,
-                seed: int) -> Dataset:
-    """Random [0, 1] mel patches `(1, n_mels, patch_frames)` of one source of a stems dataset.
-
-    Crops are mono at the front end's rate, just long enough for `frontend.patch_frames`
-    frames; near-silent crops are redrawn. Item i depends only on (seed, i).
-    """
-    from .data.stems import SourceCrops, SourcePatches
-
-    crops = SourceCrops(data, source, split=split, crop_samples=(frontend.patch_frames - 1) * frontend.hop_length,
-                        sample_rate=frontend.sample_rate, channels=1, length=length, seed=seed)
-    return SourcePatches(crops, frontend.encode, frames=frontend.patch_frames)
-
-
-def _patch_sets(data: str | os.PathLike, source: str, frontend: Any, config: TrainConfig,
-                valid_items: int) -> tuple[Dataset, Dataset]:
-    """(train patches: steps × batch_size items, drawn with `config.seed`; valid patches:
-    `valid_items` fixed crops of the valid split, drawn with `config.seed + 1`), for every prior kind."""
-    train_ds = mel_patches(data, source, frontend, "train", config.steps * config.batch_size, config.seed)
-    valid_ds = mel_patches(data, source, frontend, "valid", valid_items, config.seed + 1)
-    return train_ds, valid_ds
-
-
-@dataclasses.dataclass
-class NCSNRun:
-    """The YAML file of `audiosep train ncsn --config`: `model:` and `train:` sections."""
-
-    model: NCSNConfig = dataclasses.field(default_factory=NCSNConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-
-
-def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike, preset: str = "default",
-               model_config: NCSNConfig | None = None, config: TrainConfig | None = None, device: str = "cpu",
-               valid_items: int = 256, init_from: str | os.PathLike | None = None) -> dict[str, float]:
-    """Train an NCSN prior on the mel patches of one source: `audiosep train ncsn`.
-
-    Every step draws fresh crops from the `train` split (the dataset has steps × batch_size
-    items); the validation loss uses `valid_items` fixed crops of the `valid` split. With
-    NCSNv2 rules (null sigma_max / n_levels in `model_config`) the schedule is set from 500
-    training patches. The checkpoint carries the model config and the mel domain.
-
-    init_from: fine-tune: start from the weights (EMA weights if stored), network and σ
-    schedule of this NCSN checkpoint (`model_config` is then not used); it must have been
-    trained on the same front end. The step count starts at 0 with a fresh optimiser.
-    """
-    from .spectral.frontend import get_frontend
-
-    frontend = get_frontend(preset)
-    model_config = model_config or NCSNConfig()
-    config = config or TrainConfig()
-    train_ds, valid_ds = _patch_sets(data, source, frontend, config, valid_items)
-    if init_from is not None:
-        model = _initial_prior(init_from, Domain.mel(frontend), "ncsn")
-    else:
-        samples = None
-        if model_config.sigma_max is None or model_config.n_levels is None:
-            samples = torch.stack([train_ds[i] for i in range(min(500, len(train_ds)))])
-        seed_everything(config.seed)
-        model = build_ncsn(model_config, samples)
-    return train(model, dsm_loss, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device,
-                 data={"source": source})
-
-
-def _initial_prior(path: str | os.PathLike, domain: Domain, kind: str) -> Prior:
-    """The prior at `path` (weights, config) to fine-tune, in training mode.
-
-    Raises:
-        UserError: as `load_prior`, or a checkpoint of another kind or front end.
-    """
-    model = load_prior(path, expected_domain=domain)
-    if not model.kind.startswith(kind):
-        raise UserError(f"{path}: a {model.kind} checkpoint cannot start a {kind} training")
-    return model.train()
-
-
-@dataclasses.dataclass
-class FlowRun:
-    """The YAML file of `audiosep train glow|realnvp --config`: `model:` (FlowConfig), `train:`
-    (TrainConfig), and `finetune_steps` (bundle only: steps of every member after the first,
-    which trains for `train.steps`; null → `train.steps`)."""
-
-    model: FlowConfig = dataclasses.field(default_factory=FlowConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    finetune_steps: int | None = None
-
-
-def train_flow(data: str | os.PathLike, source: str, out_path: str | os.PathLike, arch: str = "glow",
-               preset: str = "default", model_config: FlowConfig | None = None, config: TrainConfig | None = None,
-               finetune_steps: int | None = None, device: str = "cpu", valid_items: int = 256) -> dict[str, Any]:
-    """Train a flow prior (Glow or RealNVP) on the mel patches of one source: `audiosep train glow|realnvp`.
-
-    The loss is bits per dimension of the noisy patches (`flow_nll`), so the progress bar
-    and the validation loss read in bits/dim. Conditioning "none" and "sigma" train one
-    model to `out_path` like `train_ncsn`; "bundle" hands over to `train_flow_bundle`.
-    The patch shape is checked against the architecture before any training.
-
-    Returns:
-        {"step", "loss", "valid_loss"} (bits/dim), plus "members" for a bundle.
-    """
-    from .spectral.frontend import get_frontend
-
-    frontend = get_frontend(preset)
-    model_config = model_config or FlowConfig()
-    config = config or TrainConfig()
-    if arch not in FLOWS:
-        raise UserError(f"unknown flow {arch!r}; choose one of: {', '.join(FLOWS)}")
-    check_flow_shape(arch, model_config.channels, model_config.levels,
-                     (1, frontend.n_mels, frontend.patch_frames))
-    if model_config.conditioning == "bundle":
-        return train_flow_bundle(data, source, out_path, arch, preset, model_config, config, finetune_steps,
-                                 device, valid_items)
-    train_ds, valid_ds = _patch_sets(data, source, frontend, config, valid_items)
-    seed_everything(config.seed)
-    model = build_flow(arch, model_config)
-    return train(model, flow_nll, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device,
-                 data={"source": source})
-
-
-def bundle_member_path(out_path: str | os.PathLike, sigma: float) -> Path:
-    """Where `train_flow_bundle` keeps the training state of the member at `sigma`:
-    `<out stem>_members/sigma_<σ>.pt` beside the bundle."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.stem + "_members") / f"sigma_{sigma:.6g}.pt"
-
-
-def train_flow_bundle(data: str | os.PathLike, source: str, out_path: str | os.PathLike, arch: str = "glow",
-                      preset: str = "default", model_config: FlowConfig | None = None,
-                      config: TrainConfig | None = None, finetune_steps: int | None = None, device: str = "cpu",
-                      valid_items: int = 256) -> dict[str, Any]:
-    """Train a per-σ flow bundle: one unconditional flow per σ of the schedule, serially from
-    the smallest σ up, each member initialised from the previous member's EMA weights; then
-    write all members (EMA weights) into one `FlowBundle` checkpoint at `out_path`.
-
-    Every member is an ordinary `train` run with its own checkpoint
-    (`bundle_member_path`), so an interrupted bundle resumes where it stopped: finished
-    members are read back, the interrupted one resumes from its last checkpoint. The first
-    member trains `config.steps` steps, the others `finetune_steps` (default: the same);
-    member i uses seed `config.seed + i` for its crops and noise. Under torchrun every
-    process trains every member; rank 0 writes the bundle.
-
-    Returns:
-        {"step" (all members' steps), "loss", "valid_loss" (the last member's, bits/dim),
-         "members": [{"sigma", "step", "loss", "valid_loss"}, ...] in training order}.
-    """
-    from .spectral.frontend import get_frontend
-
-    frontend = get_frontend(preset)
-    model_config = model_config or FlowConfig(conditioning="bundle")
-    config = config or TrainConfig()
-    domain = Domain.mel(frontend)
-    sigmas = bundle_sigmas(model_config)
-    members, previous, results = {}, None, []
-    for index, sigma in enumerate(sorted(sigmas)):
-        steps = config.steps if index == 0 or finetune_steps is None else finetune_steps
-        member_train = dataclasses.replace(config, steps=steps, seed=config.seed + index)
-        train_ds, valid_ds = _patch_sets(data, source, frontend, member_train, valid_items)
-        seed_everything(member_train.seed)
-        member = build_flow(arch, dataclasses.replace(model_config, conditioning="none", noise_sigma=sigma))
-        if previous is not None:
-            member.load_state_dict(previous)
-        if config.progress:
-            tqdm.write(f"member {index + 1}/{len(sigmas)}: sigma {sigma:.4g}")
-        path = bundle_member_path(out_path, sigma)
-        result = train(member, flow_nll, train_ds, valid_ds, member_train, path, domain, device,
-                       data={"source": source})
-        previous = members[sigma] = load_checkpoint(path)["ema"]
-        results.append({"sigma": sigma, **result})
-    bundle = FlowBundle(arch, member_config(model_config), sigmas)
-    for member, sigma in zip(bundle.members, sigmas):
-        member.load_state_dict(members[sigma])
-    total = sum(int(r["step"]) for r in results)
-    if int(os.environ.get("RANK", "0")) == 0:
-        save_checkpoint(out_path, bundle, domain, step=total,
-                        extra={"train_config": to_dict(config), "finetune_steps": finetune_steps,
-                               "members": results, "valid_loss": results[-1]["valid_loss"]})
-    return {"step": total, "loss": results[-1]["loss"], "valid_loss": results[-1]["valid_loss"], "members": results}

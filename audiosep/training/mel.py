@@ -1,0 +1,32 @@
+"""Mel-patch training data shared by every mel prior kind (NCSN, flows)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from ..config import TrainConfig
+
+
+def mel_patches(data: str | os.PathLike, source: str, frontend: Any, split: str, length: int,
+                seed: int) -> Dataset:
+    """Random [0, 1] mel patches `(1, n_mels, patch_frames)` of one source of a stems dataset.
+
+    Crops are mono at the front end's rate, just long enough for `frontend.patch_frames`
+    frames; near-silent crops are redrawn. Item i depends only on (seed, i).
+    """
+    from ..data.stems import SourceCrops, SourcePatches
+
+    crops = SourceCrops(data, source, split=split, crop_samples=(frontend.patch_frames - 1) * frontend.hop_length,
+                        sample_rate=frontend.sample_rate, channels=1, length=length, seed=seed)
+    return SourcePatches(crops, frontend.encode, frames=frontend.patch_frames)
+
+
+def patch_sets(data: str | os.PathLike, source: str, frontend: Any, config: TrainConfig,
+                valid_items: int) -> tuple[Dataset, Dataset]:
+    """(train patches: steps × batch_size items, drawn with `config.seed`; valid patches:
+    `valid_items` fixed crops of the valid split, drawn with `config.seed + 1`), for every prior kind."""
+    train_ds = mel_patches(data, source, frontend, "train", config.steps * config.batch_size, config.seed)
+    valid_ds = mel_patches(data, source, frontend, "valid", valid_items, config.seed + 1)
+    return train_ds, valid_ds

@@ -1,0 +1,93 @@
+"""NCSN entry points: `audiosep train ncsn` on mel patches of one source (and fine-tuning), or on images."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from ..config import TrainConfig
+from ..errors import UserError
+from ..priors.base import Domain, Prior, load_prior
+from ..priors.ncsn import NCSNConfig, build_ncsn, dsm_loss
+from .images import image_sets
+from .loop import seed_everything, train
+from .mel import patch_sets
+
+
+@dataclasses.dataclass
+class NCSNRun:
+    """The YAML file of `audiosep train ncsn --config`: `model:` and `train:` sections."""
+
+    model: NCSNConfig = dataclasses.field(default_factory=NCSNConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike, preset: str = "default",
+               model_config: NCSNConfig | None = None, config: TrainConfig | None = None, device: str = "cpu",
+               valid_items: int = 256, init_from: str | os.PathLike | None = None) -> dict[str, float]:
+    """Train an NCSN prior on the mel patches of one source: `audiosep train ncsn`.
+
+    Every step draws fresh crops from the `train` split (the dataset has steps × batch_size
+    items); the validation loss uses `valid_items` fixed crops of the `valid` split. With
+    NCSNv2 rules (null sigma_max / n_levels in `model_config`) the schedule is set from 500
+    training patches. The checkpoint carries the model config and the mel domain.
+
+    init_from: fine-tune: start from the weights (EMA weights if stored), network and σ
+    schedule of this NCSN checkpoint (`model_config` is then not used); it must have been
+    trained on the same front end. The step count starts at 0 with a fresh optimiser.
+    """
+    from ..spectral.frontend import get_frontend
+
+    frontend = get_frontend(preset)
+    model_config = model_config or NCSNConfig()
+    config = config or TrainConfig()
+    train_ds, valid_ds = patch_sets(data, source, frontend, config, valid_items)
+    if init_from is not None:
+        model = initial_prior(init_from, Domain.mel(frontend), "ncsn")
+    else:
+        model = _fresh_ncsn(model_config, config, train_ds)
+    return train(model, dsm_loss, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device,
+                 data={"source": source})
+
+
+def train_ncsn_images(images: str, out_path: str | os.PathLike, model_config: NCSNConfig | None = None,
+                      config: TrainConfig | None = None, device: str = "cpu",
+                      valid_items: int | None = None) -> dict[str, float]:
+    """Train an NCSN prior on an image dataset: `audiosep train ncsn --images SPEC`.
+
+    Images are `(C, H, W)` in [0, 1] (the BASIS/NCSN convention, m = x₁ + x₂); the last
+    `valid_items` images of the train split (default: a tenth, at most 1000) are the
+    validation set (`training.images`).
+    The checkpoint's domain is the image shape and value range, so BASIS refuses it on
+    images of another size.
+    """
+    model_config = model_config or NCSNConfig()
+    config = config or TrainConfig()
+    train_ds, valid_ds, domain, name = image_sets(images, valid_items)
+    if model_config.channels != domain.shape[0]:
+        model_config = dataclasses.replace(model_config, channels=domain.shape[0])
+    model = _fresh_ncsn(model_config, config, train_ds)
+    return train(model, dsm_loss, train_ds, valid_ds, config, out_path, domain, device, data={"images": name})
+
+
+def _fresh_ncsn(model_config: NCSNConfig, config: TrainConfig, train_ds) -> Prior:
+    """A new NCSN seeded by `config.seed`; the NCSNv2 rules (null sigma_max / n_levels) read
+    the first 500 training items."""
+    samples = None
+    if model_config.sigma_max is None or model_config.n_levels is None:
+        samples = torch.stack([train_ds[i] for i in range(min(500, len(train_ds)))])
+    seed_everything(config.seed)
+    return build_ncsn(model_config, samples)
+
+
+def initial_prior(path: str | os.PathLike, domain: Domain, kind: str) -> Prior:
+    """The prior at `path` (weights, config) to fine-tune, in training mode.
+
+    Raises:
+        UserError: as `load_prior`, or a checkpoint of another kind or front end.
+    """
+    model = load_prior(path, expected_domain=domain)
+    if not model.kind.startswith(kind):
+        raise UserError(f"{path}: a {model.kind} checkpoint cannot start a {kind} training")
+    return model.train()

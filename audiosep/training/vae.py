@@ -1,0 +1,125 @@
+"""VAE / VAE-BSS entry point: `audiosep train vae --images SPEC` (VAE-BSS: trained on mixtures only).
+
+Every training step takes `batch_size` images of the train split, in the loop's shuffled
+order, and mixes them `n_mix` at a time (`data.images.batch_mixtures`: the mean, so a
+mixture stays in [0, 1]); the model never sees a source. Validation uses the same
+mixing of the held-out images (`training.images.image_sets`), with the full β.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Literal
+
+from torch import Tensor
+
+from ..config import TrainConfig
+from ..data.images import batch_mixtures
+from ..errors import UserError
+from ..priors.denoising import DenoisingConfig, training_noise
+from ..priors.vae import CONV_CHANNELS, MLP_HIDDEN, VAE, vae_loss
+from .images import image_sets
+from .loop import seed_everything, train
+
+
+@dataclasses.dataclass
+class VAEConfig:
+    """The `model:` section of `audiosep train vae --config` (the input shape comes from the data).
+
+    Fields: n_sources (K latents decoded per mixture); latent_dim; arch ("mlp" | "conv");
+    hidden (MLP sizes); channels (conv widths); variational (false: the deterministic
+    auto-encoder of the paper's comparison).
+    """
+
+    n_sources: int = 2
+    latent_dim: int = 20
+    arch: Literal["mlp", "conv"] = "mlp"
+    hidden: tuple[int, ...] = MLP_HIDDEN
+    channels: tuple[int, ...] = CONV_CHANNELS
+    variational: bool = True
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """The `loss:` section: beta (final KL weight, 0.5 in the paper), warmup_steps (β rises
+    linearly from 0 over these steps; the paper: 50 epochs), n_mix (images per training
+    mixture, 2 in the paper)."""
+
+    beta: float = 0.5
+    warmup_steps: int = 0
+    n_mix: int = 2
+
+    def __post_init__(self) -> None:
+        if self.beta < 0 or self.warmup_steps < 0 or self.n_mix < 1:
+            raise UserError(f"loss config: need beta >= 0, warmup_steps >= 0, n_mix >= 1, got "
+                            f"{self.beta}, {self.warmup_steps}, {self.n_mix}")
+
+
+@dataclasses.dataclass
+class VAERun:
+    """The YAML file of `audiosep train vae --config`: `model:`, `train:`, `loss:` and
+    `denoising:` (`priors.denoising.DenoisingConfig`: ND / TD / CD training noise) sections."""
+
+    model: VAEConfig = dataclasses.field(default_factory=VAEConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    denoising: DenoisingConfig = dataclasses.field(default_factory=DenoisingConfig)
+
+
+class VAELoss:
+    """The VAE-BSS training loss on batches of images: mixtures of `n_mix` images (n_mix 1:
+    the images themselves, a plain VAE), noised as `denoising` says (ND/TD: at σ; CD: σ ~
+    U(0, c_max), given to the model), `vae_loss` with β warmed up linearly to `beta` over
+    `warmup_steps`.
+
+    A scheduled loss of the training loop: `at_step(step)` is the loss of that step; calling
+    it directly (validation) uses the full β, so validation losses compare across the warm-up.
+    """
+
+    def __init__(self, config: LossConfig, denoising: DenoisingConfig | None = None) -> None:
+        self.config = config
+        self.denoising = denoising or DenoisingConfig()
+
+    def beta_at(self, step: int) -> float:
+        """β at training step `step` (1-based): beta·min(1, step / warmup_steps)."""
+        c = self.config
+        return c.beta if c.warmup_steps == 0 else c.beta * min(1.0, step / c.warmup_steps)
+
+    def _loss(self, model: VAE, batch: Tensor, beta: float) -> Tensor:
+        inputs, sigma = training_noise(batch_mixtures(batch, self.config.n_mix), self.denoising)
+        return vae_loss(model, inputs, beta, sigma=sigma)
+
+    def at_step(self, step: int):
+        beta = self.beta_at(step)
+        return lambda model, batch: self._loss(model, batch, beta)
+
+    def __call__(self, model: VAE, batch: Tensor) -> Tensor:
+        return self._loss(model, batch, self.config.beta)
+
+
+def train_vae(images: str, out_path: str | os.PathLike, run: VAERun | None = None, device: str = "cpu",
+              valid_items: int | None = None) -> dict[str, float]:
+    """Train a VAE-BSS model on mixtures of an image dataset: `audiosep train vae`.
+
+    Args:
+        images: an image dataset spec (`data.images.load_images`).
+        out_path: the checkpoint (resumed when it exists); its domain is the image shape in [0, 1].
+        run: model, train and loss settings (`VAERun`).
+        valid_items: images held out from the end of the train split for validation
+            (None: a tenth, at most 1000, a multiple of n_mix).
+    Returns:
+        {"step", "loss", "valid_loss"} (nats per training input: a mixture, or an image when n_mix is 1).
+    """
+    run = run or VAERun()
+    if run.train.batch_size % run.loss.n_mix:
+        raise UserError(f"batch_size {run.train.batch_size} must be a multiple of n_mix {run.loss.n_mix}")
+    if valid_items is not None and valid_items % run.loss.n_mix:
+        raise UserError(f"valid_items {valid_items} must be a multiple of n_mix {run.loss.n_mix}")
+    train_ds, valid_ds, domain, name = image_sets(images, valid_items, multiple=run.loss.n_mix)
+    seed_everything(run.train.seed)
+    model = VAE(domain.shape, **dataclasses.asdict(run.model), sigma_conditioned=run.denoising.conditioned)
+    data = {"images": name, **dataclasses.asdict(run.loss)}
+    if run.denoising.mode != "none":
+        data["denoising"] = dataclasses.asdict(run.denoising)
+    return train(model, VAELoss(run.loss, run.denoising), train_ds, valid_ds, run.train, out_path, domain,
+                 device, data=data)
