@@ -183,8 +183,10 @@ def _cmd_train_vae(args: argparse.Namespace) -> None:
     model_overrides = {k: getattr(args, k) for k in ("n_sources", "arch", "latent_dim") if getattr(args, k) is not None}
     if args.autoencoder:
         model_overrides["variational"] = False
+    loss_overrides = {"n_mix": args.n_mix} if args.n_mix is not None else {}
     run = dataclasses.replace(run, model=dataclasses.replace(run.model, **model_overrides),
-                              train=dataclasses.replace(run.train, **_train_overrides(args)))
+                              train=dataclasses.replace(run.train, **_train_overrides(args)),
+                              loss=dataclasses.replace(run.loss, **loss_overrides))
     _set_threads(args.threads)
     result = train_vae(args.images, args.output, run, device=args.device)
     print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
@@ -484,8 +486,8 @@ def _add_train(sub) -> None:
     for kind, name in (("glow", "Glow"), ("realnvp", "RealNVP")):
         _add_train_flow(kinds.add_parser(kind, help=f"{name} flow prior on [0, 1] mel patches or centred images (resumes from -o)"))
 
-    vae = kinds.add_parser("vae", help="VAE-BSS: a VAE with K latent sources trained on image mixtures only "
-                                       "(resumes from -o)")
+    vae = kinds.add_parser("vae", help="VAE-BSS (K latent sources, trained on image mixtures only) or a plain "
+                                       "VAE (--sources 1 --mix 1) (resumes from -o)")
     vae.add_argument("--images", required=True, metavar="SPEC",
                      help="image dataset: digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR or a folder")
     vae.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
@@ -493,6 +495,8 @@ def _add_train(sub) -> None:
     vae.add_argument("--sources", dest="n_sources", type=_positive_int, help="K, sources decoded per mixture (default 2)")
     vae.add_argument("--arch", choices=["mlp", "conv"], help="network (default mlp, the paper's)")
     vae.add_argument("--latent-dim", type=_positive_int, help="latent size per source (default 20)")
+    vae.add_argument("--mix", dest="n_mix", type=_positive_int,
+                     help="images averaged into each training mixture (default 2; 1: train on the images)")
     vae.add_argument("--autoencoder", action="store_true", help="a deterministic auto-encoder instead of a VAE")
     vae.add_argument("--steps", type=_positive_int, help="total optimiser steps (across resumes)")
     _add_prior_run(vae)

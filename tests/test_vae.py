@@ -122,9 +122,10 @@ def test_unknown_config_keys_and_bad_values_are_refused():
 def test_cli_trains_vae_and_ncsn_on_images(tmp_path, capsys):
     out = tmp_path / "v.pt"
     assert main(["train", "vae", "--images", "digits", "-o", str(out), "--steps", "2", "--batch-size", "8",
-                 "--sources", "3", "--autoencoder", "--threads", "1"]) == 0
+                 "--sources", "3", "--mix", "4", "--autoencoder", "--threads", "1"]) == 0
     model = load_prior(out)
     assert model.n_sources == 3 and model.variational is False
+    assert load_checkpoint(out)["extra"]["data"]["n_mix"] == 4
     assert "nats per training input" in capsys.readouterr().out
     ncsn = tmp_path / "n.pt"
     assert main(["train", "ncsn", "--images", "digits", "-o", str(ncsn), "--steps", "1", "--batch-size", "4",
@@ -213,3 +214,15 @@ def test_cd_training_stores_its_denoising_settings(tmp_path):
     payload = load_checkpoint(tmp_path / "cd.pt")
     assert payload["config"]["sigma_conditioned"] is True
     assert payload["extra"]["data"]["denoising"] == {"mode": "cd", "sigma": 0.1, "c_max": 0.4}
+
+
+def test_a_checkpoint_from_before_a_new_keyword_resumes(tmp_path):
+    run = VAERun(model=VAEConfig(hidden=(16, 8), latent_dim=3),
+                 train=TrainConfig(steps=2, batch_size=8, progress=False, valid_batches=1))
+    train_vae("digits", tmp_path / "v.pt", run, valid_items=16)
+    payload = torch.load(tmp_path / "v.pt", weights_only=True)
+    del payload["config"]["sigma_conditioned"]  # as written before the keyword existed
+    torch.save(payload, tmp_path / "v.pt")
+    result = train_vae("digits", tmp_path / "v.pt", dataclasses.replace(run, train=dataclasses.replace(run.train, steps=3)),
+                       valid_items=16)
+    assert result["step"] == 3

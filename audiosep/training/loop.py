@@ -40,7 +40,7 @@ from tqdm import tqdm
 from ..config import TrainConfig, to_dict
 from ..devices import resolve_device
 from ..errors import Terminated, UserError
-from ..priors.base import Domain, Prior, load_checkpoint, save_checkpoint
+from ..priors.base import Domain, Prior, build_from_checkpoint, load_checkpoint, save_checkpoint
 
 LossFn = Callable[[Prior, Any], Tensor]
 Callback = Callable[[int, dict[str, float]], None]
@@ -241,6 +241,15 @@ def _open_tensorboard(out_path: Path) -> Any:
     return SummaryWriter(log_dir=str(out_path.with_name(out_path.stem + "_tb")))
 
 
+def _stored_config(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint's model config as its class states it today: rebuilt through the
+    constructor, so a keyword added since (with its default) does not block a resume."""
+    try:
+        return build_from_checkpoint(payload).get_config()
+    except UserError:
+        return dict(payload["config"])
+
+
 def _check_resumable(payload: Mapping[str, Any], model: Prior, domain: Domain, out_path: Path,
                      data: Mapping[str, Any]) -> None:
     """UserError unless the checkpoint at out_path is a training state of this model (kind,
@@ -248,7 +257,7 @@ def _check_resumable(payload: Mapping[str, Any], model: Prior, domain: Domain, o
     stored are not checked for it)."""
     if payload.get("optimizer") is None:
         raise UserError(f"{out_path} has no optimiser state to resume from; pass resume=False to overwrite it")
-    if payload["kind"] != model.kind or payload["config"] != model.get_config():
+    if payload["kind"] != model.kind or _stored_config(payload) != model.get_config():
         raise UserError(
             f"{out_path} holds a {payload['kind']} checkpoint of another model config; "
             "choose a new output path or pass resume=False to overwrite it"

@@ -10,22 +10,10 @@
 # IDX folder), exp, samples, device, stage, stop_stage. Trainings resume from $exp.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-audiosep=.venv/bin/audiosep
-python=.venv/bin/python
+. recipes/images/common.sh
 here=recipes/images/denoising
-dataset=${dataset:-digits}
-mnist=${mnist:-../shared/data/mnist}
 exp=${exp:-exp/images/denoising_$dataset}
 samples=${samples:-5000}
-device=${device:-cpu}
-stage=${stage:-1}
-stop_stage=${stop_stage:-2}
-case $dataset in
-    digits) images=digits ;;
-    mnist) images="mnist:$mnist" ;;
-    *) echo "dataset must be digits or mnist, got $dataset" >&2; exit 2 ;;
-esac
-run_stage() { [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; }
 mkdir -p "$exp"
 
 if run_stage 1; then

@@ -11,22 +11,10 @@
 # device, stage, stop_stage. Training resumes from the checkpoints in $exp.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-audiosep=.venv/bin/audiosep
-python=.venv/bin/python
+. recipes/images/common.sh
 here=recipes/images/vae_bss
-dataset=${dataset:-digits}
-mnist=${mnist:-../shared/data/mnist}
 exp=${exp:-exp/images/vae_bss_$dataset}
 mixtures=${mixtures:-1000}
-device=${device:-cpu}
-stage=${stage:-1}
-stop_stage=${stop_stage:-2}
-case $dataset in
-    digits) images=digits; [ "$mixtures" -le 300 ] || mixtures=300 ;;  # the digits test split has 300 images
-    mnist) images="mnist:$mnist" ;;
-    *) echo "dataset must be digits or mnist, got $dataset" >&2; exit 2 ;;
-esac
-run_stage() { [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; }
 mkdir -p "$exp"
 
 if run_stage 1; then
