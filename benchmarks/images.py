@@ -10,7 +10,8 @@ sees the mixture in its own convention: BASIS-NCSN the sum m = x₁ + x₂ on [0
 paper's NCSN path), VAE-BSS the mean (what it was trained on). Every estimate is scored in
 the sources' own units (a digit in [0, 1]) against the true digits: PSNR = −10·log10(MSE)
 per image, best assignment of estimates to sources per mixture (K = 3 models: the best 2
-of their 3 outputs), averaged over the two sources, then over mixtures; SSIM alike.
+of their 3 outputs), averaged over the two sources, then over mixtures; SSIM alike (NaN for
+images under 11×11, e.g. the 8×8 digits: its window does not fit).
 
 Rows: `mixture-average` (both estimates = the average of the two digits: what a method
 that does not separate scores), `vae-<name>` (decoder outputs), `vaem-<name>` (the
@@ -36,8 +37,7 @@ from audiosep.data.images import image_mixtures, load_images
 from audiosep.devices import resolve_device
 from audiosep.eval.metrics import image_separation_scores
 from audiosep.priors.base import Domain, load_prior
-from audiosep.separation.basis import BasisConfig, basis_separate
-from audiosep.separation.mel_basis import fit_schedule
+from audiosep.separation.basis import BasisConfig, basis_separate, fit_schedule
 from audiosep.separation.mixing import LinearMixing
 from audiosep.separation.vae_bss import vae_separate
 

@@ -14,8 +14,8 @@ from audiosep.cli import main
 from audiosep.errors import UserError
 from audiosep.priors import Domain, NCSNv2, Prior, load_prior, save_checkpoint, sigma_per_sample
 from audiosep.separation import BUNDLED_NMF, BUNDLED_PRIORS, MelBasis, NMFModel, separation_method
-from audiosep.separation.mel_basis import baseline_mismatch, default_basis, fit_schedule
-from audiosep.separation.basis import BasisConfig
+from audiosep.separation.basis import BasisConfig, fit_schedule
+from audiosep.separation.mel_basis import baseline_mismatch, default_basis
 from audiosep.spectral.frontend import Frontend, get_frontend, patchify
 
 # A small front end for the analytic tests: every STFT bin is covered by a mel band

@@ -154,6 +154,37 @@ class BasisConfig:
         return [self.constraint_multiplier / g**2 for g in gammas]
 
 
+SIGMA_RTOL = 1e-4  # σ values closer than this (relative) are the same noise level
+
+
+def fit_schedule(config: BasisConfig, priors: Sequence[Prior]) -> BasisConfig:
+    """`config` with its σ schedule moved onto the levels every prior answers for.
+
+    Priors with `fixed_sigmas` (a per-σ flow bundle, an NCSNv1) know only those levels.
+    When the schedule is not among their common levels, it becomes the common levels inside
+    the schedule's range [σ_L, σ₁] (so the level count of `config` has no effect then): the
+    default σ 0.3 → 0.01 on a bundle trained on 1 → 0.01 × 10 runs its 7 levels ≤ 0.3.
+
+    Raises:
+        UserError: fewer than two common levels in the range.
+    """
+    grids = [prior.fixed_sigmas for prior in priors if prior.fixed_sigmas is not None]
+    if not grids:
+        return config
+    same = lambda a, b: abs(a - b) <= SIGMA_RTOL * b  # noqa: E731
+    common = [s for s in grids[0] if all(any(same(s, t) for t in grid) for grid in grids[1:])]
+    wanted = config.noise_levels()
+    if all(any(same(s, t) for t in common) for s in wanted):
+        return config
+    lo, hi = wanted[-1] * (1 - SIGMA_RTOL), wanted[0] * (1 + SIGMA_RTOL)
+    levels = sorted((s for s in common if lo <= s <= hi), reverse=True)
+    if len(levels) < 2:
+        have = ", ".join(f"{s:.4g}" for s in common)
+        raise UserError(f"the priors answer only for sigma {have}; fewer than two of them lie in the "
+                        f"schedule's range {wanted[-1]:.4g} to {wanted[0]:.4g}")
+    return dataclasses.replace(config, sigmas=tuple(levels))
+
+
 def basis_separate(
     priors: Sequence[Prior],
     mixture: Tensor,

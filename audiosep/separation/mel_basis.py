@@ -26,7 +26,6 @@ command line can infer it (an NMF model file, or prior checkpoints for BASIS).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +42,7 @@ from ..spectral.frontend import Frontend, patchify, unpatchify
 from ..spectral.functional import mel_spectrogram
 from ..spectral.inversion import METHODS as INVERSIONS
 from ..spectral.inversion import invert_mel_powers
-from .basis import BasisConfig, basis_separate
+from .basis import BasisConfig, basis_separate, fit_schedule
 from .mixing import DbPowerMixing
 from .separator import Method
 
@@ -83,37 +82,6 @@ DEFAULT_SCHEDULES = {
     "mixture": dict(sigma_max=0.3, n_levels=7, steps_per_level=10, tweedie=True),
     "nmf": dict(sigma_max=0.05, n_levels=4, steps_per_level=10, tweedie=True),
 }
-
-
-SIGMA_RTOL = 1e-4  # σ values closer than this (relative) are the same noise level
-
-
-def fit_schedule(config: BasisConfig, priors: Sequence[Prior]) -> BasisConfig:
-    """`config` with its σ schedule moved onto the levels every prior answers for.
-
-    Priors with `fixed_sigmas` (a per-σ flow bundle, an NCSNv1) know only those levels.
-    When the schedule is not among their common levels, it becomes the common levels inside
-    the schedule's range [σ_L, σ₁] (so the level count of `config` has no effect then): the
-    default σ 0.3 → 0.01 on a bundle trained on 1 → 0.01 × 10 runs its 7 levels ≤ 0.3.
-
-    Raises:
-        UserError: fewer than two common levels in the range.
-    """
-    grids = [prior.fixed_sigmas for prior in priors if prior.fixed_sigmas is not None]
-    if not grids:
-        return config
-    same = lambda a, b: abs(a - b) <= SIGMA_RTOL * b  # noqa: E731
-    common = [s for s in grids[0] if all(any(same(s, t) for t in grid) for grid in grids[1:])]
-    wanted = config.noise_levels()
-    if all(any(same(s, t) for t in common) for s in wanted):
-        return config
-    lo, hi = wanted[-1] * (1 - SIGMA_RTOL), wanted[0] * (1 + SIGMA_RTOL)
-    levels = sorted((s for s in common if lo <= s <= hi), reverse=True)
-    if len(levels) < 2:
-        have = ", ".join(f"{s:.4g}" for s in common)
-        raise UserError(f"the priors answer only for sigma {have}; fewer than two of them lie in the "
-                        f"schedule's range {wanted[-1]:.4g} to {wanted[0]:.4g}")
-    return dataclasses.replace(config, sigmas=tuple(levels))
 
 
 def default_basis(init: str = "mixture", **overrides) -> BasisConfig:
