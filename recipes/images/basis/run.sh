@@ -12,13 +12,11 @@
 # levels), device, stage, stop_stage. Training resumes from $exp/ncsn.pt and $exp/glow.pt.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+recipe=basis
 . recipes/images/common.sh
-here=recipes/images/basis
-exp=${exp:-exp/images/basis_$dataset}
 mixtures=${mixtures:-1000}
 basis_steps=${basis_steps:-100}
 basis_levels=${basis_levels:-10}
-mkdir -p "$exp"
 
 if run_stage 1; then
     echo "stage 1: train an NCSN prior on $images"

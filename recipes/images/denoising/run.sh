@@ -10,11 +10,9 @@
 # IDX folder), exp, samples, device, stage, stop_stage. Trainings resume from $exp.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+recipe=denoising
 . recipes/images/common.sh
-here=recipes/images/denoising
-exp=${exp:-exp/images/denoising_$dataset}
 samples=${samples:-5000}
-mkdir -p "$exp"
 
 if run_stage 1; then
     for variant in vanilla nd cd; do

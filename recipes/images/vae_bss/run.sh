@@ -11,11 +11,9 @@
 # device, stage, stop_stage. Training resumes from the checkpoints in $exp.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+recipe=vae_bss
 . recipes/images/common.sh
-here=recipes/images/vae_bss
-exp=${exp:-exp/images/vae_bss_$dataset}
 mixtures=${mixtures:-1000}
-mkdir -p "$exp"
 
 if run_stage 1; then
     for k in 2 3; do
