@@ -105,6 +105,24 @@ def _train_overrides(args: argparse.Namespace) -> dict:
             if getattr(args, k) is not None}
 
 
+def _trains_on_images(args: argparse.Namespace, *data_only: str) -> bool:
+    """Whether a `train PRIOR` command trains on `--images` (else on `--data`/`--source`).
+
+    Raises:
+        UserError: --images with an option of `data_only` (they describe a stems dataset), or
+            --data without --source.
+    """
+    if args.images is not None:
+        given = [f"--{name.replace('_', '-')}" for name in data_only if getattr(args, name) is not None]
+        if given:
+            raise UserError(f"--images trains on the whole image set: {' and '.join(given)} "
+                            f"{'is' if len(given) == 1 else 'are'} for --data")
+        return True
+    if args.source is None:
+        raise UserError("--data needs --source (the source to model)")
+    return False
+
+
 def _cmd_train_ncsn(args: argparse.Namespace) -> None:
     import dataclasses
 
@@ -120,16 +138,11 @@ def _cmd_train_ncsn(args: argparse.Namespace) -> None:
         raise UserError("--version/--nf: the network of --init-from is fine-tuned as it is; give one or the other")
     model_config = dataclasses.replace(run.model, **model_overrides)
     config = dataclasses.replace(run.train, **overrides)
-    if args.images is not None:
-        if args.source is not None or args.init_from is not None:
-            raise UserError("--images trains on the whole image set: --source and --init-from are for --data")
-        _set_threads(args.threads)
+    _set_threads(args.threads)
+    if _trains_on_images(args, "source", "init_from"):
         result = train_ncsn_images(args.images, args.output, model_config=model_config, config=config,
                                    device=args.device)
     else:
-        if args.source is None:
-            raise UserError("--data needs --source (the source to model)")
-        _set_threads(args.threads)
         result = train_ncsn(args.data, args.source, args.output, preset=args.preset, model_config=model_config,
                             config=config, device=args.device, init_from=args.init_from)
     print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
@@ -151,16 +164,11 @@ def _cmd_train_flow(args: argparse.Namespace) -> None:
     finetune_steps = args.finetune_steps if args.finetune_steps is not None else run.finetune_steps
     model_config = dataclasses.replace(run.model, **model_overrides)
     config = dataclasses.replace(run.train, **overrides)
-    if args.images is not None:
-        if args.source is not None:
-            raise UserError("--images trains on the whole image set: --source is for --data")
-        _set_threads(args.threads)
+    _set_threads(args.threads)
+    if _trains_on_images(args, "source"):
         result = train_flow_images(args.images, args.output, arch=args.kind, model_config=model_config,
                                    config=config, finetune_steps=finetune_steps, device=args.device)
     else:
-        if args.source is None:
-            raise UserError("--data needs --source (the source to model)")
-        _set_threads(args.threads)
         result = train_flow(args.data, args.source, args.output, arch=args.kind, preset=args.preset,
                             model_config=model_config, config=config, finetune_steps=finetune_steps,
                             device=args.device)

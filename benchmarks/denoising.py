@@ -30,11 +30,7 @@ from audiosep.eval.frechet import accuracy, feature_statistics, fit_classifier, 
 from audiosep.priors.base import load_checkpoint, load_prior
 from audiosep.priors.denoising import DenoisingConfig, training_noise, tweedie_denoise
 from audiosep.priors.vae import LAPLACE_SCALE, vae_loss
-
-
-def named_paths(items: list[str]) -> list[tuple[str, str]]:
-    """NAME=PATH items (a bare PATH is named by its position)."""
-    return [tuple(item.split("=", 1)) if "=" in item else (str(i + 1), item) for i, item in enumerate(items)]
+from images import named_paths  # benchmarks/images.py (this folder is on sys.path when run as a script)
 
 
 def stored_denoising(path: str) -> DenoisingConfig:
@@ -47,13 +43,12 @@ def stored_denoising(path: str) -> DenoisingConfig:
 def test_elbo(model, images: torch.Tensor, denoising: DenoisingConfig, seed: int) -> float:
     """Mean ELBO (nats/image) of the density the model learnt, on the test images."""
     torch.manual_seed(seed)
-    sigma = None
+    sigma = None  # the σ input of a σ-conditioned (CD) model: clean test images
     if denoising.mode in ("nd", "td"):
-        images, sigma = training_noise(images, denoising)
+        images, _ = training_noise(images, denoising)  # an ND model's density is that of noisy data
     elif denoising.mode == "cd":
         sigma = 0.0
-    loss = torch.cat([vae_loss(model, x, 1.0, sigma=sigma if not torch.is_tensor(sigma) else sigma[:len(x)],
-                               reduce=False) for x in images.split(1000)])
+    loss = torch.cat([vae_loss(model, x, 1.0, sigma=sigma, reduce=False) for x in images.split(1000)])
     return float(-loss.mean()) - images[0].numel() * math.log(2 * LAPLACE_SCALE)
 
 
