@@ -105,6 +105,19 @@ def _train_overrides(args: argparse.Namespace) -> dict:
             if getattr(args, k) is not None}
 
 
+def _run_settings(run_class, args: argparse.Namespace, model_keys: tuple[str, ...]):
+    """The run config of a `train KIND` command: its `--config` YAML (or the defaults) with the
+    `model:` fields of `model_keys` and the TrainConfig fields given on the command line."""
+    import dataclasses
+
+    from .config import from_dict, load_yaml
+
+    run = load_yaml(run_class, args.config) if args.config else from_dict(run_class, {})
+    model = {k: getattr(args, k) for k in model_keys if getattr(args, k) is not None}
+    return dataclasses.replace(run, model=dataclasses.replace(run.model, **model),
+                               train=dataclasses.replace(run.train, **_train_overrides(args)))
+
+
 def _trains_on_images(args: argparse.Namespace, *data_only: str) -> bool:
     """Whether a `train PRIOR` command trains on `--images` (else on `--data`/`--source`).
 
@@ -124,20 +137,14 @@ def _trains_on_images(args: argparse.Namespace, *data_only: str) -> bool:
 
 
 def _cmd_train_ncsn(args: argparse.Namespace) -> None:
-    import dataclasses
-
-    from .config import from_dict, load_yaml
     from .io import check_output_file
     from .training.ncsn import NCSNRun, train_ncsn, train_ncsn_images
 
     check_output_file(args.output)
-    run = load_yaml(NCSNRun, args.config) if args.config else from_dict(NCSNRun, {})
-    overrides = _train_overrides(args)
-    model_overrides = {k: getattr(args, k) for k in ("version", "nf") if getattr(args, k) is not None}
-    if args.init_from is not None and model_overrides:
+    if args.init_from is not None and (args.version is not None or args.nf is not None):
         raise UserError("--version/--nf: the network of --init-from is fine-tuned as it is; give one or the other")
-    model_config = dataclasses.replace(run.model, **model_overrides)
-    config = dataclasses.replace(run.train, **overrides)
+    run = _run_settings(NCSNRun, args, ("version", "nf"))
+    model_config, config = run.model, run.train
     _set_threads(args.threads)
     if _trains_on_images(args, "source", "init_from"):
         result = train_ncsn_images(args.images, args.output, model_config=model_config, config=config,
@@ -150,20 +157,13 @@ def _cmd_train_ncsn(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_flow(args: argparse.Namespace) -> None:
-    import dataclasses
-
-    from .config import from_dict, load_yaml
     from .io import check_output_file
     from .training.flow import FlowRun, train_flow, train_flow_images
 
     check_output_file(args.output)
-    run = load_yaml(FlowRun, args.config) if args.config else from_dict(FlowRun, {})
-    overrides = _train_overrides(args)
-    model_overrides = {k: getattr(args, k) for k in ("conditioning", "levels", "depth", "hidden")
-                       if getattr(args, k) is not None}
+    run = _run_settings(FlowRun, args, ("conditioning", "levels", "depth", "hidden"))
     finetune_steps = args.finetune_steps if args.finetune_steps is not None else run.finetune_steps
-    model_config = dataclasses.replace(run.model, **model_overrides)
-    config = dataclasses.replace(run.train, **overrides)
+    model_config, config = run.model, run.train
     _set_threads(args.threads)
     if _trains_on_images(args, "source"):
         result = train_flow_images(args.images, args.output, arch=args.kind, model_config=model_config,
@@ -182,23 +182,45 @@ def _cmd_train_flow(args: argparse.Namespace) -> None:
 def _cmd_train_vae(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from .config import from_dict, load_yaml
     from .io import check_output_file
     from .training.vae import VAERun, train_vae
 
     check_output_file(args.output)
-    run = load_yaml(VAERun, args.config) if args.config else from_dict(VAERun, {})
-    model_overrides = {k: getattr(args, k) for k in ("n_sources", "arch", "latent_dim") if getattr(args, k) is not None}
+    run = _run_settings(VAERun, args, ("n_sources", "arch", "latent_dim"))
     if args.autoencoder:
-        model_overrides["variational"] = False
-    loss_overrides = {"n_mix": args.n_mix} if args.n_mix is not None else {}
-    run = dataclasses.replace(run, model=dataclasses.replace(run.model, **model_overrides),
-                              train=dataclasses.replace(run.train, **_train_overrides(args)),
-                              loss=dataclasses.replace(run.loss, **loss_overrides))
+        run = dataclasses.replace(run, model=dataclasses.replace(run.model, variational=False))
+    if args.n_mix is not None:
+        run = dataclasses.replace(run, loss=dataclasses.replace(run.loss, n_mix=args.n_mix))
     _set_threads(args.threads)
     result = train_vae(args.images, args.output, run, device=args.device)
     print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
           f"{_valid_text(result['valid_loss'], 'valid loss')} (nats per training input)")
+
+
+def _cmd_train_lqvae(args: argparse.Namespace) -> None:
+    from .data.stems import list_sources, list_tracks
+    from .io import check_output_file
+    from .training.lqvae import LQVAERun, train_lqvae
+
+    check_output_file(args.output)
+    run = _run_settings(LQVAERun, args, ("n_codes", "width"))
+    sources = args.sources or list_sources(list_tracks(args.data, "train"))
+    _set_threads(args.threads)
+    result = train_lqvae(args.data, sources, args.output, run, device=args.device)
+    print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
+          f"{_valid_text(result['valid_loss'], 'valid loss')}")
+
+
+def _cmd_train_transformer(args: argparse.Namespace) -> None:
+    from .io import check_output_file
+    from .training.codes import CodePriorRun, train_code_prior
+
+    check_output_file(args.output)
+    run = _run_settings(CodePriorRun, args, ("context", "width", "layers"))
+    _set_threads(args.threads)
+    result = train_code_prior(args.data, args.source, args.lqvae, args.output, run, device=args.device)
+    print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
+          f"{_valid_text(result['valid_loss'], 'valid loss')} (nats per code)")
 
 
 def _cmd_train_nmf(args: argparse.Namespace) -> None:
@@ -256,13 +278,16 @@ def _separation_model(args: argparse.Namespace):
     basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion,
                      "--init": args.init, "--init-model": args.init_model, "--likelihood": args.likelihood,
                      "--corrections": args.corrections, "--chains": args.chains}
+    latent_options = {"--sigma": args.sigma, "--window": args.window}
     method = separation_method(models, args.method)
+    if method != "latent":
+        _refuse_options(latent_options, "latent separation option(s)", f"the method is {method}")
     if method == "nmf":
-        given = [flag for flag, value in basis_options.items() if value is not None]
-        if given:
-            raise UserError(f"{', '.join(given)}: BASIS option(s), but the model is NMF; give prior checkpoints")
+        _refuse_options(basis_options, "BASIS option(s)", "the model is NMF; give prior checkpoints")
         path = models[0] if models else BUNDLED_NMF
         return NMFModel.load(path), model_set_name([path])
+    if method == "latent":
+        return _latent_model(args, basis_options), model_set_name(models, "latent")
     if args.init_model and args.init not in (None, "nmf"):
         raise UserError(f"--init-model is the NMF model of --init nmf, not of --init {args.init}")
     paths = models or BUNDLED_PRIORS
@@ -275,6 +300,25 @@ def _separation_model(args: argparse.Namespace):
     model = MelBasis(priors.priors, config, priors.sources, inversion=args.inversion or "wiener",
                      init_from=baseline if init == "nmf" else None)
     return model, model_set_name(paths)
+
+
+def _refuse_options(options: dict, what: str, why: str) -> None:
+    """UserError naming the options of `options` that were given (not None)."""
+    given = [flag for flag, value in options.items() if value is not None]
+    if given:
+        raise UserError(f"{', '.join(given)}: {what}, but {why}")
+
+
+def _latent_model(args: argparse.Namespace, basis_options: dict):
+    """The LatentSeparator of `--model LQVAE.pt A.pt B.pt` and the latent options."""
+    from .separation.latent import LatentConfig, LatentSeparator
+
+    shared = ("--chains", "--likelihood")
+    _refuse_options({k: v for k, v in basis_options.items() if k not in shared}, "BASIS option(s)",
+                    "the method is latent")
+    config = LatentConfig(n_chains=args.chains or 64, sigma=args.sigma or 0.4,
+                          likelihood=args.likelihood or "gaussian", window=args.window, seed=args.seed)
+    return LatentSeparator.from_files(args.model[0], args.model[1:], config, device=args.device)
 
 
 def _shard(text: str | None) -> tuple[int, int]:
@@ -510,6 +554,32 @@ def _add_train(sub) -> None:
     _add_prior_run(vae)
     vae.set_defaults(run=_cmd_train_vae)
 
+    lq = kinds.add_parser("lqvae", help="LQ-VAE: a waveform VQ-VAE linear in its code space, trained on crops of "
+                                        "every source, for --method latent (resumes from -o)")
+    lq.add_argument("--data", type=Path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
+    lq.add_argument("--sources", nargs="+", help="sources whose crops it learns (default: all in the train split)")
+    lq.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
+    lq.add_argument("--config", type=Path, help="YAML with `model:` (LQVAEConfig), `train:` (TrainConfig), `loss:`")
+    lq.add_argument("--codes", dest="n_codes", type=_positive_int, help="codebook size (default 256)")
+    lq.add_argument("--width", type=_positive_int, help="channels next to the codes (default 32)")
+    lq.add_argument("--steps", type=_positive_int, help="total optimiser steps (across resumes)")
+    _add_prior_run(lq)
+    lq.set_defaults(run=_cmd_train_lqvae)
+
+    tr = kinds.add_parser("transformer", help="autoregressive code prior: a causal transformer over one "
+                                              "source's LQ-VAE codes, for --method latent (resumes from -o)")
+    tr.add_argument("--lqvae", type=Path, required=True, metavar="LQVAE", help="the trained LQ-VAE whose codes it models")
+    tr.add_argument("--data", type=Path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
+    tr.add_argument("--source", required=True, help="the source to model, e.g. drums")
+    tr.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
+    tr.add_argument("--config", type=Path, help="YAML with `model:` (CodePriorConfig) and `train:` (TrainConfig)")
+    tr.add_argument("--context", type=_positive_int, help="codes the prior sees (default 256)")
+    tr.add_argument("--width", type=_positive_int, help="model width (default 128)")
+    tr.add_argument("--layers", type=_positive_int, help="transformer blocks (default 4)")
+    tr.add_argument("--steps", type=_positive_int, help="total optimiser steps (across resumes)")
+    _add_prior_run(tr)
+    tr.set_defaults(run=_cmd_train_transformer)
+
     nmf = kinds.add_parser("nmf", help="supervised NMF: one spectral dictionary per source")
     nmf.add_argument("--data", type=Path, required=True, help="stems dataset DATA/<split>/<track>/{mix,<source>}.wav")
     nmf.add_argument("-o", "--output", type=Path, required=True, help="model file to write (.pt)")
@@ -564,8 +634,10 @@ def _add_separate(sub) -> None:
                    help="one NMF model file, or one prior checkpoint per source for BASIS, named after the "
                         "files (piano.pt violin.pt → piano, violin); default: the bundled piano/violin NCSN priors "
                         "(BASIS), or the bundled piano/violin NMF model with --method nmf")
-    p.add_argument("--method", choices=["nmf", "basis"],
-                   help="nmf or basis (default: inferred from --model; basis without it)")
+    p.add_argument("--method", choices=["nmf", "basis", "latent"],
+                   help="nmf, basis or latent (default: inferred from --model; basis without it). latent: "
+                        "--model LQVAE.pt A.pt B.pt, Bayesian search over the LQ-VAE's codes with one code "
+                        "prior per source")
     p.add_argument("--steps", type=_positive_int, help="BASIS: Langevin steps per noise level (default 10)")
     p.add_argument("--levels", type=_positive_int,
                    help="BASIS: noise levels, σ geometric down to 0.01 (default: 4 from σ 0.05 for --init nmf, "
@@ -578,11 +650,18 @@ def _add_separate(sub) -> None:
                    help="BASIS --init nmf: the NMF model (default: the bundled one)")
     p.add_argument("--likelihood", choices=["gaussian", "dirac"],
                    help="BASIS: the mixture as a Gaussian constraint in the drift, or exactly (dirac: every step "
-                        "projected back onto the mixture)")
+                        "projected back onto the mixture); latent: a Gaussian on the codebook distance of the pair's "
+                        "sum code to the mixture code (default), or dirac (the sum code must equal it)")
     p.add_argument("--corrections", type=_count, metavar="N",
                    help="BASIS: re-noising correction rounds per noise level (denoise, re-noise, run the level again)")
     p.add_argument("--chains", type=_positive_int, metavar="N",
-                   help="BASIS: independent chains, averaged as powers (default 1)")
+                   help="BASIS: independent chains, averaged as powers (default 1); latent: parallel chains "
+                        "whose best pair is kept (default 64)")
+    p.add_argument("--sigma", type=_positive_float,
+                   help="latent: sigma of the Gaussian likelihood in codebook units (default 0.4)")
+    p.add_argument("--window", type=_positive_int, metavar="TOKENS",
+                   help="latent: tokens sampled between two choices of the best pair (default: half the "
+                        "priors' context)")
     p.add_argument("--inversion", choices=["wiener", "wiener-mc", "phase", "griffinlim"],
                    help="BASIS: mel → audio by Wiener masks on the mixture (default), the multichannel Wiener filter "
                         "(a stereo image per source), mixture phase, or Griffin-Lim")

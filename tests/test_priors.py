@@ -57,7 +57,19 @@ def test_domain_describe_is_one_line_with_settings():
 
 def test_domain_rejects_unknown_kind():
     with pytest.raises(UserError):
-        Domain.from_dict({"kind": "waveform"})
+        Domain.from_dict({"kind": "spectrum"})
+    with pytest.raises(UserError):
+        Domain.from_dict({"kind": "waveform"})  # settings missing
+
+
+def test_waveform_and_code_domains_round_trip_and_differ():
+    wave = Domain.waveform(22050)
+    assert Domain.from_dict(wave.to_dict()) == wave and wave != Domain.waveform(16000)
+    assert wave.describe() == "waveforms at 22050 Hz, 1 channel(s)"
+    codes = Domain.codes(256, 64, 22050, codec="abc123")
+    assert Domain.from_dict(codes.to_dict()) == codes
+    assert codes != Domain.codes(256, 64, 22050, codec="other") and codes != wave
+    assert "abc123" in codes.describe() and "256 codes" in codes.describe()
     with pytest.raises(UserError):
         Domain.from_dict({"kind": "image"})
 

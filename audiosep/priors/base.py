@@ -30,7 +30,7 @@ from ..io import atomic_output
 
 CHECKPOINT_FORMAT = "audiosep-checkpoint"
 CHECKPOINT_VERSION = 1
-DOMAIN_KINDS = ("mel", "image")
+DOMAIN_KINDS = ("mel", "image", "waveform", "codes")
 
 _PRIORS: dict[str, type[Prior]] = {}
 
@@ -44,11 +44,14 @@ def _freeze(value: Any) -> Any:
 
 @dataclass(frozen=True, eq=False)
 class Domain:
-    """What a prior was trained on: a mel front end or an image format.
+    """What a prior was trained on: a mel front end, an image format, waveforms, or the codes of
+    one LQ-VAE.
 
-    Fields: kind ("mel" | "image"); frontend (kind "mel": the front end's settings as
-    sorted (key, value) pairs, from `Frontend.to_dict()`); shape ((C, H, W), kind "image");
-    value_range ((lo, hi) of the pixel values, kind "image").
+    Fields: kind ("mel" | "image" | "waveform" | "codes"); frontend (kind "mel": the front
+    end's settings as sorted (key, value) pairs, from `Frontend.to_dict()`); shape ((C, H, W),
+    kind "image"); value_range ((lo, hi) of the pixel values, kind "image"); settings (kinds
+    "waveform" and "codes": sorted (key, value) pairs, e.g. sample_rate and channels of a
+    waveform; n_codes, hop, sample_rate and the codec's fingerprint for codes).
 
     Two domains are equal when their kind and settings are equal; a front end's `name` is
     a label and takes no part (as in `Frontend`'s own equality).
@@ -58,6 +61,7 @@ class Domain:
     frontend: tuple[tuple[str, Any], ...] = ()
     shape: tuple[int, ...] = ()
     value_range: tuple[float, float] = (0.0, 1.0)
+    settings: tuple[tuple[str, Any], ...] = ()
     _key: tuple = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -66,8 +70,10 @@ class Domain:
         if self.kind == "mel":
             settings = tuple((k, v) for k, v in self.frontend if k != "name")
             key = ("mel", settings)
-        else:
+        elif self.kind == "image":
             key = ("image", self.shape, self.value_range)
+        else:
+            key = (self.kind, self.settings)
         object.__setattr__(self, "_key", key)
 
     def __eq__(self, other: object) -> bool:
@@ -88,6 +94,24 @@ class Domain:
         lo, hi = value_range
         return cls("image", shape=tuple(int(s) for s in shape), value_range=(float(lo), float(hi)))
 
+    @classmethod
+    def waveform(cls, sample_rate: int, channels: int = 1) -> Domain:
+        """The domain of raw waveforms at `sample_rate` Hz with `channels` channels."""
+        return cls("waveform", settings=(("channels", int(channels)), ("sample_rate", int(sample_rate))))
+
+    @classmethod
+    def codes(cls, n_codes: int, hop: int, sample_rate: int, codec: str) -> Domain:
+        """The domain of the discrete codes of one codec (an LQ-VAE level): `n_codes` symbols,
+        one per `hop` samples at `sample_rate` Hz; `codec` fingerprints the codec's weights, so
+        a code prior is never used with codes of another LQ-VAE."""
+        return cls("codes", settings=(("codec", str(codec)), ("hop", int(hop)), ("n_codes", int(n_codes)),
+                                      ("sample_rate", int(sample_rate))))
+
+    @property
+    def settings_dict(self) -> dict[str, Any]:
+        """Kinds "waveform" and "codes": the settings as a dict."""
+        return dict(self.settings)
+
     @property
     def frontend_dict(self) -> dict[str, Any]:
         """Kind "mel": the front-end settings as a dict (for `Frontend.from_dict`)."""
@@ -97,6 +121,8 @@ class Domain:
         """Plain values for a checkpoint; `Domain.from_dict` inverts it."""
         if self.kind == "mel":
             return {"kind": "mel", "frontend": self.frontend_dict}
+        if self.kind in ("waveform", "codes"):
+            return {"kind": self.kind, **self.settings_dict}
         return {"kind": "image", "shape": list(self.shape), "value_range": list(self.value_range)}
 
     @classmethod
@@ -107,12 +133,23 @@ class Domain:
                 return cls.mel(d["frontend"])
             if d["kind"] == "image":
                 return cls.image(d["shape"], d["value_range"])
+            if d["kind"] == "waveform":
+                return cls.waveform(d["sample_rate"], d["channels"])
+            if d["kind"] == "codes":
+                return cls.codes(d["n_codes"], d["hop"], d["sample_rate"], d["codec"])
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise UserError(f"malformed domain {dict(d) if isinstance(d, Mapping) else d!r}: {err}") from None
         raise UserError(f"unknown domain kind {d['kind']!r}; expected one of {', '.join(DOMAIN_KINDS)}")
 
     def describe(self) -> str:
         """One line, e.g. `mel front end 'default' (sample_rate=16000, n_fft=2048, ...)`."""
+        if self.kind == "waveform":
+            s = self.settings_dict
+            return f"waveforms at {s['sample_rate']} Hz, {s['channels']} channel(s)"
+        if self.kind == "codes":
+            s = self.settings_dict
+            return (f"codes of LQ-VAE {s['codec']} ({s['n_codes']} codes, hop {s['hop']} at "
+                    f"{s['sample_rate']} Hz)")
         if self.kind == "image":
             shape = "×".join(map(str, self.shape))
             return f"images {shape} with values in [{self.value_range[0]:g}, {self.value_range[1]:g}]"
@@ -363,6 +400,6 @@ def export_prior(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     payload = load_checkpoint(source)
     model = build_from_checkpoint(payload, source)
     _load_weights(model, payload, source)
-    keep = {k: v for k, v in payload.get("extra", {}).items() if k in ("train_config", "valid_loss", "world_size")}
+    keep = {k: v for k, v in payload.get("extra", {}).items() if k in ("train_config", "valid_loss", "world_size", "sum_table", "level_db")}
     return save_checkpoint(target, model, step=payload.get("step", 0),
                            extra={**keep, "exported_from": Path(source).name})

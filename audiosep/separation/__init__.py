@@ -5,6 +5,7 @@
 - `separator`: reading, resampling, level normalisation, chunking, progress, writing.
 - `basis`, `mixing`: annealed Langevin over K priors and the mixing models (audio and images).
 - `vae_bss`: VAE-BSS inference and VAEM masking (image mixtures).
+- `latent`: Bayesian separation in an LQ-VAE's code space (`LatentSeparator`), imported on use.
 """
 from .mel_basis import BUNDLED_PRIORS, MelBasis, model_set_name, separation_method
 from .nmf import BUNDLED_NMF, NMFModel, STFTDomain, fit_activations, learn_dictionary, separate_nmf, train_nmf

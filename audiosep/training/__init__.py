@@ -4,6 +4,8 @@
 - `mel`: mel-patch datasets shared by the mel priors.
 - `ncsn`, `flow`: `audiosep train ncsn|glow|realnvp` on mel patches.
 - `images`: image datasets for the image-domain priors (`audiosep train ... --images`).
+- `lqvae`: `audiosep train lqvae` on waveform crops of every source (and the stored sum table).
+- `codes`: `audiosep train transformer`, a code prior over one source's LQ-VAE codes.
 
 Adding a model kind adds a module here; the loop stays one piece of code.
 """

@@ -1,0 +1,156 @@
+"""Latent-domain separation (LQ-VAE + code priors) against its ceiling, NMF and the oracles.
+
+    python benchmarks/latent.py --lqvae exp/drums_bass/lqvae.pt \\
+        --priors exp/drums_bass/priors/drums.pt exp/drums_bass/priors/bass.pt \\
+        --nmf exp/drums_bass/nmf_drums_bass.pt --data data/drums_bass --tracks 10 --seconds 4
+
+Every method gets the same excerpts (the first `--seconds` of the first `--tracks` tracks of
+`DATA/<split>`) and is scored with BSSEval v4 (1 s windows). Rows (median over windows, then
+tracks, of SDR / SIR / SAR per source):
+
+- `latent`: `audiosep separate --method latent` (`Separator(LatentSeparator)`), the pair the
+  method selects by the mixture alone: never the best of N against the references.
+- `lqvae-ceiling`: each true source encoded and decoded by the LQ-VAE (top level): what the
+  codec keeps, the ceiling of any separation in its code space.
+- `nmf`: the supervised NMF model trained on the same stems (`--nmf`).
+- `irm2`, `mix`: the IRM (α = 2) oracle and the mixture / 2.
+
+Below it: wall and CPU seconds per second of audio of `latent` and `nmf` (torch on
+`--threads`, default 1); the LQ-VAE's linearity on held-out pairs of test crops
+(`vqvae.linearity`); and the speed of one token step of the pair posterior, batched
+(`sample_pairs`, blocks of the marginal) against the per-chain reference loop
+(`sample_pairs_reference`) at equal settings, checked to draw identical pairs, at the model's
+codebook size and at the paper's (2048 codes, 64 chains), with the peak memory the batched
+step allocates (tracemalloc does not see torch; the block bound is printed instead).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from audiosep.data.stems import list_tracks, load_track
+from audiosep.eval.report import score_track, summarize
+from audiosep.oracle import run_oracle
+from audiosep.priors.vqvae import linearity
+from audiosep.separation.latent import LatentConfig, LatentSeparator, sample_pairs, sample_pairs_reference
+from audiosep.separation.nmf import NMFModel
+from audiosep.separation.separator import Separator
+
+
+def codec_ceiling(method: LatentSeparator, refs: np.ndarray) -> np.ndarray:
+    """The true sources `(2, 1, N)` (at the LQ-VAE's rate) encoded and decoded by the LQ-VAE's
+    top level, `(2, 1, N)`."""
+    n = refs.shape[-1]
+    x = torch.nn.functional.pad(torch.from_numpy(refs[:, :1]).float(), (0, (-n) % method.hop))  # (2, 1, N')
+    with torch.no_grad():
+        return method.lqvae.decode(method.lqvae.encode(x))[..., :n].numpy()
+
+
+def token_step_speed(n_codes: int, n_chains: int, tokens: int, max_elements: int) -> dict[str, float]:
+    """Seconds per token of the batched and the reference pair sampling, on random log-priors
+    and likelihoods, and whether their draws are identical."""
+    g = torch.Generator().manual_seed(0)
+    times = {"batched": 0.0, "reference": 0.0}
+    same = True
+    for _ in range(tokens):
+        lp0 = torch.log_softmax(torch.randn(n_chains, n_codes, generator=g), -1)
+        lp1 = torch.log_softmax(torch.randn(n_chains, n_codes, generator=g), -1)
+        loglik = -torch.rand(n_codes, n_codes, generator=g) * 20
+        uniforms = torch.rand(n_chains, 2, generator=g, dtype=torch.float64)
+        start = time.perf_counter()
+        a, b = sample_pairs(lp0, lp1, loglik, uniforms, max_elements)
+        times["batched"] += time.perf_counter() - start
+        start = time.perf_counter()
+        ra, rb = sample_pairs_reference(lp0, lp1, loglik, uniforms)
+        times["reference"] += time.perf_counter() - start
+        same &= bool(torch.equal(a, ra) and torch.equal(b, rb))
+    return {"codes": n_codes, "chains": n_chains, "batched s/token": times["batched"] / tokens,
+            "reference s/token": times["reference"] / tokens,
+            "speed-up": times["reference"] / times["batched"], "identical draws": same,
+            "block MB": 4 * max_elements / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lqvae", type=Path, required=True)
+    parser.add_argument("--priors", type=Path, nargs=2, required=True, help="one code prior per source")
+    parser.add_argument("--nmf", type=Path, help="supervised NMF model trained on the same stems")
+    parser.add_argument("--data", type=Path, default=Path("data/drums_bass"))
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--tracks", type=int, help="only the first N tracks")
+    parser.add_argument("--seconds", type=float, help="only the first S seconds of each track")
+    parser.add_argument("--chains", type=int, default=64)
+    parser.add_argument("--sigma", type=float, default=0.4)
+    parser.add_argument("--likelihood", default="gaussian")
+    parser.add_argument("--window", type=int)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--token-steps", type=int, default=3, help="tokens timed in the step comparison")
+    parser.add_argument("-o", "--output", type=Path, help="also write the long table as CSV")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    pd.set_option("display.width", 200)
+
+    config = LatentConfig(n_chains=args.chains, sigma=args.sigma, likelihood=args.likelihood, window=args.window)
+    method = LatentSeparator.from_files(args.lqvae, args.priors, config)
+    method.progress = False
+    sources = method.sources
+    separators = {"latent": Separator(method, progress=False)}
+    if args.nmf:
+        separators["nmf"] = Separator(NMFModel.load(args.nmf), progress=False)
+    tracks = list_tracks(args.data, args.split)[: args.tracks]
+    tables, cpu, wall, audio = [], dict.fromkeys(separators, 0.0), dict.fromkeys(separators, 0.0), 0.0
+    pairs = []
+    for track in tqdm(tracks, desc="tracks", unit="track"):
+        mix, stems, rate = load_track(track)
+        if rate != method.sample_rate:
+            raise SystemExit(f"{track.name}: {rate} Hz; the LQ-VAE is at {method.sample_rate} Hz")
+        n = mix.shape[-1] if args.seconds is None else min(mix.shape[-1], int(args.seconds * rate))
+        refs = np.stack([stems[s][:, :n] for s in sources])
+        mix = refs.sum(axis=0)
+        audio += n / rate
+        estimates = {}
+        for name, separator in separators.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            estimates[name] = separator.separate(mix, rate)
+            cpu[name] += time.process_time() - c0
+            wall[name] += time.perf_counter() - w0
+        estimates["lqvae-ceiling"] = codec_ceiling(method, refs)
+        estimates["irm2"] = run_oracle("irm2", refs, rate)
+        estimates["mix"] = run_oracle("mix", refs, rate)
+        tables += [score_track(track.name, sources, refs, est, rate, 1.0, method=name)
+                   for name, est in estimates.items()]
+        pairs.append(torch.from_numpy(refs[:, 0]).float())
+    table = pd.concat(tables, ignore_index=True)
+    wide = summarize(table).pivot_table(index=["method", "target"], columns="metric", values="score")
+    order = ["latent", "lqvae-ceiling", "nmf", "irm2", "mix"]
+    print(f"\nBSSEval v4 medians, {len(tracks)} tracks of {args.data}/{args.split}"
+          + (f", first {args.seconds:g} s" if args.seconds else ""))
+    print(wide.reindex([m for m in order if m in set(table["method"])], level="method")[["SDR", "SIR", "SAR"]]
+          .round(2).to_string())
+    print("\nseconds per second of audio (torch threads: %d)" % args.threads)
+    print(pd.DataFrame({"CPU s/s": {k: v / audio for k, v in cpu.items()},
+                        "wall s/s": {k: v / audio for k, v in wall.items()}}).round(3).to_string())
+
+    hop = method.hop
+    crops = torch.stack([p[:, : (p.shape[-1] // hop) * hop] for p in pairs])  # (tracks, 2, N)
+    with torch.no_grad():
+        report = linearity(method.lqvae, crops[:, :1], crops[:, 1:2])
+    print("\nLQ-VAE linearity on the test pairs:", {k: round(float(v), 4) for k, v in report.items()})
+
+    rows = [token_step_speed(method.sum_table.shape[0], args.chains, args.token_steps, config.max_elements),
+            token_step_speed(2048, 64, 1, config.max_elements)]
+    print("\none token step of the pair posterior (random inputs):")
+    print(pd.DataFrame(rows).round(4).to_string(index=False))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.output, index=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Latent-domain separation: the pair posterior, its exact sampling in bounded memory, the
+per-token reference, and the selection of chains by the mixture alone."""
+import inspect
+import math
+
+import pytest
+import torch
+
+from audiosep.errors import UserError
+from audiosep.separation.latent import (LatentConfig, best_pair, likelihood_table, pair_marginal, pair_scores,
+                                        sample_pairs, sample_pairs_reference)
+
+
+def _random_table(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, n, (n, n), generator=g)
+
+
+def test_uniform_prior_with_dirac_likelihood_puts_all_mass_on_matching_pairs():
+    n, chains = 12, 400
+    table = _random_table(n)
+    mix_code = int(table[3, 7])
+    codebook = torch.randn(n, 4)
+    loglik = likelihood_table(table, codebook, mix_code, sigma=0.4, likelihood="dirac")
+    uniform = torch.full((chains, n), -math.log(n))
+    a, b = sample_pairs(uniform, uniform, loglik, torch.rand(chains, 2, dtype=torch.float64))
+    assert torch.all(table[a, b] == mix_code)
+    # and every matching pair is reachable: the draws cover the allowed set uniformly enough
+    allowed = (table == mix_code).nonzero().tolist()
+    drawn = {tuple(p) for p in torch.stack([a, b], 1).tolist()}
+    assert drawn <= {tuple(p) for p in allowed} and len(drawn) >= min(len(allowed), 2)
+
+
+def test_gaussian_likelihood_is_the_codebook_distance_of_the_sum_code():
+    n = 6
+    table = _random_table(n, 1)
+    codebook = torch.randn(n, 3)
+    loglik = likelihood_table(table, codebook, 2, sigma=0.5)
+    for a in range(n):
+        for b in range(n):
+            expected = -(codebook[table[a, b]] - codebook[2]).square().sum() / (2 * 0.25)
+            assert loglik[a, b].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_blocked_marginal_equals_the_full_joint():
+    n, chains = 9, 5
+    lp0 = torch.log_softmax(torch.randn(chains, n), -1)
+    lp1 = torch.log_softmax(torch.randn(chains, n), -1)
+    loglik = -torch.rand(n, n) * 3
+    full = torch.logsumexp(lp0.unsqueeze(2) + lp1.unsqueeze(1) + loglik, dim=2)
+    for max_elements in (1, chains * n, 10 ** 6):
+        torch.testing.assert_close(pair_marginal(lp0, lp1, loglik, max_elements), full)
+
+
+def test_batched_draws_equal_the_per_chain_reference_and_follow_the_joint():
+    n, chains = 5, 20000
+    g = torch.Generator().manual_seed(0)
+    lp0 = torch.log_softmax(torch.randn(1, n, generator=g), -1).expand(chains, n)
+    lp1 = torch.log_softmax(torch.randn(1, n, generator=g), -1).expand(chains, n)
+    loglik = -torch.rand(n, n, generator=g) * 2
+    uniforms = torch.rand(chains, 2, generator=g, dtype=torch.float64)
+    a, b = sample_pairs(lp0, lp1, loglik, uniforms, max_elements=n * 7)
+    ra, rb = sample_pairs_reference(lp0[:200], lp1[:200], loglik, uniforms[:200])
+    assert torch.equal(a[:200], ra) and torch.equal(b[:200], rb)
+    joint = torch.softmax((lp0[0].unsqueeze(1) + lp1[0].unsqueeze(0) + loglik).flatten(), 0)
+    counts = torch.bincount(a * n + b, minlength=n * n).double() / chains
+    assert (counts - joint.double()).abs().max() < 0.015
+
+
+def test_an_empty_dirac_posterior_falls_back_to_the_priors():
+    n = 4
+    table = torch.zeros(n, n, dtype=torch.long)  # every pair sums to code 0
+    loglik = likelihood_table(table, torch.randn(n, 2), 3, 0.4, "dirac")  # the mixture code is 3: no pair
+    lp = torch.log_softmax(torch.randn(8, n), -1)
+    a, b = sample_pairs(lp, lp, loglik, torch.rand(8, 2, dtype=torch.float64))
+    assert a.shape == (8,) and b.shape == (8,) and int(a.max()) < n
+
+
+def test_selection_scores_against_the_mixture_only():
+    assert "reference" not in " ".join(inspect.signature(pair_scores).parameters)
+    g = torch.Generator().manual_seed(1)
+    length, chains = 256, 6
+    x0, x1 = torch.randn(chains, length, generator=g), torch.randn(chains, length, generator=g)
+    target = 0.5 * x0[4] + 0.5 * x1[2]
+    prior = torch.full((chains,), -50.0)
+    scores = pair_scores(x0, x1, target, prior, prior, (0.5, 0.5), n_tokens=10)
+    assert scores.shape == (chains, chains) and best_pair(scores) == (4, 2)
+
+
+def test_config_refuses_bad_values_in_one_line():
+    for bad in ({"n_chains": 0}, {"sigma": 0.0}, {"likelihood": "laplace"}, {"window": 0},
+                {"temperature": 0}, {"alpha": (0.3, 0.7)}):
+        with pytest.raises(UserError) as err:
+            LatentConfig(**bad)
+        assert "\n" not in str(err.value)
+
+
+# --- end to end: tiny LQ-VAE + two tiny code priors through the CLI ----------------------
+
+RATE = 8000
+
+
+@pytest.fixture(scope="module")
+def latent_models(tmp_path_factory):
+    """(LQ-VAE path, {source: prior path}, the codes of another LQ-VAE's prior, folder)."""
+    from audiosep.priors import Domain, save_checkpoint
+    from audiosep.priors.transformer import CodeTransformer
+    from audiosep.priors.vqvae import LQVAE
+    from audiosep.training.lqvae import finish_checkpoint
+
+    root = tmp_path_factory.mktemp("latent")
+    paths = {}
+    for name, seed in (("lqvae", 0), ("other", 1)):
+        torch.manual_seed(seed)
+        model = LQVAE(sample_rate=RATE, hops=(16,), n_codes=16, code_dim=4, width=8, res_depth=1)
+        model.train()
+        model(torch.randn(2, 1, 4096) * 0.1)  # the codebook starts from these latents
+        model.eval()
+        paths[name] = save_checkpoint(root / f"{name}.pt", model, Domain.waveform(RATE))
+        finish_checkpoint(paths[name], level_db=-20.0)
+        paths[name + "_domain"] = model.code_domain()
+    priors = {}
+    for source in ("drums", "bass"):
+        prior = CodeTransformer(16, context=16, width=16, layers=1, heads=2)
+        priors[source] = save_checkpoint(root / f"{source}.pt", prior, paths["lqvae_domain"])
+    foreign = save_checkpoint(root / "foreign" / "bass.pt", CodeTransformer(16, context=16, width=16, layers=1,
+                                                                          heads=2), paths["other_domain"])
+    return paths["lqvae"], priors, foreign, root
+
+
+def _mixture(path, rate, seconds=0.5):
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(rate * seconds)) / rate
+    sf.write(path, (0.1 * np.sin(2 * np.pi * 110 * t) + 0.05 * np.sign(np.sin(2 * np.pi * 4 * t))).astype("float32"),
+             rate)
+    return path
+
+
+def test_latent_separation_through_the_cli_is_seeded_and_resamples(latent_models, tmp_path):
+    import soundfile as sf
+
+    from audiosep.cli import main
+
+    lqvae, priors, _, _ = latent_models
+    mix = _mixture(tmp_path / "mix.wav", 11025)  # another rate than the LQ-VAE's: resampled both ways
+    for name in ("a", "b"):
+        assert main(["separate", str(mix), "-o", str(tmp_path / name), "-n", "latent", "--method", "latent",
+                     "--model", str(lqvae), str(priors["drums"]), str(priors["bass"]), "--chains", "4",
+                     "--window", "6", "--seed", "3"]) == 0
+    stems = {s: sf.read(tmp_path / "a" / "latent" / "mix" / f"{s}.wav")[0] for s in ("drums", "bass")}
+    again = {s: sf.read(tmp_path / "b" / "latent" / "mix" / f"{s}.wav")[0] for s in ("drums", "bass")}
+    assert stems["drums"].shape == (int(11025 * 0.5),)
+    assert all((stems[s] == again[s]).all() for s in stems)
+
+
+def test_latent_method_length_and_windows(latent_models):
+    from audiosep.separation.latent import LatentSeparator
+
+    lqvae, priors, _, _ = latent_models
+    method = LatentSeparator.from_files(lqvae, [priors["drums"], priors["bass"]],
+                                        LatentConfig(n_chains=3, window=5))
+    method.progress = False
+    mix = torch.randn(1, 16 * 37 + 5) * 0.1  # 38 codes: past the priors' context of 16, not a whole hop
+    with torch.no_grad():
+        stems = method(mix)
+    assert stems.shape == (2, 1, mix.shape[-1]) and torch.isfinite(stems).all()
+
+
+@pytest.mark.parametrize("models, message", [
+    (lambda m: [m[0], m[1]["drums"], m[2]], "codes of LQ-VAE"),          # a prior of another LQ-VAE
+    (lambda m: [m[0], m[1]["drums"]], "LQ-VAE first, then one code prior per source"),
+    (lambda m: [m[1]["drums"], m[0], m[1]["bass"]], "LQ-VAE first"),
+])
+def test_latent_model_errors_are_one_line(latent_models, tmp_path, capsys, models, message):
+    from audiosep.cli import main
+
+    mix = _mixture(tmp_path / "mix.wav", RATE)
+    argv = ["separate", str(mix), "-o", str(tmp_path / "out"), "--model", *map(str, models(latent_models))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and not (tmp_path / "out").exists()
+
+
+def test_basis_options_are_refused_for_latent_and_latent_options_for_basis(latent_models, tmp_path, capsys):
+    from audiosep.cli import main
+
+    lqvae, priors, _, _ = latent_models
+    mix = _mixture(tmp_path / "mix.wav", RATE)
+    base = ["separate", str(mix), "-o", str(tmp_path / "out")]
+    latent = ["--model", str(lqvae), str(priors["drums"]), str(priors["bass"])]
+    assert main(base + latent + ["--levels", "3"]) == 2
+    assert "--levels" in capsys.readouterr().err
+    assert main(base + ["--method", "nmf", "--sigma", "0.3"]) == 2
+    assert "--sigma" in capsys.readouterr().err
+    assert main(base + ["--method", "latent"]) == 2
+    assert "no bundled models" in capsys.readouterr().err
