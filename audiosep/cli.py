@@ -278,7 +278,7 @@ def _separation_model(args: argparse.Namespace):
     basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion,
                      "--init": args.init, "--init-model": args.init_model, "--likelihood": args.likelihood,
                      "--corrections": args.corrections, "--chains": args.chains}
-    latent_options = {"--sigma": args.sigma, "--window": args.window}
+    latent_options = {"--sigma": args.sigma, "--window": args.window, "--postfilter": args.postfilter}
     method = separation_method(models, args.method)
     if method != "latent":
         _refuse_options(latent_options, "latent separation option(s)", f"the method is {method}")
@@ -317,7 +317,8 @@ def _latent_model(args: argparse.Namespace, basis_options: dict):
     _refuse_options({k: v for k, v in basis_options.items() if k not in shared}, "BASIS option(s)",
                     "the method is latent")
     config = LatentConfig(n_chains=args.chains or 64, sigma=args.sigma or 0.4,
-                          likelihood=args.likelihood or "gaussian", window=args.window, seed=args.seed)
+                          likelihood=args.likelihood or "gaussian", window=args.window,
+                          postfilter=args.postfilter or "wiener", seed=args.seed)
     return LatentSeparator.from_files(args.model[0], args.model[1:], config, device=args.device)
 
 
@@ -659,6 +660,10 @@ def _add_separate(sub) -> None:
                         "whose best pair is kept (default 64)")
     p.add_argument("--sigma", type=_positive_float,
                    help="latent: sigma of the Gaussian likelihood in codebook units (default 0.4)")
+    p.add_argument("--postfilter", choices=["none", "wiener"],
+                   help="latent: the decoded waveforms' STFT powers as Wiener masks on the mixture (wiener, "
+                        "default: the mixture's phase, the stems sum to it), or the decoded waveforms as they are "
+                        "(none, the paper's output)")
     p.add_argument("--window", type=_positive_int, metavar="TOKENS",
                    help="latent: tokens sampled between two choices of the best pair (default: half the "
                         "priors' context)")

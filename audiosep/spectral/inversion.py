@@ -184,6 +184,26 @@ def wiener(source_power: Tensor, mix_stft: Tensor, eps: float = 1e-10) -> Tensor
     return mask * mix_stft
 
 
+def wiener_from_waveforms(estimates: Tensor, mix: Tensor, n_fft: int = 2048, hop_length: int = 512) -> Tensor:
+    """Re-estimate sources from waveform estimates by single-channel Wiener masks on the mixture.
+
+    The estimates' STFT powers |Ŝⱼ|² become masks (`wiener`) on the mixture's STFT, so the
+    results keep the mixture's phase and sum to it exactly (for methods whose waveforms are
+    generated, e.g. decoded from codes, and so carry a phase of their own).
+
+    Args:
+        estimates: `(K, ..., N)` waveforms of the K sources.
+        mix: `(..., N)` the mixture waveform.
+        n_fft, hop_length: STFT settings in samples (Hann window, centred).
+    Returns:
+        `(K, ..., N)` float waveforms.
+    """
+    n = mix.shape[-1]
+    power = F.stft(estimates, n_fft, hop_length, pad_mode="constant").abs().square()
+    mix_stft = F.stft(mix, n_fft, hop_length, pad_mode="constant")  # zero padding: inputs shorter than n_fft too
+    return F.istft(wiener(power, mix_stft), n_fft, hop_length, length=n)
+
+
 def multichannel_wiener(
     source_power: Tensor, spatial_cov: Tensor, mix_stft: Tensor, eps: float = 1e-10
 ) -> Tensor:

@@ -28,8 +28,10 @@ here=recipes/drums_bass
 run_stage() { [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]; }
 
 if run_stage 0; then
-    echo "stage 0: synthesize $data (22.05 kHz, as the LQ-VAE)"
-    if [ ! -f "$data/index.json" ]; then
+    if [ -d "$data" ]; then
+        echo "stage 0: $data exists (a synthesized set, or Slakh2100): not rendered again"
+    else
+        echo "stage 0: synthesize $data (22.05 kHz, as the LQ-VAE)"
         $audiosep synth drums_bass -o "$data" --train 120 --valid 20 --test 20 --duration 10 \
             --sample-rate 22050 --seed 0
     fi
