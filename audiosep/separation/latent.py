@@ -66,7 +66,7 @@ class LatentConfig:
     postfilter ("wiener", the default: the decoded waveforms' STFT powers as Wiener masks on the
     mixture, `spectral.inversion.wiener_from_waveforms`; "none": the decoded waveforms, the
     paper's output. On the synthesized drums/bass test split, 64 chains, Wiener raised the median
-    SDR from 3.50 / 2.95 to 6.60 / 6.89 dB, drums / bass: decoded codes carry a phase of their
+    SDR from 3.50 / 2.95 to 6.60 / 6.90 dB, drums / bass: decoded codes carry a phase of their
     own, which BSSEval counts as artefacts); seed.
     """
 
