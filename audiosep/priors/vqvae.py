@@ -45,6 +45,11 @@ thread) on `audiosep synth drums_bass` reconstruct 16 test crops per source at 6
 (drums) and 12.0 dB (bass), using 222 of the 256 codes; on drums + bass pairs the sum table
 gives the mixture's code for 37 % of the frames (36 % without the linearization loss) and
 decoding the summed codes reaches 7.1 dB SDR against the mixture, whose own codes give 8.0 dB.
+The recipe's run (`recipes/drums_bass/lqvae.yaml`, 8000 steps at lr 5e-4, 41 min on one shared
+thread): BSSEval v4 median SDR of the true stems encoded and decoded 7.45 dB (drums) and 14.38 dB
+(bass) on the first 4 s of 10 test excerpts; the sum table gives the mixture's code for 50.7 % of
+the frames (`benchmarks/latent.py`). Drums at hop 64 with 256 codes (2.8 kbit/s) are limited by
+the codec; a finer top level or more codes is the lever.
 """
 from __future__ import annotations
 
