@@ -7,9 +7,10 @@
 - `vae_bss`: VAE-BSS inference and VAEM masking (image mixtures).
 - `latent`: Bayesian separation in an LQ-VAE's code space (`LatentSeparator`), imported on use.
 """
-from .mel_basis import BUNDLED_PRIORS, MelBasis, model_set_name, separation_method
+from .mel_basis import BUNDLED_PRIORS, MelBasis
 from .nmf import BUNDLED_NMF, NMFModel, STFTDomain, fit_activations, learn_dictionary, separate_nmf, train_nmf
-from .separator import Input, Method, RunSummary, Separator, find_inputs, separate_files
+from .separator import (Input, Method, RunSummary, Separator, find_inputs, model_set_name, separate_files,
+                        separation_method)
 
 __all__ = [
     "BUNDLED_NMF",

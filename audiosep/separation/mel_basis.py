@@ -20,9 +20,6 @@ error of ≈ 5 dB (up to 40 dB) on Σₖ powerₖ, the power mean 0.8 dB.
 The front end is the one the priors were trained on (their common mel `Domain`), and the
 mixture is levelled (by `Separator`) to `LEVEL_DB`, the level of the training mixtures,
 because a mel prior is trained on absolute dB values.
-
-`separation_method` tells which separation method a set of model files is for, so the
-command line can infer it (an NMF model file, or prior checkpoints for BASIS).
 """
 from __future__ import annotations
 
@@ -37,7 +34,7 @@ from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..errors import UserError
-from ..priors.base import Domain, Prior, load_checkpoint, load_prior
+from ..priors.base import Domain, Prior, load_prior
 from ..spectral.frontend import Frontend, patchify, unpatchify
 from ..spectral.functional import mel_spectrogram
 from ..spectral.inversion import METHODS as INVERSIONS
@@ -312,65 +309,3 @@ def _check_sources(sources: tuple[str, ...], n_priors: int) -> None:
     repeated = sorted({s for s in sources if sources.count(s) > 1})
     if repeated:
         raise UserError(f"source name(s) {', '.join(repeated)} given twice; each source needs its own name")
-
-
-def model_set_name(paths: Sequence[str | os.PathLike], method: str = "basis") -> str:
-    """The name of a model set, for `OUT/<name>/<track>/` (`audiosep separate -n`): one file
-    (an NMF model) → its stem; several (one prior per source, or an LQ-VAE and its code priors)
-    → the folder they share (the bundled priors: "ncsn_piano_violin"), else `method` + "_" +
-    their stems."""
-    paths = [Path(p) for p in paths]
-    if len(paths) == 1:
-        return paths[0].stem
-    parents = {p.resolve().parent for p in paths}
-    if len(parents) == 1 and next(iter(parents)).name:
-        return next(iter(parents)).name
-    return method + "_" + "_".join(p.stem for p in paths)
-
-
-SEPARATION_METHODS = ("nmf", "basis", "latent")
-_METHOD_FILES = {"nmf": "an NMF model", "basis": "prior checkpoints (BASIS)",
-                 "latent": "an LQ-VAE and its code priors (latent)"}
-
-
-def separation_method(paths: Sequence[str | os.PathLike],
-                      requested: str | None = None) -> Literal["nmf", "basis", "latent"]:
-    """The separation method for a set of model files: "nmf", "basis" or "latent".
-
-    No files → `requested`, by default "basis" (the bundled priors `BUNDLED_PRIORS`; "nmf":
-    the bundled NMF model; "latent" has no bundled models); one NMF model file → "nmf"; two or
-    more prior checkpoints → "basis"; one LQ-VAE and two code priors → "latent". `requested`
-    (if given) must agree with the files.
-
-    Raises:
-        UserError: unreadable files (as `load_checkpoint`), NMF models mixed with priors,
-            several NMF models, a single prior, an LQ-VAE without exactly two code priors (or
-            with other priors), or files that do not suit `requested`.
-    """
-    if requested not in (None, *SEPARATION_METHODS):
-        raise UserError(f"unknown separation method {requested!r}; choose {', '.join(SEPARATION_METHODS)}")
-    if not paths:
-        if requested == "latent":
-            raise UserError("latent separation has no bundled models: --model LQVAE.pt A.pt B.pt "
-                            "(the LQ-VAE, then one code prior per source)")
-        return requested or "basis"
-    kinds = [(Path(p), load_checkpoint(p)["kind"]) for p in paths]
-    nmf = [p for p, kind in kinds if kind == "nmf"]
-    priors = [p for p, kind in kinds if kind != "nmf"]
-    if nmf and priors:
-        raise UserError(f"{nmf[0]} is an NMF model but {priors[0]} is a prior; give one NMF model "
-                        "or one prior per source")
-    if len(nmf) > 1:
-        raise UserError(f"{len(nmf)} NMF models given; an NMF model holds all its sources, give one")
-    if len(priors) == 1:
-        raise UserError(f"{priors[0]}: one prior checkpoint given; BASIS needs one prior per source "
-                        "(--model A.pt B.pt ...)")
-    method = "nmf" if nmf else ("latent" if any(kind == "lqvae" for _, kind in kinds) else "basis")
-    if method == "latent":
-        codes = [kind == "code_transformer" for _, kind in kinds[1:]]
-        if kinds[0][1] != "lqvae" or len(codes) != 2 or not all(codes):
-            raise UserError("latent separation takes the LQ-VAE first, then one code prior per source: "
-                            "--model LQVAE.pt A.pt B.pt")
-    if requested is not None and requested != method:
-        raise UserError(f"method '{requested}' was asked for but the model files are {_METHOD_FILES[method]}")
-    return method

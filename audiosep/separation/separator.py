@@ -9,6 +9,10 @@ gradients, e.g. a flow's score by autograd, turns them on with `torch.enable_gra
 Optional attributes: `channels` (the channel count it needs, None for any; a mono method
 gets the channel mean and its stems are copied to every output channel) and `level_db`
 (the mixture RMS in dBFS it was trained at). `audiosep.separation.nmf.NMFModel` is one.
+
+`separation_method` tells which method a set of model files is for (an NMF model file,
+prior checkpoints for BASIS, an LQ-VAE and its code priors for latent separation), so the
+command line can infer it; `model_set_name` names the set's output folder.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import math
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +30,7 @@ from tqdm import tqdm
 from ..data.stems import MIXTURE_FILES
 from ..devices import resolve_device
 from ..errors import UserError
+from ..priors.base import load_checkpoint
 from ..io import (AUDIO_SUFFIXES, OutputFormat, audio_info, check_output_dir, convert_channels, fit_length,
                   limit_peaks, read_audio, resample, write_stems)
 
@@ -308,3 +313,65 @@ def _check_not_output(inp: Input, outputs: dict[str, Path]) -> None:
 def _to_input(stem: np.ndarray, method_rate: int, rate: int, channels: int, length: int) -> np.ndarray:
     """One stem `(C_m, N_m)` at the method's rate → `(channels, length)` at the input's rate."""
     return fit_length(convert_channels(resample(stem, method_rate, rate), channels), length)
+
+
+def model_set_name(paths: Sequence[str | os.PathLike], method: str = "basis") -> str:
+    """The name of a model set, for `OUT/<name>/<track>/` (`audiosep separate -n`): one file
+    (an NMF model) → its stem; several (one prior per source, or an LQ-VAE and its code priors)
+    → the folder they share (the bundled priors: "ncsn_piano_violin"), else `method` + "_" +
+    their stems."""
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        return paths[0].stem
+    parents = {p.resolve().parent for p in paths}
+    if len(parents) == 1 and next(iter(parents)).name:
+        return next(iter(parents)).name
+    return method + "_" + "_".join(p.stem for p in paths)
+
+
+SEPARATION_METHODS = ("nmf", "basis", "latent")
+_METHOD_FILES = {"nmf": "an NMF model", "basis": "prior checkpoints (BASIS)",
+                 "latent": "an LQ-VAE and its code priors (latent)"}
+
+
+def separation_method(paths: Sequence[str | os.PathLike],
+                      requested: str | None = None) -> Literal["nmf", "basis", "latent"]:
+    """The separation method for a set of model files: "nmf", "basis" or "latent".
+
+    No files → `requested`, by default "basis" (the bundled priors `BUNDLED_PRIORS`; "nmf":
+    the bundled NMF model; "latent" has no bundled models); one NMF model file → "nmf"; two or
+    more prior checkpoints → "basis"; one LQ-VAE and two code priors → "latent". `requested`
+    (if given) must agree with the files.
+
+    Raises:
+        UserError: unreadable files (as `load_checkpoint`), NMF models mixed with priors,
+            several NMF models, a single prior, an LQ-VAE without exactly two code priors (or
+            with other priors), or files that do not suit `requested`.
+    """
+    if requested not in (None, *SEPARATION_METHODS):
+        raise UserError(f"unknown separation method {requested!r}; choose {', '.join(SEPARATION_METHODS)}")
+    if not paths:
+        if requested == "latent":
+            raise UserError("latent separation has no bundled models: --model LQVAE.pt A.pt B.pt "
+                            "(the LQ-VAE, then one code prior per source)")
+        return requested or "basis"
+    kinds = [(Path(p), load_checkpoint(p)["kind"]) for p in paths]
+    nmf = [p for p, kind in kinds if kind == "nmf"]
+    priors = [p for p, kind in kinds if kind != "nmf"]
+    if nmf and priors:
+        raise UserError(f"{nmf[0]} is an NMF model but {priors[0]} is a prior; give one NMF model "
+                        "or one prior per source")
+    if len(nmf) > 1:
+        raise UserError(f"{len(nmf)} NMF models given; an NMF model holds all its sources, give one")
+    if len(priors) == 1:
+        raise UserError(f"{priors[0]}: one prior checkpoint given; BASIS needs one prior per source "
+                        "(--model A.pt B.pt ...)")
+    method = "nmf" if nmf else ("latent" if any(kind == "lqvae" for _, kind in kinds) else "basis")
+    if method == "latent":
+        codes = [kind == "code_transformer" for _, kind in kinds[1:]]
+        if kinds[0][1] != "lqvae" or len(codes) != 2 or not all(codes):
+            raise UserError("latent separation takes the LQ-VAE first, then one code prior per source: "
+                            "--model LQVAE.pt A.pt B.pt")
+    if requested is not None and requested != method:
+        raise UserError(f"method '{requested}' was asked for but the model files are {_METHOD_FILES[method]}")
+    return method
