@@ -167,8 +167,12 @@ def _cmd_train_flow(args: argparse.Namespace) -> None:
     _set_threads(args.threads)
     if _trains_on_images(args, "source"):
         result = train_flow_images(args.images, args.output, arch=args.kind, model_config=model_config,
-                                   config=config, finetune_steps=finetune_steps, device=args.device)
+                                   config=config, finetune_steps=finetune_steps, device=args.device,
+                                   denoising=run.denoising)
     else:
+        if run.denoising.mode != "none":
+            raise UserError("a denoising: section is for flows on --images; mel-patch flows take "
+                            "model.conditioning and noise_sigma")
         result = train_flow(args.data, args.source, args.output, arch=args.kind, preset=args.preset,
                             model_config=model_config, config=config, finetune_steps=finetune_steps,
                             device=args.device)
@@ -600,10 +604,12 @@ def _add_train(sub) -> None:
 def _add_train_flow(flow) -> None:
     _add_prior_data(flow, images=True)
     flow.add_argument("--config", type=Path,
-                      help="YAML with `model:` (FlowConfig), `train:` (TrainConfig) and `finetune_steps`")
+                      help="YAML with `model:` (FlowConfig), `train:` (TrainConfig), `finetune_steps` and, "
+                           "with --images, `denoising:` (ND/TD/CD flows of the denoising experiment)")
     flow.add_argument("--conditioning", choices=["none", "sigma", "bundle"],
                       help="sigma: one sigma-conditioned flow (default); bundle: one flow per BASIS sigma, "
-                           "trained from low to high noise (members kept in OUTPUT_members/); none: one flow")
+                           "trained from low to high noise (members kept in OUTPUT_members/); none: one flow "
+                           "(a denoising: section sets it)")
     flow.add_argument("--levels", type=_positive_int, help="scales of the flow (default 3)")
     flow.add_argument("--depth", type=_positive_int, help="flow steps per scale")
     flow.add_argument("--hidden", type=_positive_int, help="width of the coupling networks")

@@ -1,21 +1,37 @@
 """Denoising deep generative models: does noise in training help sample quality? One table.
 
-    python benchmarks/denoising.py --images digits --vae vanilla=v.pt nd=nd.pt cd=cd.pt
-    python benchmarks/denoising.py --images mnist:../shared/data/mnist --vae ...
+    python benchmarks/denoising.py --images digits --vae vanilla=v.pt nd=nd.pt cd=cd.pt \
+        --flow vanilla=fv.pt nd=fnd.pt cd=fcd.pt
+    python benchmarks/denoising.py --images mnist:../shared/data/mnist --vae ... --flow ...
 
-Each checkpoint is a plain VAE (K = 1) trained by `audiosep train vae` with the denoising
-mode stored in it (`denoising:` of its config): vanilla, ND (noise σ in training), CD
-(σ ~ U(0, C) as an input). Rows:
-- `<name>`: `--samples` draws of the model (CD at σ = 0);
-- `<name>+TD` for ND models: the same draws denoised once by Tweedie's formula at the
-  training σ (`priors.denoising.tweedie_denoise`, the score being ∇ₓ of the model's ELBO);
+Models (`--vae` and/or `--flow`, NAME=PATH each), with the denoising mode stored in each
+checkpoint (`denoising:` of its config, `extra["data"]["denoising"]`): vanilla, ND (noise σ
+in training), CD (σ ~ U(0, C) as an input).
+- `--vae`: plain VAEs (K = 1) trained by `audiosep train vae`, on images in [0, 1].
+- `--flow`: Glow / RealNVP trained by `audiosep train glow|realnvp --images`, on images
+  centred to [−0.5, 0.5] and not dequantised: vanilla is an unconditional flow of the
+  images plus N(0, s²) noise at its model noise_sigma s (0.01 unless its config says
+  otherwise; 0: the clean images), ND one at the section's σ, CD a flow with σ/C as an
+  input (sigma_scale "linear"). Draws are shifted back to [0, 1] before anything is scored.
+
+Rows, `vae-<name>` and `flow-<name>`:
+- `<kind>-<name>`: `--samples` draws of the model (CD at σ = 0; flows at temperature 1);
+- `<kind>-<name>+TD` for ND models: the same draws denoised once by Tweedie's formula at the
+  training σ (`priors.denoising.tweedie_denoise`, in the model's own space: the score being
+  ∇ₓ of the VAE's ELBO, or of the flow's exact log-density of the centred image);
 - `data (train images)`: real images, the floor of the distance.
 
 Columns: the Fréchet distance between classifier features of the draws and of the test
 images (`eval.frechet`: a small CNN trained here on the train split with `--seed`; not
-FID, and comparable only within one run), and the test ELBO in nats per image of the
-density each model learnt (vanilla / CD at σ = 0 on the test images; ND on the test images
-plus N(0, σ²) noise), Laplace normalising constant included. The classifier's test
+FID, and comparable only within one run), and the mean test log-likelihood, in nats per
+image on the [0, 1] scale, of the density each model learnt: for VAEs the ELBO (a lower
+bound; Laplace normalising constant included), for flows the exact log p (the centring
+shift has unit Jacobian, so it is the density of the [0, 1]-scale image too). Which test
+inputs: ND (both kinds) the test images plus N(0, σ²) noise, drawn with `--seed` (the same
+noise for a VAE and a flow of the same σ); CD at σ = 0 on the clean test images; vanilla
+VAE the clean test images; vanilla flow the test images plus its N(0, s²) training noise
+(same seed). Densities of clean and of noisy images are not on one footing: compare a
+column entry only with rows that score the same test inputs. The classifier's test
 accuracy is printed above the table.
 """
 from __future__ import annotations
@@ -27,10 +43,14 @@ import torch
 
 from audiosep.data.images import load_images
 from audiosep.eval.frechet import accuracy, feature_statistics, fit_classifier, frechet_distance
-from audiosep.priors.base import load_checkpoint, load_prior
+from audiosep.priors.base import Domain, load_checkpoint, load_prior
 from audiosep.priors.denoising import DenoisingConfig, training_noise, tweedie_denoise
+from audiosep.priors.flows import FlowBundle
 from audiosep.priors.vae import LAPLACE_SCALE, vae_loss
 from images import named_paths  # benchmarks/images.py (this folder is on sys.path when run as a script)
+
+FLOW_RANGE = (-0.5, 0.5)  # flows model images centred by −0.5 (`training.flow.train_flow_images`)
+FLOW_CHUNK = 250  # images per flow forward / Tweedie pass (autograd through the whole flow)
 
 
 def stored_denoising(path: str) -> DenoisingConfig:
@@ -41,7 +61,7 @@ def stored_denoising(path: str) -> DenoisingConfig:
 
 @torch.no_grad()
 def test_elbo(model, images: torch.Tensor, denoising: DenoisingConfig, seed: int) -> float:
-    """Mean ELBO (nats/image) of the density the model learnt, on the test images."""
+    """Mean ELBO (nats/image) of the density the VAE learnt, on the test images `(N, C, H, W)` in [0, 1]."""
     torch.manual_seed(seed)
     sigma = None  # the σ input of a σ-conditioned (CD) model: clean test images
     if denoising.mode in ("nd", "td"):
@@ -52,15 +72,41 @@ def test_elbo(model, images: torch.Tensor, denoising: DenoisingConfig, seed: int
     return float(-loss.mean()) - images[0].numel() * math.log(2 * LAPLACE_SCALE)
 
 
+@torch.no_grad()
+def test_log_likelihood(model, images: torch.Tensor, seed: int) -> float:
+    """Mean exact log p (nats/image) of the density the flow learnt, on the test images
+    `(N, C, H, W)` in [0, 1]: CD (σ-conditioned) at σ = 0 on the clean images; an
+    unconditional flow on the images plus its training noise N(0, noise_sigma²), drawn on
+    a generator seeded with `seed` (the noise `test_elbo` draws for an ND VAE of that σ)."""
+    x = images + FLOW_RANGE[0]
+    sigma = 0.0 if model.conditional else None
+    if not model.conditional and model.noise_sigma > 0:
+        x = x + model.noise_sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+    return float(torch.cat([model.log_prob(part, sigma) for part in x.split(FLOW_CHUNK)]).mean())
+
+
+def label(kind: str, name: str, denoising: DenoisingConfig) -> str:
+    """The row label, e.g. "flow-nd (nd, sigma 0.1)"."""
+    if denoising.mode in ("nd", "td"):
+        return f"{kind}-{name} ({denoising.mode}, sigma {denoising.sigma:g})"
+    if denoising.mode == "cd":
+        return f"{kind}-{name} (cd, C {denoising.c_max:g})"
+    return f"{kind}-{name} (none)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", default="digits")
-    parser.add_argument("--vae", nargs="+", required=True, metavar="NAME=PATH")
+    parser.add_argument("--vae", nargs="+", default=[], metavar="NAME=PATH", help="plain VAEs (train vae)")
+    parser.add_argument("--flow", nargs="+", default=[], metavar="NAME=PATH",
+                        help="Glow / RealNVP image flows (train glow|realnvp --images)")
     parser.add_argument("--samples", type=int, default=5000)
     parser.add_argument("--classifier-steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if not args.vae and not args.flow:
+        parser.error("give --vae and/or --flow checkpoints")
     torch.set_num_threads(args.threads)
 
     train, test = load_images(args.images, "train"), load_images(args.images, "test")
@@ -79,16 +125,28 @@ def main() -> None:
             raise SystemExit(f"{path}: a VAE-BSS model (K = {model.n_sources}); this table is for plain VAEs")
         generator = torch.Generator().manual_seed(args.seed)
         draws = model.sample(args.samples, sigma=0.0, generator=generator)
-        label = f"{name} ({denoising.mode}" + (f", sigma {denoising.sigma:g})" if denoising.mode in ("nd", "td")
-                                               else f", C {denoising.c_max:g})" if denoising.mode == "cd" else ")")
         elbo = test_elbo(model, test.images, denoising, args.seed)
-        rows.append((label, distance(draws), elbo))
+        rows.append((label("vae", name, denoising), distance(draws), elbo))
         if denoising.mode in ("nd", "td"):
             denoised = torch.cat([tweedie_denoise(model, x, denoising.sigma) for x in draws.split(1000)])
-            rows.append((f"{name}+TD", distance(denoised), elbo))
-    print(f"\n{'model':<34} {'Frechet dist.':>13} {'test ELBO nats/img':>19}")
-    for label, fd, elbo in rows:
-        print(f"{label:<34} {fd:13.3f} {elbo:19.1f}")
+            rows.append((f"vae-{name}+TD", distance(denoised), elbo))
+    for name, path in named_paths(args.flow):
+        model = load_prior(path, expected_domain=Domain.image(test.shape, FLOW_RANGE))
+        denoising = stored_denoising(path)
+        if isinstance(model, FlowBundle) or model.conditional != denoising.conditioned:
+            raise SystemExit(f"{path}: a BASIS flow (bundle or log-sigma conditioned); this table is for flows "
+                             "trained with a denoising: section or none")
+        generator = torch.Generator().manual_seed(args.seed)
+        draws = torch.cat([model.sample(min(FLOW_CHUNK, args.samples - start), sigma=0.0, generator=generator)
+                           for start in range(0, args.samples, FLOW_CHUNK)])  # centred, (samples, C, H, W)
+        log_p = test_log_likelihood(model, test.images, args.seed)
+        rows.append((label("flow", name, denoising), distance(draws - FLOW_RANGE[0]), log_p))
+        if denoising.mode in ("nd", "td"):
+            denoised = torch.cat([tweedie_denoise(model, x, denoising.sigma) for x in draws.split(FLOW_CHUNK)])
+            rows.append((f"flow-{name}+TD", distance(denoised - FLOW_RANGE[0]), log_p))
+    print(f"\n{'model':<34} {'Frechet dist.':>13} {'test ELBO (vae) / log p (flow), nats/img':>41}")
+    for row_label, fd, log_p in rows:
+        print(f"{row_label:<34} {fd:13.3f} {log_p:41.1f}")
 
 
 if __name__ == "__main__":

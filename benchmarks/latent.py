@@ -16,6 +16,8 @@ tracks, of SDR / SIR / SAR per source):
   (`--postfilter wiener`), from the same samples.
 - `lqvae-ceiling`: each true source encoded and decoded by the LQ-VAE (top level): what the
   codec keeps, the ceiling of any separation in its code space.
+- `lqvae-ceiling-wiener`: those decoded true sources as Wiener masks on the mixture: the
+  ceiling of the post-filtered `latent` row (what perfect code sequences would score there).
 - `nmf`: the supervised NMF model trained on the same stems (`--nmf`).
 - `irm2`, `mix`: the IRM (α = 2) oracle and the mixture / 2.
 
@@ -95,6 +97,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.4)
     parser.add_argument("--likelihood", default="gaussian")
     parser.add_argument("--window", type=int)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the chains' draws")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--token-steps", type=int, default=3, help="tokens timed in the step comparison")
     parser.add_argument("-o", "--output", type=Path, help="also write the long table as CSV")
@@ -103,7 +106,7 @@ def main() -> None:
     pd.set_option("display.width", 200)
 
     config = LatentConfig(n_chains=args.chains, sigma=args.sigma, likelihood=args.likelihood, window=args.window,
-                          postfilter="none")
+                          postfilter="none", seed=args.seed)
     method = LatentSeparator.from_files(args.lqvae, args.priors, config)
     method.progress = False
     sources = method.sources
@@ -130,6 +133,8 @@ def main() -> None:
         estimates["latent"] = wiener_from_waveforms(torch.from_numpy(estimates["latent-decoded"]),
                                                     torch.from_numpy(mix)).numpy()
         estimates["lqvae-ceiling"] = codec_ceiling(method, refs)
+        estimates["lqvae-ceiling-wiener"] = wiener_from_waveforms(torch.from_numpy(estimates["lqvae-ceiling"]),
+                                                                  torch.from_numpy(mix)).numpy()
         estimates["irm2"] = run_oracle("irm2", refs, rate)
         estimates["mix"] = run_oracle("mix", refs, rate)
         tables += [score_track(track.name, sources, refs, est, rate, 1.0, method=name)
@@ -137,7 +142,7 @@ def main() -> None:
         pairs.append(torch.from_numpy(refs[:, 0]).float())
     table = pd.concat(tables, ignore_index=True)
     wide = summarize(table).pivot_table(index=["method", "target"], columns="metric", values="score")
-    order = ["latent", "latent-decoded", "lqvae-ceiling", "nmf", "irm2", "mix"]
+    order = ["latent", "latent-decoded", "lqvae-ceiling", "lqvae-ceiling-wiener", "nmf", "irm2", "mix"]
     print(f"\nBSSEval v4 medians, {len(tracks)} tracks of {args.data}/{args.split}"
           + (f", first {args.seconds:g} s" if args.seconds else ""))
     print(wide.reindex([m for m in order if m in set(table["method"])], level="method")[["SDR", "SIR", "SAR"]]

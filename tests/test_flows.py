@@ -443,3 +443,126 @@ def test_flows_train_on_centred_images(tmp_path, conditioning):
     assert prior.score(torch.zeros(3, 1, 8, 8), sigma).shape == (3, 1, 8, 8)
     stored = load_checkpoint(bundle_member_path(out, 1.0) if conditioning == "bundle" else out)
     assert stored["extra"]["data"] == {"images": "digits"}
+
+
+# --- the denoising experiment: ND / CD flows, sampling (priors.denoising) -------------------
+
+def _tiny_cd_flow(cls=RealNVP, c_max=0.4, seed=0):
+    torch.manual_seed(seed)
+    model = cls(levels=2, depth=2, hidden=8, conditional=True, sigma_max=c_max, sigma_scale="linear")
+    return _randomize(model, seed).double().eval()
+
+
+@pytest.mark.parametrize("cls", [Glow, RealNVP])
+def test_cd_flow_takes_sigma_zero_and_is_an_exact_bijection(cls):
+    model = _tiny_cd_flow(cls)
+    x = _x((2, 1, 8, 8))
+    sigma = torch.tensor([0.0, 0.3], dtype=F64)
+    assert torch.isfinite(model.log_prob(x, 0.0)).all()
+    assert not torch.allclose(model.log_prob(x, 0.0), model.log_prob(x, 0.3))  # σ is an input
+    latents, logdet = model.transform(x, sigma)
+    assert (model.inverse(latents, sigma) - x).abs().max() < 1e-5
+    expected = _per_item_jacobian_logdets(
+        lambda t: torch.cat([z.flatten(1) for z in model.transform(t, sigma)[0]], 1), x)
+    torch.testing.assert_close(logdet, expected, rtol=1e-9, atol=1e-9)
+    with pytest.raises(UserError, match="sigma >= 0"):
+        model.log_prob(x, -0.1)
+    with pytest.raises(UserError, match="sigma > 0"):  # the BASIS (log σ) flow has no σ = 0
+        _tiny_flow(cls, True).log_prob(x, 0.0)
+
+
+def test_cd_flow_draws_sigma_uniformly_from_zero():
+    model = _tiny_cd_flow(c_max=0.4)
+    torch.manual_seed(0)
+    sigma = model.training_sigmas(20000, dtype=F64)
+    assert 0 <= sigma.min() < 0.001 and 0.399 < sigma.max() <= 0.4
+    assert sigma.mean().item() == pytest.approx(0.2, abs=0.005)
+    assert (sigma < 0.1).double().mean().item() == pytest.approx(0.25, abs=0.01)  # not log-uniform
+
+
+def test_a_checkpoint_without_sigma_scale_rebuilds_the_basis_flow(tmp_path):
+    model, domain = _tiny_flow(Glow, True).float(), Domain.image((1, 8, 8))
+    save_checkpoint(tmp_path / "old.pt", model, domain)
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    del payload["config"]["sigma_scale"]  # as written before the option existed
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_prior(tmp_path / "old.pt")
+    assert old.sigma_scale == "log" and old.get_config() == model.get_config()
+    x = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(old.log_prob(x, 0.1), model.log_prob(x, 0.1), rtol=0, atol=0)
+    sigma = old.training_sigmas(2000)
+    assert old.sigma_min <= sigma.min() and sigma.max() <= old.sigma_max
+    assert (sigma < 0.1).float().mean().item() == pytest.approx(0.5, abs=0.05)  # log-uniform over [0.01, 1]
+    with pytest.raises(UserError, match="sigma > 0"):
+        old.log_prob(x, 0.0)
+
+
+def test_denoising_section_builds_the_flow_and_contradictions_are_one_line_errors():
+    from audiosep.config import from_dict
+    from audiosep.priors.denoising import DenoisingConfig
+    from audiosep.training.flow import FlowRun
+
+    arch = {"levels": 2, "depth": 1, "hidden": 4}
+    vanilla = build_flow("glow", FlowConfig(conditioning="none", **arch), DenoisingConfig())
+    assert not vanilla.conditional and vanilla.noise_sigma == 0.01  # the flow default: today's behaviour
+    nd = build_flow("glow", FlowConfig(**arch), DenoisingConfig(mode="nd", sigma=0.2))
+    assert not nd.conditional and nd.noise_sigma == 0.2
+    assert build_flow("glow", FlowConfig(conditioning="none", noise_sigma=0.0, **arch),
+                      DenoisingConfig(mode="td", sigma=0.2)).noise_sigma == 0.2
+    cd = build_flow("realnvp", FlowConfig(**arch), DenoisingConfig(mode="cd", c_max=0.3))
+    assert cd.conditional and cd.sigma_scale == "linear" and cd.sigma_max == 0.3
+    assert build_flow("glow", FlowConfig(**arch)).sigma_scale == "log"  # no section: the BASIS flow
+    for model, mode in [({"conditioning": "sigma"}, "nd"), ({"conditioning": "bundle"}, "cd"),
+                        ({"conditioning": "none"}, "cd"), ({"noise_sigma": 0.05}, "nd"), ({"noise_sigma": 0.05}, "cd")]:
+        with pytest.raises(UserError) as excinfo:
+            build_flow("glow", FlowConfig(**arch, **model), DenoisingConfig(mode=mode))
+        assert "contradicts denoising mode" in str(excinfo.value) and "\n" not in str(excinfo.value)
+    with pytest.raises(UserError, match="sigma_denoising"):  # read strictly, like every section
+        from_dict(FlowRun, {"denoising": {"mode": "nd", "sigma_denoising": 0.1}})
+
+
+def test_flow_samples_have_the_domain_shape_follow_the_generator_and_temperature():
+    model = _tiny_cd_flow(Glow)
+    model.domain = Domain.image((1, 8, 16), (-0.5, 0.5))
+    draw = lambda seed, **kw: model.sample(4, generator=torch.Generator().manual_seed(seed), **kw)  # noqa: E731
+    a, b, c = draw(1), draw(1), draw(2)
+    assert a.shape == (4, 1, 8, 16) and a.dtype == F64 and not a.requires_grad
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(draw(1, sigma=0.3), a)  # the σ input of a CD flow
+    mode = draw(1, temperature=0.0)
+    assert torch.allclose(mode[0], mode[3])  # every draw is the image of ε = 0
+    latents, _ = model.transform(mode, 0.0)
+    assert max(z.abs().max().item() for z in latents) < 1e-6
+    hot = draw(1, temperature=2.0)
+    assert sum(z.pow(2).sum().item() for z in model.transform(hot, 0.0)[0]) == pytest.approx(
+        4 * sum(z.pow(2).sum().item() for z in model.transform(a, 0.0)[0]), rel=1e-6)  # ε scales with T
+    with pytest.raises(ValueError, match="no domain"):
+        _tiny_flow(RealNVP, False).sample(1)
+
+
+def _flow_yaml(path, denoising):
+    path.write_text("model:\n  levels: 2\n  depth: 1\n  hidden: 4\n" + denoising +
+                    "train:\n  batch_size: 8\n  valid_batches: 1\n  progress: false\n")
+    return path
+
+
+def test_cli_trains_an_nd_flow_on_images_and_stores_its_denoising_section(tmp_path, capsys):
+    config = _flow_yaml(tmp_path / "nd.yaml", "denoising:\n  mode: nd\n  sigma: 0.2\n")
+    assert main(["train", "realnvp", "--images", "digits", "--config", str(config), "--steps", "2",
+                 "-o", str(tmp_path / "nd.pt")]) == 0
+    payload = load_checkpoint(tmp_path / "nd.pt")
+    assert payload["extra"]["data"] == {"images": "digits", "denoising": {"mode": "nd", "sigma": 0.2, "c_max": 0.5}}
+    prior = load_prior(tmp_path / "nd.pt", expected_domain=Domain.image((1, 8, 8), (-0.5, 0.5)))
+    assert isinstance(prior, RealNVP) and not prior.conditional and prior.noise_sigma == 0.2
+    assert prior.sample(3, generator=torch.Generator().manual_seed(0)).shape == (3, 1, 8, 8)
+
+    bad = _flow_yaml(tmp_path / "bad.yaml", "  conditioning: sigma\ndenoising:\n  mode: cd\n")
+    assert main(["train", "glow", "--images", "digits", "--config", str(bad), "--steps", "2",
+                 "-o", str(tmp_path / "bad.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "contradicts denoising mode 'cd'" in err and "\n" not in err and not (tmp_path / "bad.pt").exists()
+    mel = _flow_yaml(tmp_path / "mel.yaml", "denoising:\n  mode: nd\n")
+    assert main(_train_args(_stems_dataset(tmp_path / "data"), tmp_path / "mel.pt", "glow", "--config", mel,
+                            "--steps", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "for flows on --images" in err and "\n" not in err and not (tmp_path / "mel.pt").exists()

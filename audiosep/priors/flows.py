@@ -25,11 +25,16 @@ Layers (each `forward(x, emb) -> (y, logdet (B,))`, `inverse(y, emb) -> x`; `emb
 
 Noise conditioning. A prior models noisy data y = x + σ·ε (the densities p_σ BASIS anneals
 through). Two ways:
-- σ-conditioned (`conditional=True`): log σ goes through a small MLP (`SigmaEmbedding`)
-  whose output biases the hidden layer of every coupling network and the learned priors;
-  trained with σ drawn log-uniformly over [sigma_min, sigma_max]. On the geometric BASIS
-  grid this weights every level equally (as BASIS spends T steps on each), and because the
-  draw is continuous one model serves any schedule inside the range (any `--levels`).
+- σ-conditioned (`conditional=True`): a feature of σ goes through a small MLP
+  (`SigmaEmbedding`) whose output biases the hidden layer of every coupling network and the
+  learned priors. `sigma_scale` says which feature and which training draw:
+  "log" (the default, BASIS): log σ, σ drawn log-uniformly over [sigma_min, sigma_max]. On
+  the geometric BASIS grid this weights every level equally (as BASIS spends T steps on
+  each), and because the draw is continuous one model serves any schedule inside the range
+  (any `--levels`); σ = 0 has no log and is refused.
+  "linear" (CD of the denoising experiment, `priors.denoising`): σ/sigma_max, σ drawn from
+  U(0, sigma_max), so σ = 0, the clean data, is an input like any other; sigma_min unused.
+  Checkpoints written before the option existed lack the key and rebuild as "log".
 - per-σ bundle (`FlowBundle`): one unconditional flow per σ of the schedule, trained
   serially from the smallest σ up, each level initialised from the previous one (as in
   the BASIS code); all members in one checkpoint. Its score at σ uses the member trained at
@@ -39,6 +44,10 @@ through). Two ways:
 
 An unconditional flow models the one density it was trained on (noise `noise_sigma`, 0 for
 clean data) and ignores the σ it is asked for.
+
+`build_flow` makes a flow from a `FlowConfig` (`model:`) and, for images, a
+`DenoisingConfig` (`denoising:`): ND/TD is an unconditional flow at the section's σ, CD a
+"linear" σ-conditioned flow with sigma_max = c_max. `sample` draws from any of them.
 
 Losses are in bits per dimension: bpd = −log p(y)/(D·ln 2), plus log₂(n_bins) for data
 quantised to n_bins levels and dequantised by uniform noise (`dequantize`).
@@ -56,13 +65,16 @@ import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .base import Prior, register_prior, sigma_per_sample
+from .base import Domain, Prior, register_prior, sigma_per_sample
+from .denoising import DenoisingConfig
 from .ncsn import BASIS_SIGMAS, geometric_sigmas
 
 LOG_SCALE_BOUND = 2.0  # coupling log-scales lie in (−2, 2): a factor of at most e² per coupling
 PRIOR_LOG_STD_BOUND = 5.0  # learned prior log-stds lie in (−5, 5)
 EMBED_DIM = 32  # width of the σ embedding
 SIGMA_RTOL = 1e-4  # relative tolerance of the bundle's σ lookup
+DEFAULT_NOISE_SIGMA = BASIS_SIGMAS[1]  # an unconditional flow's training noise when the config names none
+SIGMA_SCALES = ("log", "linear")  # what a σ-conditioned flow embeds and how it draws σ (see the docstring)
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -86,14 +98,19 @@ def _sum_per_item(x: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------
 
 class SigmaEmbedding(nn.Module):
-    """log σ → a feature vector: Linear(1, d) → SiLU → Linear(d, d) → SiLU. σ `(B,)` → `(B, d)`."""
+    """σ → a feature vector: u → Linear(1, d) → SiLU → Linear(d, d) → SiLU, σ `(B,)` → `(B, d)`.
 
-    def __init__(self, dim: int = EMBED_DIM) -> None:
+    u = log σ (`scale` "log", σ > 0) or σ/sigma_max (`scale` "linear", σ ≥ 0: σ = 0 → u = 0).
+    """
+
+    def __init__(self, dim: int = EMBED_DIM, scale: str = "log", sigma_max: float = 1.0) -> None:
         super().__init__()
+        self.scale, self.sigma_max = scale, sigma_max
         self.net = nn.Sequential(nn.Linear(1, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU())
 
     def forward(self, sigma: Tensor) -> Tensor:
-        return self.net(sigma.log()[:, None])
+        u = sigma.log() if self.scale == "log" else sigma / self.sigma_max
+        return self.net(u[:, None])
 
 
 class CouplingNet(nn.Module):
@@ -382,7 +399,9 @@ class _MultiScaleFlow(Prior):
         noise_sigma: unconditional only: the σ of the noise added to the training data
             (0 = clean data, e.g. dequantised images).
         sigma_max, sigma_min: conditional only: σ is drawn log-uniformly in this range
-            in training.
+            in training (`sigma_scale` "log"), or from U(0, sigma_max) ("linear").
+        sigma_scale: conditional only: "log" (the default: embed log σ, σ > 0; BASIS) or
+            "linear" (embed σ/sigma_max, σ ≥ 0; the denoising experiment's CD).
     """
 
     @staticmethod
@@ -391,22 +410,26 @@ class _MultiScaleFlow(Prior):
         raise NotImplementedError
 
     def __init__(self, channels: int, levels: int, depth: int, hidden: int, conditional: bool,
-                 noise_sigma: float, sigma_max: float, sigma_min: float) -> None:
+                 noise_sigma: float, sigma_max: float, sigma_min: float, sigma_scale: str = "log") -> None:
         super().__init__()
         if min(channels, levels, depth, hidden) < 1:
             raise UserError(f"flow: channels, levels, depth and hidden must be >= 1, got "
                             f"{channels}, {levels}, {depth}, {hidden}")
-        if conditional and not sigma_max > sigma_min > 0:
+        if sigma_scale not in SIGMA_SCALES:
+            raise UserError(f"flow: sigma_scale must be one of {', '.join(SIGMA_SCALES)}, got {sigma_scale!r}")
+        if conditional and sigma_scale == "log" and not sigma_max > sigma_min > 0:
             raise UserError(f"flow: need sigma_max > sigma_min > 0, got {sigma_max}, {sigma_min}")
+        if conditional and not sigma_max > 0:
+            raise UserError(f"flow: need sigma_max > 0, got {sigma_max}")
         if noise_sigma < 0:
             raise UserError(f"flow: noise_sigma must be >= 0, got {noise_sigma}")
         self._config = {"channels": int(channels), "levels": int(levels), "depth": int(depth),
                         "hidden": int(hidden), "conditional": bool(conditional),
                         "noise_sigma": float(noise_sigma), "sigma_max": float(sigma_max),
-                        "sigma_min": float(sigma_min)}
-        self.conditional = bool(conditional)
+                        "sigma_min": float(sigma_min), "sigma_scale": sigma_scale}
+        self.conditional, self.sigma_scale = bool(conditional), sigma_scale
         self.noise_sigma, self.sigma_max, self.sigma_min = float(noise_sigma), float(sigma_max), float(sigma_min)
-        self.embed = SigmaEmbedding() if conditional else None
+        self.embed = SigmaEmbedding(scale=sigma_scale, sigma_max=self.sigma_max) if conditional else None
         self.cond_dim = EMBED_DIM if conditional else 0
         self.levels = nn.ModuleList()
         self.splits = nn.ModuleList()
@@ -424,8 +447,10 @@ class _MultiScaleFlow(Prior):
         if sigma is None:
             raise ValueError(f"a sigma-conditioned {self.kind} needs sigma")
         sigma = sigma_per_sample(sigma, x)
-        if not bool((sigma > 0).all()):
+        if self.sigma_scale == "log" and not bool((sigma > 0).all()):
             raise UserError(f"a sigma-conditioned {self.kind} needs sigma > 0")
+        if not bool((sigma >= 0).all()):
+            raise UserError(f"a sigma-conditioned {self.kind} needs sigma >= 0")
         return self.embed(sigma)
 
     def transform(self, x: Tensor, sigma: float | Tensor | None = None) -> tuple[list[Tensor], Tensor]:
@@ -471,12 +496,51 @@ class _MultiScaleFlow(Prior):
 
     def training_sigmas(self, batch: int, device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32) -> Tensor:
-        """σ `(batch,)` for the training noise: log-uniform in [sigma_min, sigma_max]
-        (conditional, global torch RNG) or `noise_sigma` (unconditional)."""
+        """σ `(batch,)` for the training noise: conditional, on the global torch RNG,
+        log-uniform in [sigma_min, sigma_max] (`sigma_scale` "log") or U(0, sigma_max)
+        ("linear"); unconditional, `noise_sigma`."""
         if not self.conditional:
             return torch.full((batch,), self.noise_sigma, device=device, dtype=dtype)
+        u = torch.rand(batch, device=device, dtype=dtype)
+        if self.sigma_scale == "linear":
+            return self.sigma_max * u
         lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
-        return (lo + (hi - lo) * torch.rand(batch, device=device, dtype=dtype)).exp()
+        return (lo + (hi - lo) * u).exp()
+
+    def latent_shapes(self, shape: Sequence[int]) -> list[tuple[int, int, int]]:
+        """The `(c, h, w)` of each scale's latent for items of `shape` (C, H, W), in the order
+        `transform` returns them (the split-off halves, then the top)."""
+        self.check_shape(shape)
+        c, h, w = shape
+        shapes = []
+        for index, level in enumerate(self.levels):
+            squeezes = sum(isinstance(layer, Squeeze) for layer in level)
+            c, h, w = c * 4**squeezes, h // 2**squeezes, w // 2**squeezes
+            if index < len(self.splits):
+                shapes.append((c // 2, h, w))
+                c //= 2
+        return shapes + [(c, h, w)]
+
+    @torch.no_grad()
+    def sample(self, n: int, sigma: float = 0.0, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> Tensor:
+        """n draws `(n, C, H, W)` of the density at `sigma`, in the units of the training data
+        (centred images: [−0.5, 0.5] plus the model's noise; mel patches: [0, 1]).
+
+        ε ~ N(0, T²·I) at every scale's latent shape (T = `temperature`; 0 gives the image
+        of the all-zero latents, the flow's mode-like point), drawn on `generator` (default:
+        torch's global one) on the CPU in the model's dtype, then `inverse(ε, σ)` on the
+        model's device. The item shape is that of `domain` (set by training and by
+        `load_prior`: `flow_item_shape`). `sigma` is the σ input of a conditional flow (0,
+        the clean data, for the denoising experiment's CD; a "log" flow needs σ > 0); an
+        unconditional flow has its one density and ignores it.
+        """
+        if self.domain is None:
+            raise ValueError(f"this {self.kind} has no domain (train or load it first): the item shape is unknown")
+        weight = next(self.parameters())
+        latents = [(temperature * torch.randn((n, *s), generator=generator, dtype=weight.dtype)).to(weight.device)
+                   for s in self.latent_shapes(flow_item_shape(self.domain))]
+        return self.inverse(latents, sigma)
 
 
 @register_prior("glow")
@@ -494,8 +558,9 @@ class Glow(_MultiScaleFlow):
 
     def __init__(self, channels: int = 1, levels: int = 3, depth: int = 4, hidden: int = 64,
                  conditional: bool = False, noise_sigma: float = 0.0, sigma_max: float = BASIS_SIGMAS[0],
-                 sigma_min: float = BASIS_SIGMAS[1]) -> None:
-        super().__init__(channels, levels, depth, hidden, conditional, noise_sigma, sigma_max, sigma_min)
+                 sigma_min: float = BASIS_SIGMAS[1], sigma_scale: str = "log") -> None:
+        super().__init__(channels, levels, depth, hidden, conditional, noise_sigma, sigma_max, sigma_min,
+                         sigma_scale)
         c = channels
         for index in range(levels):
             c *= 4
@@ -525,8 +590,9 @@ class RealNVP(_MultiScaleFlow):
 
     def __init__(self, channels: int = 1, levels: int = 3, depth: int = 3, hidden: int = 64,
                  conditional: bool = False, noise_sigma: float = 0.0, sigma_max: float = BASIS_SIGMAS[0],
-                 sigma_min: float = BASIS_SIGMAS[1]) -> None:
-        super().__init__(channels, levels, depth, hidden, conditional, noise_sigma, sigma_max, sigma_min)
+                 sigma_min: float = BASIS_SIGMAS[1], sigma_scale: str = "log") -> None:
+        super().__init__(channels, levels, depth, hidden, conditional, noise_sigma, sigma_max, sigma_min,
+                         sigma_scale)
         c = channels
         for index in range(levels):
             last = index == levels - 1
@@ -545,6 +611,14 @@ class RealNVP(_MultiScaleFlow):
 
 
 FLOWS: dict[str, type[_MultiScaleFlow]] = {"glow": Glow, "realnvp": RealNVP}
+
+
+def flow_item_shape(domain: Domain) -> tuple[int, int, int]:
+    """The `(C, H, W)` of one item a flow of `domain` models: the image shape, or one mel patch
+    `(1, n_mels, patch_frames)`."""
+    if domain.kind == "image":
+        return tuple(domain.shape)
+    return 1, domain.frontend_dict["n_mels"], domain.frontend_dict["patch_frames"]
 
 
 def check_flow_shape(arch: str, channels: int, levels: int, shape: Sequence[int]) -> None:
@@ -667,12 +741,17 @@ class FlowConfig:
 
     Fields: conditioning ("none": one flow at `noise_sigma`; "sigma": one σ-conditioned flow
     trained over [sigma_min, sigma_max]; "bundle": one flow per σ of the geometric schedule
-    sigma_max → sigma_min over n_sigmas levels, the BASIS default 1.0 → 0.01 × 10);
-    channels, levels, depth, hidden (the network; depth is flow steps per scale);
-    noise_sigma (conditioning "none": training noise σ; 0 for clean or dequantised data).
+    sigma_max → sigma_min over n_sigmas levels, the BASIS default 1.0 → 0.01 × 10; null, the
+    default: "sigma", or what a `denoising:` section sets); channels, levels, depth, hidden
+    (the network; depth is flow steps per scale); noise_sigma (conditioning "none": training
+    noise σ, 0 for clean or dequantised data; null, the default: `DEFAULT_NOISE_SIGMA` = 0.01,
+    BASIS's smallest σ, or a `denoising:` section's σ).
+
+    With a `denoising:` section (`DenoisingConfig`, images) the section sets the noise: leave
+    conditioning and noise_sigma out (`flow_conditioning` refuses contradictions).
     """
 
-    conditioning: Literal["none", "sigma", "bundle"] = "sigma"
+    conditioning: Literal["none", "sigma", "bundle"] | None = None
     channels: int = 1
     levels: int = 3
     depth: int = 4
@@ -680,7 +759,30 @@ class FlowConfig:
     sigma_max: float = BASIS_SIGMAS[0]
     sigma_min: float = BASIS_SIGMAS[1]
     n_sigmas: int = BASIS_SIGMAS[2]
-    noise_sigma: float = BASIS_SIGMAS[1]
+    noise_sigma: float | None = None
+
+
+def flow_conditioning(config: FlowConfig, denoising: DenoisingConfig | None = None) -> str:
+    """The conditioning ("none" | "sigma" | "bundle") of the flow `config` and `denoising` make.
+
+    Without a denoising mode: `config.conditioning` ("sigma" when null). With one: "none" for
+    ND/TD (one flow at the section's σ) and "sigma" for CD (σ ~ U(0, c_max) as an input).
+
+    Raises:
+        UserError (one line): a denoising mode with a conditioning other than "none" for
+            ND/TD (any for CD), or with a nonzero `noise_sigma` in `model:`.
+    """
+    mode = (denoising or DenoisingConfig()).mode
+    if mode == "none":
+        return config.conditioning or "sigma"
+    allowed = (None, "none") if mode in ("nd", "td") else (None,)
+    if config.conditioning not in allowed:
+        raise UserError(f"model.conditioning {config.conditioning!r} contradicts denoising mode {mode!r}: "
+                        "the denoising section sets the flow's noise (leave conditioning out)")
+    if config.noise_sigma:
+        raise UserError(f"model.noise_sigma {config.noise_sigma:g} contradicts denoising mode {mode!r}: "
+                        "the denoising section sets the flow's noise (ND/TD: denoising.sigma)")
+    return "sigma" if mode == "cd" else "none"
 
 
 def member_config(config: FlowConfig) -> dict[str, Any]:
@@ -694,14 +796,24 @@ def bundle_sigmas(config: FlowConfig) -> list[float]:
     return geometric_sigmas(config.sigma_max, config.sigma_min, config.n_sigmas).tolist()
 
 
-def build_flow(arch: str, config: FlowConfig) -> Prior:
-    """A fresh flow prior of `arch` ("glow" | "realnvp") with `config`'s conditioning:
-    a `Glow`/`RealNVP` ("none", "sigma") or a `FlowBundle` ("bundle")."""
+def build_flow(arch: str, config: FlowConfig, denoising: DenoisingConfig | None = None) -> Prior:
+    """A fresh flow prior of `arch` ("glow" | "realnvp") with the conditioning of `config` and
+    `denoising` (`flow_conditioning`): a `FlowBundle` ("bundle"); a log-σ `Glow`/`RealNVP`
+    ("sigma"); an unconditional one at noise_sigma ("none"; ND/TD: at denoising.sigma); CD:
+    a σ-conditioned one with sigma_scale "linear" and sigma_max = c_max."""
     if arch not in FLOWS:
         raise UserError(f"unknown flow {arch!r}; choose one of: {', '.join(FLOWS)}")
+    denoising = denoising or DenoisingConfig()
+    conditioning = flow_conditioning(config, denoising)
     base = member_config(config)
-    if config.conditioning == "bundle":
+    if conditioning == "bundle":
         return FlowBundle(arch, base, bundle_sigmas(config))
-    if config.conditioning == "sigma":
+    if denoising.conditioned:
+        return FLOWS[arch](**{**base, "conditional": True, "sigma_max": denoising.c_max, "sigma_scale": "linear"})
+    if conditioning == "sigma":
         return FLOWS[arch](**{**base, "conditional": True})
-    return FLOWS[arch](**base, noise_sigma=config.noise_sigma)
+    if denoising.mode in ("nd", "td"):
+        noise_sigma = denoising.sigma
+    else:
+        noise_sigma = DEFAULT_NOISE_SIGMA if config.noise_sigma is None else config.noise_sigma
+    return FLOWS[arch](**base, noise_sigma=noise_sigma)

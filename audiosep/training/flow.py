@@ -1,5 +1,6 @@
 """Flow entry points: `audiosep train glow|realnvp` on mel patches or images (one flow,
-σ-conditioned, or a per-σ bundle)."""
+σ-conditioned, or a per-σ bundle; on images also the denoising experiment's ND/TD/CD flows
+of a `denoising:` section, `priors.denoising.DenoisingConfig`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from ..config import TrainConfig, to_dict
 from ..errors import UserError
 from ..priors.base import Domain, load_checkpoint, save_checkpoint
+from ..priors.denoising import DenoisingConfig
 from ..priors.flows import (
     FLOWS,
     FlowBundle,
@@ -21,6 +23,8 @@ from ..priors.flows import (
     build_flow,
     bundle_sigmas,
     check_flow_shape,
+    flow_conditioning,
+    flow_item_shape,
     flow_nll,
     member_config,
 )
@@ -34,12 +38,14 @@ DataSets = Callable[[TrainConfig], tuple[Dataset, Dataset]]  # train config → 
 @dataclasses.dataclass
 class FlowRun:
     """The YAML file of `audiosep train glow|realnvp --config`: `model:` (FlowConfig), `train:`
-    (TrainConfig), and `finetune_steps` (bundle only: steps of every member after the first,
-    which trains for `train.steps`; null → `train.steps`)."""
+    (TrainConfig), `finetune_steps` (bundle only: steps of every member after the first,
+    which trains for `train.steps`; null → `train.steps`) and `denoising:` (DenoisingConfig,
+    images only: ND/TD/CD training noise, in place of model.conditioning and noise_sigma)."""
 
     model: FlowConfig = dataclasses.field(default_factory=FlowConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     finetune_steps: int | None = None
+    denoising: DenoisingConfig = dataclasses.field(default_factory=DenoisingConfig)
 
 
 def train_flow(data: str | os.PathLike, source: str, out_path: str | os.PathLike, arch: str = "glow",
@@ -69,37 +75,44 @@ def train_flow(data: str | os.PathLike, source: str, out_path: str | os.PathLike
 def train_flow_images(images: str, out_path: str | os.PathLike, arch: str = "glow",
                       model_config: FlowConfig | None = None, config: TrainConfig | None = None,
                       finetune_steps: int | None = None, device: str = "cpu",
-                      valid_items: int | None = None) -> dict[str, Any]:
+                      valid_items: int | None = None, denoising: DenoisingConfig | None = None) -> dict[str, Any]:
     """Train a flow prior on an image dataset: `audiosep train glow|realnvp --images SPEC`.
 
-    Images are centred to [−0.5, 0.5] (the BASIS-Glow convention, mixtures m = (x₁ + x₂)/2);
-    the last `valid_items` train images (default a tenth, at most 1000) validate. Otherwise
-    as `train_flow`, every conditioning included.
+    Images are centred to [−0.5, 0.5] (the BASIS-Glow convention, mixtures m = (x₁ + x₂)/2)
+    and not dequantised: an unconditional flow learns the density of x + σ·ε at its
+    noise_sigma (0.01 unless set); the last `valid_items` train images (default a tenth, at most 1000)
+    validate. `denoising` (the `denoising:` section) makes the flow of the denoising
+    experiment (`build_flow`: ND/TD one flow at its σ, CD σ ~ U(0, c_max) as an input) and
+    is stored in the checkpoint as `extra["data"]["denoising"]` (modes other than none), as
+    `train_vae` does. Otherwise as `train_flow`, every conditioning included.
     """
+    denoising = denoising or DenoisingConfig()
     train_ds, valid_ds, domain, name = image_sets(images, valid_items, center=True)
     model_config = model_config or FlowConfig()
     if model_config.channels != domain.shape[0]:
         model_config = dataclasses.replace(model_config, channels=domain.shape[0])
-    return _train_flow(lambda member_train: (train_ds, valid_ds), domain, {"images": name}, out_path, arch,
-                       model_config, config, finetune_steps, device)
+    data = {"images": name}
+    if denoising.mode != "none":
+        data["denoising"] = dataclasses.asdict(denoising)
+    return _train_flow(lambda member_train: (train_ds, valid_ds), domain, data, out_path, arch,
+                       model_config, config, finetune_steps, device, denoising)
 
 
 def _train_flow(sets: DataSets, domain: Domain, data: dict[str, Any], out_path: str | os.PathLike, arch: str,
                 model_config: FlowConfig | None, config: TrainConfig | None, finetune_steps: int | None,
-                device: str) -> dict[str, Any]:
-    """One flow (conditioning "none" / "sigma") or a bundle, on the datasets `sets(train config)` gives."""
+                device: str, denoising: DenoisingConfig | None = None) -> dict[str, Any]:
+    """One flow (conditioning "none" / "sigma", or a denoising mode's) or a bundle, on the
+    datasets `sets(train config)` gives."""
     model_config = model_config or FlowConfig()
     config = config or TrainConfig()
     if arch not in FLOWS:
         raise UserError(f"unknown flow {arch!r}; choose one of: {', '.join(FLOWS)}")
-    shape = domain.shape if domain.kind == "image" else (1, domain.frontend_dict["n_mels"],
-                                                         domain.frontend_dict["patch_frames"])
-    check_flow_shape(arch, model_config.channels, model_config.levels, shape)
-    if model_config.conditioning == "bundle":
+    check_flow_shape(arch, model_config.channels, model_config.levels, flow_item_shape(domain))
+    if flow_conditioning(model_config, denoising) == "bundle":
         return train_flow_bundle(sets, domain, data, out_path, arch, model_config, config, finetune_steps, device)
     train_ds, valid_ds = sets(config)
     seed_everything(config.seed)
-    model = build_flow(arch, model_config)
+    model = build_flow(arch, model_config, denoising)
     return train(model, flow_nll, train_ds, valid_ds, config, out_path, domain, device, data=data)
 
 
