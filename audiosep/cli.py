@@ -187,16 +187,21 @@ def _cmd_train_vae(args: argparse.Namespace) -> None:
     import dataclasses
 
     from .io import check_output_file
-    from .training.vae import VAERun, train_vae
+    from .training.vae import VAERun, train_vae, train_vae_mixtures
 
     check_output_file(args.output)
     run = _run_settings(VAERun, args, ("n_sources", "arch", "latent_dim"))
     if args.autoencoder:
         run = dataclasses.replace(run, model=dataclasses.replace(run.model, variational=False))
     if args.n_mix is not None:
+        if args.data is not None:
+            raise UserError("--mix averages images into mixtures (--images); --data patches are mixtures already")
         run = dataclasses.replace(run, loss=dataclasses.replace(run.loss, n_mix=args.n_mix))
     _set_threads(args.threads)
-    result = train_vae(args.images, args.output, run, device=args.device)
+    if args.data is not None:
+        result = train_vae_mixtures(args.data, args.output, run, device=args.device)
+    else:
+        result = train_vae(args.images, args.output, run, device=args.device)
     print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
           f"{_valid_text(result['valid_loss'], 'valid loss')} (nats per training input)")
 
@@ -286,6 +291,11 @@ def _separation_model(args: argparse.Namespace):
     method = separation_method(models, args.method)
     if method != "latent":
         _refuse_options(latent_options, "latent separation option(s)", f"the method is {method}")
+    if method == "vae-bss":
+        from .separation.vae_bss import VAEBSS
+
+        _refuse_options(basis_options, "BASIS option(s)", "the method is vae-bss")
+        return VAEBSS.from_file(models[0], device=args.device), model_set_name(models)
     if method == "nmf":
         _refuse_options(basis_options, "BASIS option(s)", "the model is NMF; give prior checkpoints")
         path = models[0] if models else BUNDLED_NMF
@@ -526,7 +536,8 @@ def _add_prior_run(p) -> None:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model (ncsn, glow, realnvp priors; vae: VAE-BSS on image mixtures; nmf baseline)")
+    p = sub.add_parser("train", help="train a model (ncsn, glow, realnvp priors; vae: VAE-BSS on image or audio "
+                                     "mixtures; nmf baseline)")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")  # ncsn, glow, realnvp, nmf
     ncsn = kinds.add_parser("ncsn", help="NCSN score network on [0, 1] mel patches or images (resumes from -o)")
     _add_prior_data(ncsn, images=True)
@@ -543,12 +554,18 @@ def _add_train(sub) -> None:
     for kind, name in (("glow", "Glow"), ("realnvp", "RealNVP")):
         _add_train_flow(kinds.add_parser(kind, help=f"{name} flow prior on [0, 1] mel patches or centred images (resumes from -o)"))
 
-    vae = kinds.add_parser("vae", help="VAE-BSS (K latent sources, trained on image mixtures only) or a plain "
-                                       "VAE (--sources 1 --mix 1) (resumes from -o)")
-    vae.add_argument("--images", required=True, metavar="SPEC",
-                     help="image dataset: digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR or a folder")
+    vae = kinds.add_parser("vae", help="VAE-BSS (K latent sources, trained on mixtures only: image mixtures, or "
+                                       "STFT-magnitude patches of a stems dataset's mixtures, for --method vae-bss) "
+                                       "or a plain VAE (--sources 1 --mix 1) (resumes from -o)")
+    vae_data = vae.add_mutually_exclusive_group(required=True)
+    vae_data.add_argument("--images", metavar="SPEC",
+                          help="image dataset: digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR or a folder")
+    vae_data.add_argument("--data", type=Path, metavar="DIR",
+                          help="stems dataset DATA/{train,valid}/<track>/: patches of the mixtures' STFT magnitudes "
+                               "(mix files; no stem is read alone), validated on the valid split")
     vae.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
-    vae.add_argument("--config", type=Path, help="YAML with `model:` (VAEConfig), `train:` (TrainConfig), `loss:`")
+    vae.add_argument("--config", type=Path, help="YAML with `model:` (VAEConfig), `train:` (TrainConfig), `loss:`, "
+                                                 "`denoising:` and, with --data, `frontend:` (MagnitudeFrontend)")
     vae.add_argument("--sources", dest="n_sources", type=_positive_int, help="K, sources decoded per mixture (default 2)")
     vae.add_argument("--arch", choices=["mlp", "conv"], help="network (default mlp, the paper's)")
     vae.add_argument("--latent-dim", type=_positive_int, help="latent size per source (default 20)")
@@ -639,12 +656,13 @@ def _add_separate(sub) -> None:
                                         "folder the --model priors share)")
     p.add_argument("--model", type=Path, nargs="+", metavar="PATH",
                    help="one NMF model file, or one prior checkpoint per source for BASIS, named after the "
-                        "files (piano.pt violin.pt → piano, violin); default: the bundled piano/violin NCSN priors "
-                        "(BASIS), or the bundled piano/violin NMF model with --method nmf")
-    p.add_argument("--method", choices=["nmf", "basis", "latent"],
-                   help="nmf, basis or latent (default: inferred from --model; basis without it). latent: "
+                        "files (piano.pt violin.pt → piano, violin), or one VAE for vae-bss; default: the bundled "
+                        "piano/violin NCSN priors (BASIS), or the bundled piano/violin NMF model with --method nmf")
+    p.add_argument("--method", choices=["nmf", "basis", "latent", "vae-bss"],
+                   help="nmf, basis, latent or vae-bss (default: inferred from --model; basis without it). latent: "
                         "--model LQVAE.pt A.pt B.pt, Bayesian search over the LQ-VAE's codes with one code "
-                        "prior per source")
+                        "prior per source. vae-bss: --model VAE.pt (train vae --data), unsupervised: stems "
+                        "source0 ... source{K-1}, masks that sum to the mixture")
     p.add_argument("--steps", type=_positive_int, help="BASIS: Langevin steps per noise level (default 10)")
     p.add_argument("--levels", type=_positive_int,
                    help="BASIS: noise levels, σ geometric down to 0.01 (default: 4 from σ 0.05 for --init nmf, "

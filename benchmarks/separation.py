@@ -240,15 +240,26 @@ def parse_basis(specs: list[str]) -> dict[str, list[Path]]:
     return sets
 
 
-def parse_variants(specs: list[str]) -> dict[str, dict]:
-    """`NAME=key=value,key=value` → {NAME: BasisConfig overrides}, values read as YAML scalars."""
+def _scalar(text: str):
+    """A --variant value: an int or a float when it reads as one (PyYAML reads "5e-5" as a
+    string), else a YAML scalar (true, null, a name)."""
     import yaml
 
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def parse_variants(specs: list[str]) -> dict[str, dict]:
+    """`NAME=key=value,key=value` → {NAME: BasisConfig overrides}, values read as numbers or YAML scalars."""
     variants = {}
     for spec in specs:
         name, _, settings = spec.partition("=")
         try:
-            overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in settings.split(","))}
+            overrides = {k: _scalar(v) for k, v in (item.split("=", 1) for item in settings.split(","))}
         except ValueError:
             raise SystemExit(f"--variant expects NAME=key=value[,key=value], got {spec!r}") from None
         from_dict(BasisConfig, {**vars(default_basis("nmf")), **overrides})  # unknown keys fail here

@@ -1,4 +1,4 @@
-"""Multi-stem datasets on disk, and torch Datasets of random crops of one source.
+"""Multi-stem datasets on disk, and torch Datasets of random crops of one source or of the mixture.
 
 Three layouts are read (all as ``ROOT/<split>/<track>/...``):
 
@@ -167,6 +167,28 @@ def load_track(track: Track, sample_rate: int | None = None, channels: int | Non
     return mix, sources, sample_rate
 
 
+def read_mixture(track: Track, sample_rate: int, channels: int, start: int = 0, length: int | None = None
+                 ) -> np.ndarray:
+    """Samples [start, start + length) of the track's mixture at `sample_rate`: its mix file, or
+    the sum of its sources where it has none. Float32 (channels, length), zero-padded past the
+    end; length None reads to the end."""
+    if track.mix is None:
+        if length is None:
+            length = max(mixture_length(track, sample_rate) - start, 0)
+        return np.sum([read_source(track, s, sample_rate, channels, start, length) for s in track.sources],
+                      axis=0, dtype=np.float32)
+    if length is None:
+        length = max(_length_at(track.mix, sample_rate) - start, 0)
+    return convert_channels(_read_segment(track.mix, start, length, sample_rate), channels)
+
+
+def mixture_length(track: Track, sample_rate: int) -> int:
+    """Samples of the mixture at `sample_rate`: its mix file's, else its longest source file's."""
+    if track.mix is not None:
+        return _length_at(track.mix, sample_rate)
+    return max(source_length(track, s, sample_rate) for s in track.sources)
+
+
 def source_length(track: Track, source: str, sample_rate: int) -> int:
     """Samples of the source at `sample_rate`: the longest of its files."""
     return max(_length_at(p, sample_rate) for p in track.sources[source])
@@ -210,35 +232,38 @@ def _read_frames(path: Path, start: int, stop: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- torch datasets
 
 
-class SourceCrops(torch.utils.data.Dataset):
-    """Random crops of one source: item i is a float32 tensor (channels, crop_samples).
+class _TrackCrops(torch.utils.data.Dataset):
+    """Random crops of one signal per track (what `read` reads): item i is a float32 tensor
+    (channels, crop_samples).
 
     A crop's track is drawn in proportion to the track's possible crop positions (uniform over
     the audio), then its start uniformly; crops whose RMS is below `min_rms_db` dBFS are
     redrawn (up to `max_tries`). Item i depends only on (seed, epoch, i), so the dataset is
     deterministic and safe with DataLoader workers; `set_epoch` gives each epoch new crops.
-
-    Raises:
-        UserError: missing folder, no tracks, a source no track has, or a source silent
-            in `max_tries` draws.
+    Subclasses set `what` (for messages) and define `track_length` and `read`.
     """
 
-    def __init__(self, root: str | Path, source: str, *, split: str | None = "train",
-                 layout: str | None = None, crop_samples: int = 32768, sample_rate: int = 16000,
-                 channels: int = 1, length: int = 1000, seed: int = 0, min_rms_db: float = -50.0,
-                 max_tries: int = 100) -> None:
-        tracks = list_tracks(root, split, layout)
-        self.tracks = [t for t in tracks if source in t.sources]
-        if not self.tracks:
-            raise UserError(f"{root}: no track has source '{source}' (sources: {', '.join(list_sources(tracks))})")
+    what = "signal"
+
+    def _setup(self, tracks: Sequence[Track], crop_samples: int, sample_rate: int, channels: int, length: int,
+               seed: int, min_rms_db: float, max_tries: int) -> None:
         if crop_samples < 1 or length < 1:
             raise UserError(f"crop_samples and length must be positive, got {crop_samples} and {length}")
-        self.source, self.crop_samples, self.sample_rate, self.channels = source, crop_samples, sample_rate, channels
+        self.tracks = list(tracks)
+        self.crop_samples, self.sample_rate, self.channels = crop_samples, sample_rate, channels
         self.length, self.seed, self.epoch = length, seed, 0
         self.min_rms_db, self.max_tries = min_rms_db, max_tries
-        self._lengths = np.array([source_length(t, source, sample_rate) for t in self.tracks])
+        self._lengths = np.array([self.track_length(t) for t in self.tracks])
         positions = np.maximum(self._lengths - crop_samples + 1, 1)
         self._track_weights = positions / positions.sum()
+
+    def track_length(self, track: Track) -> int:
+        """Samples of the cropped signal of `track` at `sample_rate`."""
+        raise NotImplementedError
+
+    def read(self, track: Track, start: int) -> np.ndarray:
+        """The crop (channels, crop_samples) of `track` starting at sample `start`."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return self.length
@@ -253,10 +278,10 @@ class SourceCrops(torch.utils.data.Dataset):
         for _ in range(self.max_tries):
             k = int(rng.choice(len(self.tracks), p=self._track_weights))
             start = int(rng.integers(max(self._lengths[k] - self.crop_samples + 1, 1)))
-            crop = read_source(self.tracks[k], self.source, self.sample_rate, self.channels, start, self.crop_samples)
+            crop = self.read(self.tracks[k], start)
             if 10 * np.log10(np.mean(np.square(crop, dtype=np.float64)) + 1e-20) >= self.min_rms_db:
                 return self.tracks[k], start, crop
-        raise UserError(f"source '{self.source}': no crop above {self.min_rms_db:g} dBFS in {self.max_tries} draws")
+        raise UserError(f"{self.what}: no crop above {self.min_rms_db:g} dBFS in {self.max_tries} draws")
 
     def __getitem__(self, index: int) -> Tensor:
         if not 0 <= index < self.length:
@@ -264,15 +289,68 @@ class SourceCrops(torch.utils.data.Dataset):
         return torch.from_numpy(self.locate(index)[2])
 
 
-class SourcePatches(torch.utils.data.Dataset):
-    """Front-end patches of a mono `SourceCrops`: item i is a float32 tensor (1, n_mels, frames).
+class SourceCrops(_TrackCrops):
+    """Random crops of one source (see `_TrackCrops`): item i is a float32 tensor
+    (channels, crop_samples), depending only on (seed, epoch, i).
 
-    `frontend` maps a waveform tensor (1, N) to a [0, 1] spectrogram (..., n_mels, T) with a
-    single leading element (e.g. ``Frontend.encode``); `frames` keeps the first frames (all
-    if None) and must not exceed T.
+    Raises:
+        UserError: missing folder, no tracks, a source no track has, or a source silent
+            in `max_tries` draws.
     """
 
-    def __init__(self, crops: SourceCrops, frontend: Callable[[Tensor], Tensor], frames: int | None = None) -> None:
+    def __init__(self, root: str | Path, source: str, *, split: str | None = "train",
+                 layout: str | None = None, crop_samples: int = 32768, sample_rate: int = 16000,
+                 channels: int = 1, length: int = 1000, seed: int = 0, min_rms_db: float = -50.0,
+                 max_tries: int = 100) -> None:
+        tracks = list_tracks(root, split, layout)
+        with_source = [t for t in tracks if source in t.sources]
+        if not with_source:
+            raise UserError(f"{root}: no track has source '{source}' (sources: {', '.join(list_sources(tracks))})")
+        self.source, self.what = source, f"source '{source}'"
+        self._setup(with_source, crop_samples, sample_rate, channels, length, seed, min_rms_db, max_tries)
+
+    def track_length(self, track: Track) -> int:
+        return source_length(track, self.source, self.sample_rate)
+
+    def read(self, track: Track, start: int) -> np.ndarray:
+        return read_source(track, self.source, self.sample_rate, self.channels, start, self.crop_samples)
+
+
+class MixtureCrops(_TrackCrops):
+    """Random crops of the tracks' mixtures (`read_mixture`: the mix file, or the sum of the
+    sources where a track has none; a source is never read alone from a track with a mix file).
+    Item i is a float32 tensor (channels, crop_samples), depending only on (seed, epoch, i);
+    see `_TrackCrops`.
+
+    Raises:
+        UserError: missing folder, no tracks, or mixtures silent in `max_tries` draws.
+    """
+
+    what = "mixtures"
+
+    def __init__(self, root: str | Path, *, split: str | None = "train", layout: str | None = None,
+                 crop_samples: int = 32768, sample_rate: int = 16000, channels: int = 1, length: int = 1000,
+                 seed: int = 0, min_rms_db: float = -50.0, max_tries: int = 100) -> None:
+        self._setup(list_tracks(root, split, layout), crop_samples, sample_rate, channels, length, seed,
+                    min_rms_db, max_tries)
+
+    def track_length(self, track: Track) -> int:
+        return mixture_length(track, self.sample_rate)
+
+    def read(self, track: Track, start: int) -> np.ndarray:
+        return read_mixture(track, self.sample_rate, self.channels, start, self.crop_samples)
+
+
+class SourcePatches(torch.utils.data.Dataset):
+    """Front-end patches of mono crops (`SourceCrops` or `MixtureCrops`): item i is a float32
+    tensor (1, n_bins, frames).
+
+    `frontend` maps a waveform tensor (1, N) to a [0, 1] spectrogram (..., n_bins, T) with a
+    single leading element (e.g. ``Frontend.encode``, ``MagnitudeFrontend.encode_crop``);
+    `frames` keeps the first frames (all if None) and must not exceed T.
+    """
+
+    def __init__(self, crops: SourceCrops | MixtureCrops, frontend: Callable[[Tensor], Tensor], frames: int | None = None) -> None:
         if crops.channels != 1:
             raise UserError(f"front-end patches need mono crops, got channels={crops.channels}")
         self.crops, self.frontend, self.frames = crops, frontend, frames

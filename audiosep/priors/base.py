@@ -30,7 +30,7 @@ from ..io import atomic_output
 
 CHECKPOINT_FORMAT = "audiosep-checkpoint"
 CHECKPOINT_VERSION = 1
-DOMAIN_KINDS = ("mel", "image", "waveform", "codes")
+DOMAIN_KINDS = ("mel", "magnitude", "image", "waveform", "codes")
 
 _PRIORS: dict[str, type[Prior]] = {}
 
@@ -44,11 +44,12 @@ def _freeze(value: Any) -> Any:
 
 @dataclass(frozen=True, eq=False)
 class Domain:
-    """What a prior was trained on: a mel front end, an image format, waveforms, or the codes of
-    one LQ-VAE.
+    """What a prior was trained on: a mel front end, STFT-magnitude patches, an image format,
+    waveforms, or the codes of one LQ-VAE.
 
-    Fields: kind ("mel" | "image" | "waveform" | "codes"); frontend (kind "mel": the front
-    end's settings as sorted (key, value) pairs, from `Frontend.to_dict()`); shape ((C, H, W),
+    Fields: kind ("mel" | "magnitude" | "image" | "waveform" | "codes"); frontend (kinds "mel"
+    and "magnitude": the front end's settings as sorted (key, value) pairs, from
+    `Frontend.to_dict()` / `MagnitudeFrontend.to_dict()`); shape ((C, H, W),
     kind "image"); value_range ((lo, hi) of the pixel values, kind "image"); settings (kinds
     "waveform" and "codes": sorted (key, value) pairs, e.g. sample_rate and channels of a
     waveform; n_codes, hop, sample_rate and the codec's fingerprint for codes).
@@ -70,6 +71,8 @@ class Domain:
         if self.kind == "mel":
             settings = tuple((k, v) for k, v in self.frontend if k != "name")
             key = ("mel", settings)
+        elif self.kind == "magnitude":
+            key = ("magnitude", self.frontend)
         elif self.kind == "image":
             key = ("image", self.shape, self.value_range)
         else:
@@ -87,6 +90,13 @@ class Domain:
         """The domain of a mel front end: a `Frontend` (anything with `to_dict()`) or its dict."""
         settings = frontend.to_dict() if hasattr(frontend, "to_dict") else dict(frontend)
         return cls("mel", frontend=tuple(sorted((k, _freeze(v)) for k, v in settings.items())))
+
+    @classmethod
+    def magnitude(cls, frontend: Any) -> Domain:
+        """The domain of STFT-magnitude patches: a `MagnitudeFrontend` (anything with `to_dict()`)
+        or its dict (STFT settings, sample rate, patch frames and normalisation all compare)."""
+        settings = frontend.to_dict() if hasattr(frontend, "to_dict") else dict(frontend)
+        return cls("magnitude", frontend=tuple(sorted((k, _freeze(v)) for k, v in settings.items())))
 
     @classmethod
     def image(cls, shape: tuple[int, ...], value_range: tuple[float, float] = (0.0, 1.0)) -> Domain:
@@ -114,13 +124,14 @@ class Domain:
 
     @property
     def frontend_dict(self) -> dict[str, Any]:
-        """Kind "mel": the front-end settings as a dict (for `Frontend.from_dict`)."""
+        """Kinds "mel" and "magnitude": the front-end settings as a dict (for `Frontend.from_dict`
+        / `MagnitudeFrontend.from_dict`)."""
         return dict(self.frontend)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for a checkpoint; `Domain.from_dict` inverts it."""
-        if self.kind == "mel":
-            return {"kind": "mel", "frontend": self.frontend_dict}
+        if self.kind in ("mel", "magnitude"):
+            return {"kind": self.kind, "frontend": self.frontend_dict}
         if self.kind in ("waveform", "codes"):
             return {"kind": self.kind, **self.settings_dict}
         return {"kind": "image", "shape": list(self.shape), "value_range": list(self.value_range)}
@@ -131,6 +142,8 @@ class Domain:
         try:
             if d["kind"] == "mel":
                 return cls.mel(d["frontend"])
+            if d["kind"] == "magnitude":
+                return cls.magnitude(d["frontend"])
             if d["kind"] == "image":
                 return cls.image(d["shape"], d["value_range"])
             if d["kind"] == "waveform":
@@ -150,6 +163,9 @@ class Domain:
             s = self.settings_dict
             return (f"codes of LQ-VAE {s['codec']} ({s['n_codes']} codes, hop {s['hop']} at "
                     f"{s['sample_rate']} Hz)")
+        if self.kind == "magnitude":
+            body = ", ".join(f"{k}={v}" for k, v in self.frontend_dict.items())
+            return f"STFT-magnitude patches ({body})"
         if self.kind == "image":
             shape = "×".join(map(str, self.shape))
             return f"images {shape} with values in [{self.value_range[0]:g}, {self.value_range[1]:g}]"

@@ -4,7 +4,8 @@
 - `mel_basis`: BASIS with one mel-spectrogram prior per source (`MelBasis`).
 - `separator`: reading, resampling, level normalisation, chunking, progress, writing.
 - `basis`, `mixing`: annealed Langevin over K priors and the mixing models (audio and images).
-- `vae_bss`: VAE-BSS inference and VAEM masking (image mixtures).
+- `vae_bss`: VAE-BSS inference and VAEM masking: image mixtures, and `VAEBSS` (STFT magnitudes,
+  a Separator method), imported on use.
 - `latent`: Bayesian separation in an LQ-VAE's code space (`LatentSeparator`), imported on use.
 """
 from .mel_basis import BUNDLED_PRIORS, MelBasis

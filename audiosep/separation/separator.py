@@ -11,8 +11,9 @@ gets the channel mean and its stems are copied to every output channel) and `lev
 (the mixture RMS in dBFS it was trained at). `audiosep.separation.nmf.NMFModel` is one.
 
 `separation_method` tells which method a set of model files is for (an NMF model file,
-prior checkpoints for BASIS, an LQ-VAE and its code priors for latent separation), so the
-command line can infer it; `model_set_name` names the set's output folder.
+prior checkpoints for BASIS, an LQ-VAE and its code priors for latent separation, one VAE
+trained on mixtures for VAE-BSS), so the command line can infer it; `model_set_name` names
+the set's output folder.
 """
 from __future__ import annotations
 
@@ -329,24 +330,25 @@ def model_set_name(paths: Sequence[str | os.PathLike], method: str = "basis") ->
     return method + "_" + "_".join(p.stem for p in paths)
 
 
-SEPARATION_METHODS = ("nmf", "basis", "latent")
+SEPARATION_METHODS = ("nmf", "basis", "latent", "vae-bss")
 _METHOD_FILES = {"nmf": "an NMF model", "basis": "prior checkpoints (BASIS)",
-                 "latent": "an LQ-VAE and its code priors (latent)"}
+                 "latent": "an LQ-VAE and its code priors (latent)", "vae-bss": "a VAE (vae-bss)"}
 
 
 def separation_method(paths: Sequence[str | os.PathLike],
-                      requested: str | None = None) -> Literal["nmf", "basis", "latent"]:
-    """The separation method for a set of model files: "nmf", "basis" or "latent".
+                      requested: str | None = None) -> Literal["nmf", "basis", "latent", "vae-bss"]:
+    """The separation method for a set of model files: "nmf", "basis", "latent" or "vae-bss".
 
     No files → `requested`, by default "basis" (the bundled priors `BUNDLED_PRIORS`; "nmf":
-    the bundled NMF model; "latent" has no bundled models); one NMF model file → "nmf"; two or
-    more prior checkpoints → "basis"; one LQ-VAE and two code priors → "latent". `requested`
-    (if given) must agree with the files.
+    the bundled NMF model; "latent" and "vae-bss" have no bundled models); one NMF model file →
+    "nmf"; two or more prior checkpoints → "basis"; one LQ-VAE and two code priors → "latent";
+    one VAE → "vae-bss". `requested` (if given) must agree with the files.
 
     Raises:
         UserError: unreadable files (as `load_checkpoint`), NMF models mixed with priors,
-            several NMF models, a single prior, an LQ-VAE without exactly two code priors (or
-            with other priors), or files that do not suit `requested`.
+            several NMF models, a single prior other than a VAE, a VAE with other files, an
+            LQ-VAE without exactly two code priors (or with other priors), or files that do not
+            suit `requested`.
     """
     if requested not in (None, *SEPARATION_METHODS):
         raise UserError(f"unknown separation method {requested!r}; choose {', '.join(SEPARATION_METHODS)}")
@@ -354,8 +356,16 @@ def separation_method(paths: Sequence[str | os.PathLike],
         if requested == "latent":
             raise UserError("latent separation has no bundled models: --model LQVAE.pt A.pt B.pt "
                             "(the LQ-VAE, then one code prior per source)")
+        if requested == "vae-bss":
+            raise UserError("vae-bss has no bundled model: --model VAE.pt (audiosep train vae --data DIR)")
         return requested or "basis"
     kinds = [(Path(p), load_checkpoint(p)["kind"]) for p in paths]
+    if any(kind == "vae" for _, kind in kinds):
+        if len(kinds) > 1:
+            raise UserError("vae-bss takes one VAE checkpoint, which decodes every source: --model VAE.pt")
+        if requested not in (None, "vae-bss"):
+            raise UserError(f"method '{requested}' was asked for but the model file is {_METHOD_FILES['vae-bss']}")
+        return "vae-bss"
     nmf = [p for p, kind in kinds if kind == "nmf"]
     priors = [p for p, kind in kinds if kind != "nmf"]
     if nmf and priors:

@@ -9,6 +9,10 @@ A `Frontend` is a frozen, hashable holder of settings; the math lives in
 - `default`: the package's choice, set from the mel-oracle ceiling measured by
   `benchmarks/frontend.py` (edit `_DEFAULT` below to change it).
 
+`MagnitudeFrontend`: the linear STFT-magnitude patches of VAE-BSS on spectrograms (no mel
+filterbank, no dB: the model reconstructs a patch as the sum of its sources, so the domain
+must be additive; see `audiosep.separation.vae_bss` for the measurement behind its defaults).
+
 `patchify` / `unpatchify` cut a spectrogram into fixed-width patches for a prior and put
 (possibly modified) patches back together by weighted overlap-add.
 """
@@ -184,6 +188,98 @@ def get_frontend(name: str) -> Frontend:
         return PRESETS[name]
     except KeyError:
         raise UserError(f"unknown front end {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+NORMALISATIONS = ("patch-max",)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MagnitudeFrontend:
+    """Waveform ↔ linear STFT-magnitude patches in [0, 1] (the VAE-BSS spectrogram domain).
+
+    Fields (units): sample_rate (Hz); n_fft, hop_length (samples; the window is n_fft long);
+    window ("hann" | "ones"); patch_frames (STFT frames per patch); normalisation
+    ("patch-max": each patch is divided by its own maximum, so it lies in [0, 1] with a peak
+    of 1 whatever the level, and ratio masks, which ignore a common scale, are unchanged).
+
+    A whole signal is transformed centred with zero padding (any length works, frame t is
+    centred on sample t·hop); a training crop of `crop_samples` samples is transformed
+    uncentred, which gives exactly `patch_frames` frames equal to interior frames of the
+    centred transform of the signal it was cut from.
+
+    Raises:
+        UserError: invalid settings (e.g. from a config or checkpoint).
+    """
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 256
+    window: str = "hann"
+    patch_frames: int = 16
+    normalisation: str = "patch-max"
+
+    def __post_init__(self) -> None:
+        for key in ("sample_rate", "n_fft", "hop_length", "patch_frames"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"magnitude front end: {key} must be a positive integer, got {value!r}")
+        if self.hop_length > self.n_fft:
+            raise UserError(f"magnitude front end: hop_length {self.hop_length} exceeds n_fft {self.n_fft}")
+        if self.window not in _WINDOWS:
+            raise UserError(f"magnitude front end: window must be one of {_WINDOWS}, got {self.window!r}")
+        if self.normalisation not in NORMALISATIONS:
+            raise UserError(f"magnitude front end: normalisation must be one of {NORMALISATIONS}, "
+                            f"got {self.normalisation!r}")
+
+    @property
+    def n_freqs(self) -> int:
+        """Number of STFT bins, n_fft // 2 + 1."""
+        return self.n_fft // 2 + 1
+
+    @property
+    def patch_shape(self) -> tuple[int, int, int]:
+        """(1, n_freqs, patch_frames): the shape of one patch, a model's input."""
+        return 1, self.n_freqs, self.patch_frames
+
+    @property
+    def crop_samples(self) -> int:
+        """Samples of a crop whose uncentred STFT has exactly `patch_frames` frames."""
+        return (self.patch_frames - 1) * self.hop_length + self.n_fft
+
+    def stft(self, wav: Tensor) -> Tensor:
+        """Waveform `(..., samples)` → centred complex STFT `(..., n_freqs, frames)`."""
+        return F.stft(wav, self.n_fft, self.hop_length, window=self.window, pad_mode="constant")
+
+    def istft(self, spec: Tensor, length: int) -> Tensor:
+        """Complex STFT `(..., n_freqs, frames)` → waveform `(..., length)` (inverse of `stft`)."""
+        return F.istft(spec, self.n_fft, self.hop_length, window=self.window, length=length)
+
+    def normalise(self, magnitude: Tensor) -> tuple[Tensor, Tensor]:
+        """Patches of magnitudes `(..., n_freqs, frames)` → (the patches in [0, 1], their scales
+        `(...)`): each divided by its maximum (an all-zero patch stays zero, scale 0)."""
+        scale = magnitude.amax(dim=(-2, -1))
+        unit = magnitude / scale.clamp_min(torch.finfo(magnitude.dtype).tiny)[..., None, None]
+        return unit, scale
+
+    def encode_crop(self, crop: Tensor) -> Tensor:
+        """A crop `(..., crop_samples)` → its normalised magnitude patch `(..., n_freqs, patch_frames)`."""
+        if crop.shape[-1] != self.crop_samples:
+            raise ValueError(f"a crop has {self.crop_samples} samples, got {crop.shape[-1]}")
+        spec = F.stft(crop, self.n_fft, self.hop_length, window=self.window, center=False)
+        return self.normalise(spec.abs())[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """All settings as plain values (for checkpoints and configs)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MagnitudeFrontend:
+        """Rebuild from `to_dict` output; unknown keys raise UserError."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise UserError(f"unknown magnitude front-end key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
+        return cls(**d)
 
 
 class PatchLayout(NamedTuple):

@@ -8,7 +8,9 @@
 # multi-soundfont training set), data_unseen (the test excerpts rendered with TimGM6mb, a
 # soundfont no model is trained on), exp (outputs), stage, stop_stage, train_ncsn / train_glow
 # (1 to train the NCSN / Glow priors too; then BASIS is separated and scored beside NMF with
-# each: from the mixture, and started from the NMF stems), ncsn_steps, finetune_steps, device.
+# each: from the mixture, and started from the NMF stems), train_vae (1 to train VAE-BSS on the
+# mixtures too; its stems are unnamed, source0/source1, so it is scored by
+# benchmarks/vae_bss_audio.py, which names them per track), ncsn_steps, finetune_steps, device.
 # Run it after `make test` or `make demo` has set up .venv. The test split comes from held-out
 # pieces; Haydn and Mozart are never used, nor the MuseScore General soundfonts (reserved for
 # evaluation; `audiosep synth` refuses them). The bundled models are the `*_real` ones.
@@ -23,6 +25,7 @@ stage=${stage:-0}
 stop_stage=${stop_stage:-4}
 train_ncsn=${train_ncsn:-0}
 train_glow=${train_glow:-0}
+train_vae=${train_vae:-0}
 ncsn_steps=${ncsn_steps:-40000}
 finetune_steps=${finetune_steps:-}  # default: train.steps of ncsn_finetune.yaml
 device=${device:-cpu}
@@ -71,6 +74,12 @@ if run_stage 1; then
             # the weights-only copy (EMA weights, no optimiser state) that is bundled
             $audiosep export "$exp/${source}_ncsn_v2_real.pt" -o "$exp/ncsn_piano_violin/$source.pt"
         done
+    fi
+    # VAE-BSS on STFT-magnitude patches of the mixtures only (train_vae=1; about 20 min on one thread):
+    # then `python benchmarks/vae_bss_audio.py --model "$exp/vae_bss.pt" --data "$data" "$data_unseen"`
+    if [ "$train_vae" = 1 ]; then
+        $audiosep train vae --data "$data" --config recipes/piano_violin/vae_bss.yaml --threads 1 \
+            --device "$device" -o "$exp/vae_bss.pt"
     fi
     # Glow priors (#5): a per-σ bundle and one σ-conditioned flow per source (train_glow=1)
     if [ "$train_glow" = 1 ]; then
