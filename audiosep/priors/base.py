@@ -42,6 +42,12 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _frontend_pairs(frontend: Any) -> tuple[tuple[str, Any], ...]:
+    """A front end (anything with `to_dict()`) or its dict → its settings as sorted, frozen (key, value) pairs."""
+    settings = frontend.to_dict() if hasattr(frontend, "to_dict") else dict(frontend)
+    return tuple(sorted((k, _freeze(v)) for k, v in settings.items()))
+
+
 @dataclass(frozen=True, eq=False)
 class Domain:
     """What a prior was trained on: a mel front end, STFT-magnitude patches, an image format,
@@ -88,15 +94,13 @@ class Domain:
     @classmethod
     def mel(cls, frontend: Any) -> Domain:
         """The domain of a mel front end: a `Frontend` (anything with `to_dict()`) or its dict."""
-        settings = frontend.to_dict() if hasattr(frontend, "to_dict") else dict(frontend)
-        return cls("mel", frontend=tuple(sorted((k, _freeze(v)) for k, v in settings.items())))
+        return cls("mel", frontend=_frontend_pairs(frontend))
 
     @classmethod
     def magnitude(cls, frontend: Any) -> Domain:
         """The domain of STFT-magnitude patches: a `MagnitudeFrontend` (anything with `to_dict()`)
         or its dict (STFT settings, sample rate, patch frames and normalisation all compare)."""
-        settings = frontend.to_dict() if hasattr(frontend, "to_dict") else dict(frontend)
-        return cls("magnitude", frontend=tuple(sorted((k, _freeze(v)) for k, v in settings.items())))
+        return cls("magnitude", frontend=_frontend_pairs(frontend))
 
     @classmethod
     def image(cls, shape: tuple[int, ...], value_range: tuple[float, float] = (0.0, 1.0)) -> Domain:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
+from ..config import from_dict
 from ..errors import UserError
 from . import functional as F
 
@@ -274,12 +275,8 @@ class MagnitudeFrontend:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MagnitudeFrontend:
-        """Rebuild from `to_dict` output; unknown keys raise UserError."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise UserError(f"unknown magnitude front-end key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
-        return cls(**d)
+        """Rebuild from `to_dict` output; unknown keys or wrong types raise UserError (`config.from_dict`)."""
+        return from_dict(cls, d, where="magnitude front end")
 
 
 class PatchLayout(NamedTuple):
