@@ -37,7 +37,10 @@ class TrainConfig:
     min(decay, (1 + step)/(10 + step))); checkpoint_every / valid_every (steps between
     checkpoints / validation losses; a checkpoint is always written at the end, and a run of
     fewer than valid_every steps validates once at its end);
-    valid_batches (batches in a validation pass); seed; num_workers (DataLoader worker
+    valid_batches (batches in a validation pass); epoch_items (items per epoch of the
+    randomly cropped audio and code datasets: a fixed number, so that the crops of step s do
+    not depend on `steps` and a run continued with a larger `--steps` sees what one run that
+    long from the start would; every epoch draws new crops); seed; num_workers (DataLoader worker
     processes; 0 loads in the main process, which also makes a resumed run bit-identical);
     tensorboard (log scalars beside the checkpoint when `torch.utils.tensorboard`
     imports); progress (tqdm bar on the first process).
@@ -53,13 +56,14 @@ class TrainConfig:
     checkpoint_every: int = 100
     valid_every: int = 500
     valid_batches: int = 8
+    epoch_items: int = 65536
     seed: int = 0
     num_workers: int = 0
     tensorboard: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "checkpoint_every", "valid_every", "valid_batches"):
+        for key in ("steps", "batch_size", "checkpoint_every", "valid_every", "valid_batches", "epoch_items"):
             if getattr(self, key) < 1:
                 raise UserError(f"train config: {key} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:

@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
@@ -184,6 +185,64 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path, cls):
     assert _states_equal(a["ema"], b["ema"])
     assert a["extra"]["valid_loss"] == b["extra"]["valid_loss"]
     assert torch.equal(a["optimizer"]["state"][0]["exp_avg_sq"], b["optimizer"]["state"][0]["exp_avg_sq"])
+
+
+class _EpochCrops(_RandomCrops):
+    """Crops that depend on (epoch, i) only, like `SourceCrops`; records the epochs it is told."""
+
+    def __init__(self, n, seed):
+        super().__init__(n, seed)
+        self.epoch, self.epochs = 0, []
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.epochs.append(epoch)
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng([self.epoch, i])
+        start = int(rng.integers(9))
+        return self.data[i, :, :, start:start + 16] * float(0.8 + 0.4 * rng.random())
+
+
+def test_every_epoch_tells_the_dataset_its_number_also_after_a_resume(tmp_path):
+    crops = _EpochCrops(8, 0)  # 2 batches of 4 per epoch
+    train(_tiny_model(), dsm_loss, crops, None, _config(steps=5), tmp_path / "p.pt", DOMAIN)
+    assert crops.epochs == [0, 1, 2]
+    resumed = _EpochCrops(8, 0)
+    train(_tiny_model(), dsm_loss, resumed, None, _config(steps=8), tmp_path / "p.pt", DOMAIN)
+    assert resumed.epochs == [2, 3]  # step 5 is the second batch of epoch 2
+
+
+def test_a_run_continued_to_more_steps_equals_one_that_long_from_the_start(tmp_path):
+    """The data of step s must not depend on `steps` (the datasets' length is `epoch_items`)."""
+    train(_tiny_model(), dsm_loss, _EpochCrops(8, 0), None, _config(steps=8), tmp_path / "whole.pt", DOMAIN)
+    train(_tiny_model(), dsm_loss, _EpochCrops(8, 0), None, _config(steps=3), tmp_path / "grown.pt", DOMAIN)
+    train(_tiny_model(), dsm_loss, _EpochCrops(8, 0), None, _config(steps=8), tmp_path / "grown.pt", DOMAIN)
+    a, b = load_checkpoint(tmp_path / "whole.pt"), load_checkpoint(tmp_path / "grown.pt")
+    assert _states_equal(a["state_dict"], b["state_dict"]) and _states_equal(a["ema"], b["ema"])
+
+
+def test_audio_training_sets_have_epoch_items_whatever_the_steps(tmp_path):
+    from audiosep.spectral import get_frontend
+    from audiosep.training.mel import patch_sets
+
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    for split in ("train", "valid"):
+        for t in range(2):
+            track = root / split / f"t{t}"
+            track.mkdir(parents=True)
+            stems = {source: 0.3 * rng.standard_normal(16000).astype("float32") for source in ("piano", "violin")}
+            for name, audio in {**stems, "mix": stems["piano"] + stems["violin"]}.items():
+                sf.write(track / f"{name}.wav", audio, 16000)
+    frontend = get_frontend("default")
+    short, long = (patch_sets(root, "piano", frontend, TrainConfig(steps=n, epoch_items=32), valid_items=2)[0]
+                   for n in (10, 100000))
+    assert len(short) == len(long) == 32
+    short.set_epoch(1), long.set_epoch(1)
+    assert torch.equal(short[5], long[5])
+    long.set_epoch(2)
+    assert not torch.equal(short[5], long[5])
 
 
 def test_resume_refuses_another_model_or_domain(tmp_path):

@@ -94,7 +94,9 @@ def test_training_reads_the_mix_files_only(tmp_path, monkeypatch):
     read_frames = audiosep.data.stems._read_frames
     monkeypatch.setattr(audiosep.data.stems, "_read_frames",
                         lambda path, start, stop: opened.append(Path(path).name) or read_frames(path, start, stop))
-    train_ds, valid_ds = mixture_patch_sets(root, TINY_FE, TrainConfig(steps=3, batch_size=4, valid_batches=1))
+    train_ds, valid_ds = mixture_patch_sets(root, TINY_FE, TrainConfig(steps=3, batch_size=4, valid_batches=1,
+                                                                                   epoch_items=12))
+    assert len(train_ds) == 12
     items = [train_ds[i] for i in range(len(train_ds))] + [valid_ds[i] for i in range(len(valid_ds))]
     assert all(x.shape == (1, *TINY_FE.patch_shape[1:]) and x.max() == 1.0 for x in items)
     assert set(opened) == {"mix.wav"}

@@ -255,7 +255,7 @@ def test_train_lqvae_stores_the_sum_table(tmp_path):
     data = _write_stems(tmp_path / "data")
     run = from_dict(LQVAERun, {
         "model": {"sample_rate": RATE, "hops": [16], "n_codes": 8, "code_dim": 4, "width": 4, "res_depth": 1},
-        "train": {"steps": 3, "batch_size": 4, "valid_every": 3, "progress": False},
+        "train": {"steps": 3, "batch_size": 4, "valid_every": 3, "progress": False, "epoch_items": 12},
         "loss": {"stft_sizes": [64, 16]},
     })
     out = tmp_path / "lq.pt"

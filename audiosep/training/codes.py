@@ -11,7 +11,7 @@ sees ±1137 samples around a code (±1704 with stride 2), well inside the 8192 o
 (measured by the gradient of one latent with respect to the input). The codes of the
 split stay in memory as one LongTensor per track (an hour at hop 64 and 22.05 kHz: 1.2 M codes,
 10 MB). Training items are random windows of `context` codes (`CodeWindows`, item i a function
-of (seed, i) only); every step sees fresh windows (steps × batch_size items), the validation
+of (seed, epoch, i) only; `epoch_items` per epoch, new ones every epoch), the validation
 loss `valid_items` fixed windows of the valid split. Out: a checkpoint whose domain is the
 LQ-VAE's `code_domain()`, so a separator never pairs the prior with codes of another LQ-VAE.
 
@@ -57,7 +57,8 @@ class CodePriorRun:
 class CodeWindows(Dataset):
     """Windows of `context` codes: item i is a LongTensor `(context,)`.
 
-    Item i draws, with `numpy.random.default_rng([seed, i])`, a track in proportion to its
+    Item i draws, with `numpy.random.default_rng([seed, i])` in epoch 0 and
+    `default_rng([seed, i, epoch])` in later epochs (`set_epoch`), a track in proportion to its
     number of windows (len − context + 1, so every window of the split is equally likely),
     then the window's start uniformly. Every track must hold at least `context` codes.
     """
@@ -67,16 +68,21 @@ class CodeWindows(Dataset):
         if not tracks or short:
             raise ValueError(f"CodeWindows needs tracks of at least {context} codes (short: {short})")
         self.tracks, self.context, self.length, self.seed = list(tracks), int(context), int(length), int(seed)
+        self.epoch = 0
         self._positions = np.array([t.shape[0] - context + 1 for t in self.tracks])
         self._weights = self._positions / self._positions.sum()
 
     def __len__(self) -> int:
         return self.length
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a different set of windows (still deterministic) for each epoch."""
+        self.epoch = int(epoch)
+
     def __getitem__(self, index: int) -> Tensor:
         if not 0 <= index < self.length:
             raise IndexError(index)
-        rng = np.random.default_rng([self.seed, index])
+        rng = np.random.default_rng([self.seed, index, self.epoch] if self.epoch else [self.seed, index])
         k = int(rng.choice(len(self.tracks), p=self._weights))
         start = int(rng.integers(self._positions[k]))
         return self.tracks[k][start:start + self.context]
@@ -172,7 +178,7 @@ def train_code_prior(data: str | os.PathLike, source: str, lqvae_path: str | os.
     settings = domain.settings_dict
     context, config = run.model.context, run.train
     windows = {}
-    for split, length, seed in (("train", config.steps * config.batch_size, config.seed),
+    for split, length, seed in (("train", config.epoch_items, config.seed),
                                 ("valid", valid_items, config.seed + 1)):
         codes = encode_source(lqvae, data, source, split, progress=config.progress)
         windows[split] = code_windows(codes, context, length, seed, split, settings["hop"], settings["sample_rate"])

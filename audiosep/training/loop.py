@@ -176,7 +176,8 @@ def _epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int, rank: i
 def _train_batches(
     dataset: Dataset, config: TrainConfig, rank: int, world: int, start_step: int
 ) -> Iterator[Any]:
-    """Endless training batches, resuming at the batch `start_step` would have seen."""
+    """Endless training batches, resuming at the batch `start_step` would have seen. A dataset
+    with `set_epoch(epoch)` (random crops) is told each epoch before its batches are drawn."""
     per_epoch = (len(dataset) // world) // config.batch_size
     if per_epoch == 0:
         raise UserError(
@@ -185,6 +186,8 @@ def _train_batches(
     epoch, skip = divmod(start_step, per_epoch)
     while True:
         batches = _epoch_batches(len(dataset), config.batch_size, config.seed, epoch, rank, world)[skip:]
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
         loader = DataLoader(
             dataset, batch_sampler=batches, num_workers=config.num_workers,
             generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch * world + rank),

@@ -48,6 +48,11 @@ class InterleavedSources(Dataset):
     def __len__(self) -> int:
         return len(self.datasets) * min(len(d) for d in self.datasets)
 
+    def set_epoch(self, epoch: int) -> None:
+        """New crops for `epoch` in every source's dataset (`SourceCrops.set_epoch`)."""
+        for dataset in self.datasets:
+            dataset.set_epoch(epoch)
+
     def __getitem__(self, index: int) -> Tensor:
         if not 0 <= index < len(self):
             raise IndexError(index)
@@ -100,7 +105,7 @@ def train_lqvae(data: str | os.PathLike, sources: Sequence[str], out_path: str |
         raise UserError(f"crop_seconds {crop_seconds:g} is shorter than one code of the top level "
                         f"({top_hop} samples at {sample_rate} Hz)")
     seed = run.train.seed
-    train_ds = source_crops(data, sources, "train", run.train.steps * run.train.batch_size, crop_samples,
+    train_ds = source_crops(data, sources, "train", run.train.epoch_items, crop_samples,
                             sample_rate, seed)
     valid_ds = source_crops(data, sources, "valid", valid_items, crop_samples, sample_rate,
                             seed + len(sources))
@@ -109,6 +114,7 @@ def train_lqvae(data: str | os.PathLike, sources: Sequence[str], out_path: str |
     result = train(model, LQVAELoss(run.loss), train_ds, valid_ds, run.train, out_path,
                    Domain.waveform(sample_rate), device, data={"sources": ",".join(sources)})
     if int(os.environ.get("RANK", "0")) == 0:
+        train_ds.set_epoch(0)  # the level of the first epoch's crops, however long the run
         finish_checkpoint(out_path, mixture_level_db(train_ds))
     return result
 

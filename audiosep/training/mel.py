@@ -25,8 +25,8 @@ def mel_patches(data: str | os.PathLike, source: str, frontend: Any, split: str,
 
 def patch_sets(data: str | os.PathLike, source: str, frontend: Any, config: TrainConfig,
                 valid_items: int) -> tuple[Dataset, Dataset]:
-    """(train patches: steps × batch_size items, drawn with `config.seed`; valid patches:
+    """(train patches: `config.epoch_items` items per epoch, drawn with `config.seed`; valid patches:
     `valid_items` fixed crops of the valid split, drawn with `config.seed + 1`), for every prior kind."""
-    train_ds = mel_patches(data, source, frontend, "train", config.steps * config.batch_size, config.seed)
+    train_ds = mel_patches(data, source, frontend, "train", config.epoch_items, config.seed)
     valid_ds = mel_patches(data, source, frontend, "valid", valid_items, config.seed + 1)
     return train_ds, valid_ds

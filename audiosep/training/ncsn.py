@@ -28,8 +28,8 @@ def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike
                valid_items: int = 256, init_from: str | os.PathLike | None = None) -> dict[str, float]:
     """Train an NCSN prior on the mel patches of one source: `audiosep train ncsn`.
 
-    Every step draws fresh crops from the `train` split (the dataset has steps × batch_size
-    items); the validation loss uses `valid_items` fixed crops of the `valid` split. With
+    Every step draws random crops from the `train` split (`config.epoch_items` per epoch, new
+    ones every epoch); the validation loss uses `valid_items` fixed crops of the `valid` split. With
     NCSNv2 rules (null sigma_max / n_levels in `model_config`) the schedule is set from 500
     training patches. The checkpoint carries the model config and the mel domain.
 

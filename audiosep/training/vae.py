@@ -10,7 +10,7 @@ a source. Validation uses the same mixing of the held-out images
 magnitude of the *mixtures* of a stems dataset (`MagnitudeFrontend`, the `frontend:`
 section: linear magnitude, each patch divided by its maximum), random crops of the train
 split's mix files (`data.stems.MixtureCrops`; the sum of the stems only for a track without
-one), drawn as `steps × batch_size` items, item i a function of (train.seed, i); validation
+one), `train.epoch_items` items per epoch, item i a function of (train.seed, epoch, i); validation
 uses `valid_batches × batch_size` fixed crops of the valid split (seed + 1). No stem is ever
 read alone, so nothing tells the model what the sources are. The patch format is the
 checkpoint's domain (`Domain.magnitude`), so separation uses the same front end.
@@ -152,17 +152,17 @@ def train_vae(images: str, out_path: str | os.PathLike, run: VAERun | None = Non
 
 def mixture_patch_sets(data: str | os.PathLike, frontend: MagnitudeFrontend, config: TrainConfig
                        ) -> tuple[Dataset, Dataset]:
-    """(train patches: `steps × batch_size` items of the train split, drawn with `config.seed`;
+    """(train patches: `epoch_items` items of the train split, drawn with `config.seed`;
     valid patches: `valid_batches × batch_size` fixed items of the valid split, drawn with
     `config.seed + 1`): normalised STFT-magnitude patches `(1, n_freqs, patch_frames)` of mono
     mixture crops at the front end's rate (near-silent crops redrawn); item i depends only on
-    (seed, i)."""
+    (seed, epoch, i)."""
     def patches(split: str, length: int, seed: int) -> Dataset:
         crops = MixtureCrops(data, split=split, crop_samples=frontend.crop_samples,
                              sample_rate=frontend.sample_rate, channels=1, length=length, seed=seed)
         return SourcePatches(crops, frontend.encode_crop)
 
-    return (patches("train", config.steps * config.batch_size, config.seed),
+    return (patches("train", config.epoch_items, config.seed),
             patches("valid", config.valid_batches * config.batch_size, config.seed + 1))
 
 
