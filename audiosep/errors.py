@@ -1,4 +1,8 @@
 """Errors a user can cause: the CLI prints them as one line and exits 2."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class UserError(Exception):
@@ -11,3 +15,13 @@ class UserError(Exception):
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C (the CLI installs the handler) so that every `finally`
     (temporary files) and a training's interrupt handling run; the CLI exits 143."""
+
+
+def run_reporting_user_errors(main: Callable[[], object], prog: str) -> None:
+    """Run `main()` (a script's entry point, e.g. a benchmark); a UserError ends the process
+    with its one-line message on stderr and status 2, like the CLI, instead of a traceback."""
+    try:
+        main()
+    except UserError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -42,6 +42,7 @@ import math
 import torch
 
 from audiosep.data.images import load_images
+from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.frechet import accuracy, feature_statistics, fit_classifier, frechet_distance
 from audiosep.priors.base import Domain, load_checkpoint, load_prior
 from audiosep.priors.denoising import DenoisingConfig, training_noise, tweedie_denoise
@@ -94,6 +95,31 @@ def label(kind: str, name: str, denoising: DenoisingConfig) -> str:
     return f"{kind}-{name} (none)"
 
 
+def load_vaes(specs: list[str], shape: tuple[int, ...]) -> list[tuple[str, torch.nn.Module, DenoisingConfig]]:
+    """(name, plain VAE, its denoising settings) per NAME=PATH; SystemExit for a VAE-BSS model
+    or one of other images than `shape`."""
+    loaded = []
+    for name, path in named_paths(specs):
+        model = load_prior(path, expected_domain=Domain.image(shape))
+        if model.n_sources != 1:
+            raise SystemExit(f"{path}: a VAE-BSS model (K = {model.n_sources}); this table is for plain VAEs")
+        loaded.append((name, model, stored_denoising(path)))
+    return loaded
+
+
+def load_flows(specs: list[str], shape: tuple[int, ...]) -> list[tuple[str, torch.nn.Module, DenoisingConfig]]:
+    """(name, image flow, its denoising settings) per NAME=PATH; SystemExit for a BASIS flow
+    (a bundle or a log-σ conditioned flow) or one of other images than `shape`."""
+    loaded = []
+    for name, path in named_paths(specs):
+        model, denoising = load_prior(path, expected_domain=Domain.image(shape, FLOW_RANGE)), stored_denoising(path)
+        if isinstance(model, FlowBundle) or model.conditional != denoising.conditioned:
+            raise SystemExit(f"{path}: a BASIS flow (bundle or log-sigma conditioned); this table is for flows "
+                             "trained with a denoising: section or none")
+        loaded.append((name, model, denoising))
+    return loaded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", default="digits")
@@ -110,6 +136,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     train, test = load_images(args.images, "train"), load_images(args.images, "test")
+    vaes, flows = load_vaes(args.vae, test.shape), load_flows(args.flow, test.shape)  # refused before the classifier trains
     classifier = fit_classifier(train.images, train.labels, steps=args.classifier_steps, seed=args.seed)
     print(f"{train.name}: feature classifier test accuracy {accuracy(classifier, test.images, test.labels):.4f} "
           f"({args.classifier_steps} steps, seed {args.seed}); {args.samples} draws per row")
@@ -119,10 +146,7 @@ def main() -> None:
         return frechet_distance(*feature_statistics(classifier, images.clamp(0, 1)), *reference)
 
     rows = [("data (train images)", distance(train.images[: args.samples]), float("nan"))]
-    for name, path in named_paths(args.vae):
-        model, denoising = load_prior(path), stored_denoising(path)
-        if model.n_sources != 1:
-            raise SystemExit(f"{path}: a VAE-BSS model (K = {model.n_sources}); this table is for plain VAEs")
+    for name, model, denoising in vaes:
         generator = torch.Generator().manual_seed(args.seed)
         draws = model.sample(args.samples, sigma=0.0, generator=generator)
         elbo = test_elbo(model, test.images, denoising, args.seed)
@@ -130,12 +154,7 @@ def main() -> None:
         if denoising.mode in ("nd", "td"):
             denoised = torch.cat([tweedie_denoise(model, x, denoising.sigma) for x in draws.split(1000)])
             rows.append((f"vae-{name}+TD", distance(denoised), elbo))
-    for name, path in named_paths(args.flow):
-        model = load_prior(path, expected_domain=Domain.image(test.shape, FLOW_RANGE))
-        denoising = stored_denoising(path)
-        if isinstance(model, FlowBundle) or model.conditional != denoising.conditioned:
-            raise SystemExit(f"{path}: a BASIS flow (bundle or log-sigma conditioned); this table is for flows "
-                             "trained with a denoising: section or none")
+    for name, model, denoising in flows:
         generator = torch.Generator().manual_seed(args.seed)
         draws = torch.cat([model.sample(min(FLOW_CHUNK, args.samples - start), sigma=0.0, generator=generator)
                            for start in range(0, args.samples, FLOW_CHUNK)])  # centred, (samples, C, H, W)
@@ -150,4 +169,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(main, "denoising.py")

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from audiosep.data.stems import list_tracks, load_track
+from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.report import score_track, summarize
 from audiosep.oracle import run_oracle
 from audiosep.spectral.frontend import PRESETS, Frontend
@@ -85,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(main, "frontend.py")

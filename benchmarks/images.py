@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from audiosep.data.images import image_mixtures, load_images
 from audiosep.devices import resolve_device
+from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.metrics import image_separation_scores
 from audiosep.priors.base import Domain, load_prior
 from audiosep.separation.basis import BasisConfig, basis_separate, fit_schedule
@@ -123,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(main, "images.py")

@@ -58,6 +58,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from audiosep.data.stems import Track, list_tracks, load_track
+from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.report import score_track, summarize, write_csv, write_reports
 from audiosep.oracle import run_oracle
 from audiosep.separation.mel_basis import BUNDLED_PRIORS, MelBasis, baseline_powers, default_basis
@@ -215,4 +216,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(main, "inversion.py")

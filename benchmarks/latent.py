@@ -42,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from audiosep.data.stems import list_tracks, load_track
+from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.report import score_track, summarize
 from audiosep.oracle import run_oracle
 from audiosep.priors.vqvae import linearity
@@ -167,4 +168,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(main, "latent.py")

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from audiosep.data.stems import list_tracks, load_track
+from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.report import score_track, summarize, write_reports
 from audiosep.oracle import run_oracle
 from audiosep.separation.nmf import BUNDLED_NMF, NMFModel
@@ -84,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(main, "nmf.py")

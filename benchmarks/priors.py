@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from audiosep.errors import run_reporting_user_errors
 from audiosep.priors.base import load_prior
 from audiosep.priors.denoising import tweedie_denoise
 from audiosep.separation.mel_basis import BUNDLED_PRIORS
@@ -99,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(main, "priors.py")

@@ -64,6 +64,7 @@ from tqdm import tqdm
 from audiosep.config import from_dict
 from audiosep.data.augment import Augmentation, augment_audio
 from audiosep.data.stems import list_tracks, load_track
+from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.report import score_track, summarize, write_reports
 from audiosep.io import resample, write_audio
 from audiosep.oracle import run_oracle
@@ -401,4 +402,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(main, "separation.py")

@@ -41,6 +41,7 @@ from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
 from audiosep.data.stems import list_tracks, load_track
+from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.metrics import best_permutation, si_sdr
 from audiosep.eval.report import score_track, summarize, write_reports
 from audiosep.oracle import run_oracle
@@ -161,4 +162,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors(main, "vae_bss_audio.py")

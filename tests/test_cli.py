@@ -371,3 +371,18 @@ def test_listening_report_embeds_players_pictures_and_scores(dataset, tmp_path):
                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     body = re.search(r"<body[^>]*>", dom).group(0)
     assert 'data-audio-ok="7/7"' in body and 'data-images-ok="8/8"' in body, body
+
+
+def test_a_benchmark_given_a_checkpoint_of_other_images_says_so_in_one_line(tmp_path):
+    """Benchmarks run `main` through `run_reporting_user_errors`: one line, status 2, before any work."""
+    from audiosep.priors.base import Domain, save_checkpoint
+    from audiosep.priors.vae import VAE
+
+    path = save_checkpoint(tmp_path / "vae.pt", VAE((1, 28, 28), latent_dim=2, hidden=(8,)), Domain.image((1, 28, 28)))
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "denoising.py"), "--images", "digits",
+                           "--vae", f"x={path}"], capture_output=True, text=True, cwd=root, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"denoising.py: error: {path}: prior trained on images 1×28×28 with values in [0, 1], "
+        "but images 1×8×8 with values in [0, 1] is expected"]
