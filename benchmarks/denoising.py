@@ -9,9 +9,9 @@ checkpoint (`denoising:` of its config, `extra["data"]["denoising"]`): vanilla, 
 in training), CD (σ ~ U(0, C) as an input).
 - `--vae`: plain VAEs (K = 1) trained by `audiosep train vae`, on images in [0, 1].
 - `--flow`: Glow / RealNVP trained by `audiosep train glow|realnvp --images`, on images
-  centred to [−0.5, 0.5] and not dequantised: vanilla is an unconditional flow of the
-  images plus N(0, s²) noise at its model noise_sigma s (0.01 unless its config says
-  otherwise; 0: the clean images), ND one at the section's σ, CD a flow with σ/C as an
+  centred to [−0.5, 0.5] and dequantised within their 8-bit bins: vanilla is an
+  unconditional flow of those images (plus N(0, s²) noise at its model noise_sigma s; the
+  recipe's vanilla configs set s = 0), ND one at the section's σ, CD a flow with σ/C as an
   input (sigma_scale "linear"). Draws are shifted back to [0, 1] before anything is scored.
 
 Rows, `vae-<name>` and `flow-<name>`:
@@ -23,16 +23,16 @@ Rows, `vae-<name>` and `flow-<name>`:
 
 Columns: the Fréchet distance between classifier features of the draws and of the test
 images (`eval.frechet`: a small CNN trained here on the train split with `--seed`; not
-FID, and comparable only within one run), and the mean test log-likelihood, in nats per
-image on the [0, 1] scale, of the density each model learnt: for VAEs the ELBO (a lower
-bound; Laplace normalising constant included), for flows the exact log p (the centring
-shift has unit Jacobian, so it is the density of the [0, 1]-scale image too). Which test
-inputs: ND (both kinds) the test images plus N(0, σ²) noise, drawn with `--seed` (the same
-noise for a VAE and a flow of the same σ); CD at σ = 0 on the clean test images; vanilla
-VAE the clean test images; vanilla flow the test images plus its N(0, s²) training noise
-(same seed). Densities of clean and of noisy images are not on one footing: compare a
-column entry only with rows that score the same test inputs. The classifier's test
-accuracy is printed above the table.
+FID, and comparable only within one run), and the mean test log-likelihood in nats per
+image: for VAEs the ELBO of the [0, 1]-scale image (a lower bound on a continuous density;
+Laplace normalising constant included), for flows the log-probability of the 8-bit image
+(`test_log_likelihood`: exact log p of the dequantised image − D·ln 256, a lower bound).
+Which test inputs: ND (both kinds) the test images plus N(0, σ²) noise, drawn with `--seed`
+(the same noise for a VAE and a flow of the same σ); CD at σ = 0 and vanilla on the clean
+test images (vanilla flows with noise_sigma s > 0: plus that noise). Densities of clean and
+of noisy images are not on one footing, nor a VAE's continuous ELBO and a flow's discrete
+log-probability: compare a column entry only with rows of its kind that score the same
+test inputs. The classifier's test accuracy is printed above the table.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.frechet import accuracy, feature_statistics, fit_classifier, frechet_distance
 from audiosep.priors.base import Domain, load_checkpoint, load_prior
 from audiosep.priors.denoising import DenoisingConfig, training_noise, tweedie_denoise
-from audiosep.priors.flows import FlowBundle
+from audiosep.priors.flows import FlowBundle, dequantize
 from audiosep.priors.vae import LAPLACE_SCALE, vae_loss
 from images import named_paths  # benchmarks/images.py (this folder is on sys.path when run as a script)
 
@@ -74,16 +74,33 @@ def test_elbo(model, images: torch.Tensor, denoising: DenoisingConfig, seed: int
 
 
 @torch.no_grad()
-def test_log_likelihood(model, images: torch.Tensor, seed: int) -> float:
-    """Mean exact log p (nats/image) of the density the flow learnt, on the test images
-    `(N, C, H, W)` in [0, 1]: CD (σ-conditioned) at σ = 0 on the clean images; an
-    unconditional flow on the images plus its training noise N(0, noise_sigma²), drawn on
-    a generator seeded with `seed` (the noise `test_elbo` draws for an ND VAE of that σ)."""
+def test_log_likelihood(model, images: torch.Tensor, bins: int, seed: int) -> float:
+    """Mean log-likelihood (nats/image) of the 8-bit test images `(N, C, H, W)` in [0, 1] under
+    the flow (trained on images dequantised into `bins` bins per pixel): log p of the test
+    images dequantised once (uniform noise within each pixel's bin) − D·ln(bins), an unbiased
+    estimate of a lower bound on the discrete log-probability (Jensen). CD is scored at σ = 0;
+    an unconditional flow with training noise N(0, s²) (ND) on the dequantised images plus
+    that noise, drawn first on a generator seeded with `seed` (the noise `test_elbo` draws for
+    an ND VAE of that σ)."""
+    generator = torch.Generator().manual_seed(seed)
     x = images + FLOW_RANGE[0]
+    noise = 0.0
     sigma = 0.0 if model.conditional else None
     if not model.conditional and model.noise_sigma > 0:
-        x = x + model.noise_sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
-    return float(torch.cat([model.log_prob(part, sigma) for part in x.split(FLOW_CHUNK)]).mean())
+        noise = model.noise_sigma * torch.randn(x.shape, generator=generator)
+    x = dequantize(x, bins, FLOW_RANGE[0], generator) + noise
+    log_p = torch.cat([model.log_prob(part, sigma) for part in x.split(FLOW_CHUNK)])
+    return float(log_p.mean()) - x[0].numel() * math.log(bins)
+
+
+def stored_bins(path: str) -> int:
+    """The dequantisation bins an image flow was trained with; SystemExit for a flow trained
+    without (before `train_flow_images` dequantised: its density is not bounded)."""
+    bins = load_checkpoint(path)["extra"].get("data", {}).get("dequantized")
+    if not bins:
+        raise SystemExit(f"{path}: an image flow trained without dequantisation; retrain it "
+                         "(audiosep train glow --images ...) to score its log-likelihood")
+    return int(bins)
 
 
 def label(kind: str, name: str, denoising: DenoisingConfig) -> str:
@@ -107,16 +124,17 @@ def load_vaes(specs: list[str], shape: tuple[int, ...]) -> list[tuple[str, torch
     return loaded
 
 
-def load_flows(specs: list[str], shape: tuple[int, ...]) -> list[tuple[str, torch.nn.Module, DenoisingConfig]]:
-    """(name, image flow, its denoising settings) per NAME=PATH; SystemExit for a BASIS flow
-    (a bundle or a log-σ conditioned flow) or one of other images than `shape`."""
+def load_flows(specs: list[str], shape: tuple[int, ...]) -> list[tuple[str, torch.nn.Module, DenoisingConfig, int]]:
+    """(name, image flow, its denoising settings, its dequantisation bins) per NAME=PATH;
+    SystemExit for a BASIS flow (a bundle or a log-σ conditioned flow), one of other images
+    than `shape`, or one trained without dequantisation."""
     loaded = []
     for name, path in named_paths(specs):
         model, denoising = load_prior(path, expected_domain=Domain.image(shape, FLOW_RANGE)), stored_denoising(path)
         if isinstance(model, FlowBundle) or model.conditional != denoising.conditioned:
             raise SystemExit(f"{path}: a BASIS flow (bundle or log-sigma conditioned); this table is for flows "
                              "trained with a denoising: section or none")
-        loaded.append((name, model, denoising))
+        loaded.append((name, model, denoising, stored_bins(path)))
     return loaded
 
 
@@ -154,18 +172,18 @@ def main() -> None:
         if denoising.mode in ("nd", "td"):
             denoised = torch.cat([tweedie_denoise(model, x, denoising.sigma) for x in draws.split(1000)])
             rows.append((f"vae-{name}+TD", distance(denoised), elbo))
-    for name, model, denoising in flows:
+    for name, model, denoising, bins in flows:
         generator = torch.Generator().manual_seed(args.seed)
         draws = torch.cat([model.sample(min(FLOW_CHUNK, args.samples - start), sigma=0.0, generator=generator)
                            for start in range(0, args.samples, FLOW_CHUNK)])  # centred, (samples, C, H, W)
-        log_p = test_log_likelihood(model, test.images, args.seed)
+        log_p = test_log_likelihood(model, test.images, bins, args.seed)
         rows.append((label("flow", name, denoising), distance(draws - FLOW_RANGE[0]), log_p))
         if denoising.mode in ("nd", "td"):
             denoised = torch.cat([tweedie_denoise(model, x, denoising.sigma) for x in draws.split(FLOW_CHUNK)])
             rows.append((f"flow-{name}+TD", distance(denoised - FLOW_RANGE[0]), log_p))
-    print(f"\n{'model':<34} {'Frechet dist.':>13} {'test ELBO (vae) / log p (flow), nats/img':>41}")
+    print(f"\n{'model':<34} {'Frechet dist.':>13} {'test ELBO (vae) / 8-bit log P (flow), nats/img':>47}")
     for row_label, fd, log_p in rows:
-        print(f"{row_label:<34} {fd:13.3f} {log_p:41.1f}")
+        print(f"{row_label:<34} {fd:13.3f} {log_p:47.1f}")
 
 
 if __name__ == "__main__":

@@ -205,6 +205,9 @@ def test_bits_per_dim_of_standard_normal_is_its_entropy_and_dequantisation_offse
     levels = torch.randint(0, 17, (1000,)).double()
     y = dequantize(levels / 16, 17)
     assert torch.equal(torch.floor(y * 17), levels) and bool((y < 1).all())
+    centred = dequantize(levels / 16 - 0.5, 17, low=-0.5, generator=torch.Generator().manual_seed(3))
+    again = dequantize(levels / 16 - 0.5, 17, low=-0.5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(centred, again) and torch.equal(torch.floor((centred + 0.5) * 17), levels)
 
 
 @pytest.mark.parametrize("cls, conditional", [(Glow, True), (RealNVP, False)], ids=["glow-sigma", "realnvp"])
@@ -442,7 +445,36 @@ def test_flows_train_on_centred_images(tmp_path, conditioning):
     sigma = prior.fixed_sigmas[0] if prior.fixed_sigmas else 0.5
     assert prior.score(torch.zeros(3, 1, 8, 8), sigma).shape == (3, 1, 8, 8)
     stored = load_checkpoint(bundle_member_path(out, 1.0) if conditioning == "bundle" else out)
-    assert stored["extra"]["data"] == {"images": "digits"}
+    assert stored["extra"]["data"] == {"images": "digits", "dequantized": 256}
+
+
+def test_image_flows_learn_the_dequantised_8_bit_images(tmp_path, monkeypatch):
+    """Every training batch is dequantised within its 8-bit bins (over [−0.5, 0.5)) and the
+    loss is the discrete images' bits/dim: log2(256) = 8 above the density's bits."""
+    import audiosep.training.flow as training_flow
+    from audiosep.training.flow import train_flow_images
+
+    seen = []
+    def spy(model, x, n_bins=None, low=0.0):
+        seen.append((x.clone(), n_bins, low))
+        return flow_nll(model, x, n_bins, low)
+
+    monkeypatch.setattr(training_flow, "flow_nll", spy)
+    config = FlowConfig(conditioning="none", noise_sigma=0.0, levels=2, depth=1, hidden=4)
+    result = train_flow_images("digits", tmp_path / "g.pt", model_config=config, valid_items=8,
+                               config=TrainConfig(steps=1, batch_size=4, valid_batches=1, progress=False))
+    x, n_bins, low = seen[0]
+    assert (n_bins, low) == (256, -0.5)
+    k = torch.round((x + 0.5) * 255)
+    assert ((x + 0.5) * 255 - k).abs().max() < 1e-4  # the loss receives the 8-bit grid
+    torch.manual_seed(0)
+    y = dequantize(x, n_bins, low)
+    assert torch.equal(torch.floor((y + 0.5) * 256), k) and bool((y < 0.5).all())
+    prior = load_prior(tmp_path / "g.pt")
+    with torch.no_grad():
+        torch.manual_seed(1)
+        own = bits_per_dim(prior.log_prob(dequantize(x, 256, -0.5), None), 64, 256).mean().item()
+    assert 8.0 < own and np.isfinite(result["valid_loss"]) and result["valid_loss"] > 8.0
 
 
 # --- the denoising experiment: ND / CD flows, sampling (priors.denoising) -------------------
@@ -551,7 +583,7 @@ def test_cli_trains_an_nd_flow_on_images_and_stores_its_denoising_section(tmp_pa
     assert main(["train", "realnvp", "--images", "digits", "--config", str(config), "--steps", "2",
                  "-o", str(tmp_path / "nd.pt")]) == 0
     payload = load_checkpoint(tmp_path / "nd.pt")
-    assert payload["extra"]["data"] == {"images": "digits", "denoising": {"mode": "nd", "sigma": 0.2, "c_max": 0.5}}
+    assert payload["extra"]["data"] == {"images": "digits", "dequantized": 256, "denoising": {"mode": "nd", "sigma": 0.2, "c_max": 0.5}}
     prior = load_prior(tmp_path / "nd.pt", expected_domain=Domain.image((1, 8, 8), (-0.5, 0.5)))
     assert isinstance(prior, RealNVP) and not prior.conditional and prior.noise_sigma == 0.2
     assert prior.sample(3, generator=torch.Generator().manual_seed(0)).shape == (3, 1, 8, 8)

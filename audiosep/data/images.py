@@ -45,6 +45,7 @@ MNIST_FILES = {"train": "train", "test": "t10k"}
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 DIGITS_TEST = 300  # scikit-learn digits held out as the test split
 SPLITS = ("train", "test")
+PIXEL_LEVELS = 256  # 8-bit pixels: `load_images` returns k/255, k = 0..255 (flows dequantise to these bins)
 
 
 @dataclass
@@ -212,7 +213,7 @@ def load_images(spec: str | Path, split: str = "train") -> ImageSet:
         images, labels = read_cifar10(folder, split)
     else:
         raise UserError(f"unknown image dataset {name!r}; choose digits, mnist, fashion-mnist or cifar10")
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).float().div_(PIXEL_LEVELS - 1)
     if tensor.dim() == 3:
         tensor = tensor.unsqueeze(1)
     return ImageSet(name, tensor, torch.from_numpy(np.asarray(labels, dtype=np.int64)))

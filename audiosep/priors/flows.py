@@ -715,21 +715,26 @@ def bits_per_dim(log_prob: Tensor, dims: int, n_bins: int | None = None) -> Tens
     return bpd + math.log2(n_bins) if n_bins is not None else bpd
 
 
-def dequantize(x: Tensor, n_bins: int) -> Tensor:
-    """Uniform dequantisation of x ∈ {0, 1/(n_bins − 1), ..., 1} to (k + u)/n_bins ∈ [0, 1), u ~ U(0, 1)."""
-    levels = torch.round(x * (n_bins - 1))
-    return (levels + torch.rand_like(x)) / n_bins
+def dequantize(x: Tensor, n_bins: int, low: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+    """Uniform dequantisation of x ∈ {low, low + 1/(n_bins − 1), ..., low + 1} (level k) to
+    low + (k + u)/n_bins ∈ [low, low + 1), u ~ U(0, 1) per element (drawn on `generator`, a
+    generator of x's device, or torch's global one). A density p learnt on such data gives the
+    discrete model P(k) ≥ exp(E_u log p − D·ln n_bins) (`bits_per_dim` with n_bins)."""
+    levels = torch.round((x - low) * (n_bins - 1))
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return low + (levels + u) / n_bins
 
 
-def flow_nll(model: Glow | RealNVP, x: Tensor, n_bins: int | None = None) -> Tensor:
+def flow_nll(model: Glow | RealNVP, x: Tensor, n_bins: int | None = None, low: float = 0.0) -> Tensor:
     """The training loss of a flow: mean bits per dimension of noisy data, a scalar.
 
-    x `(B, C, H, W)` clean data (dequantised first when `n_bins` is given); y = x + σ·ε with
-    σ from `model.training_sigmas` (one per item) and ε ~ N(0, I); loss = mean over items of
-    `bits_per_dim(model.log_prob(y, σ))`.
+    x `(B, C, H, W)` clean data (quantised to `n_bins` levels over [low, low + 1] and
+    dequantised first when `n_bins` is given: the loss is then the discrete data's bits);
+    y = x + σ·ε with σ from `model.training_sigmas` (one per item) and ε ~ N(0, I); loss =
+    mean over items of `bits_per_dim(model.log_prob(y, σ))`.
     """
     if n_bins is not None:
-        x = dequantize(x, n_bins)
+        x = dequantize(x, n_bins, low)
     sigma = model.training_sigmas(x.shape[0], x.device, x.dtype)
     y = x + sigma.view(-1, *([1] * (x.dim() - 1))) * torch.randn_like(x)
     return bits_per_dim(model.log_prob(y, sigma), x[0].numel(), n_bins).mean()

@@ -4,6 +4,7 @@ of a `denoising:` section, `priors.denoising.DenoisingConfig`)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..config import TrainConfig, to_dict
+from ..data.images import PIXEL_LEVELS
 from ..errors import UserError
 from ..priors.base import Domain, load_checkpoint, save_checkpoint
 from ..priors.denoising import DenoisingConfig
@@ -79,9 +81,13 @@ def train_flow_images(images: str, out_path: str | os.PathLike, arch: str = "glo
     """Train a flow prior on an image dataset: `audiosep train glow|realnvp --images SPEC`.
 
     Images are centred to [−0.5, 0.5] (the BASIS-Glow convention, mixtures m = (x₁ + x₂)/2)
-    and not dequantised: an unconditional flow learns the density of x + σ·ε at its
-    noise_sigma (0.01 unless set); the last `valid_items` train images (default a tenth, at most 1000)
-    validate. `denoising` (the `denoising:` section) makes the flow of the denoising
+    and dequantised: every batch gets uniform noise within its 8-bit pixel bins
+    (`priors.flows.dequantize`, `PIXEL_LEVELS` bins over [−0.5, 0.5)), so the loss and the
+    validation loss are the discrete images' bits/dim and an unconditional flow with
+    noise_sigma 0 learns a bounded density; noise_sigma (0.01 unless set) and the σ of
+    conditioned flows add Gaussian noise on top. The checkpoint records this as
+    `extra["data"]["dequantized"]` (the number of bins). The last `valid_items` train images
+    (default a tenth, at most 1000) validate. `denoising` (the `denoising:` section) makes the flow of the denoising
     experiment (`build_flow`: ND/TD one flow at its σ, CD σ ~ U(0, c_max) as an input) and
     is stored in the checkpoint as `extra["data"]["denoising"]` (modes other than none), as
     `train_vae` does. Otherwise as `train_flow`, every conditioning included.
@@ -91,29 +97,32 @@ def train_flow_images(images: str, out_path: str | os.PathLike, arch: str = "glo
     model_config = model_config or FlowConfig()
     if model_config.channels != domain.shape[0]:
         model_config = dataclasses.replace(model_config, channels=domain.shape[0])
-    data = {"images": name}
+    data = {"images": name, "dequantized": PIXEL_LEVELS}
     if denoising.mode != "none":
         data["denoising"] = dataclasses.asdict(denoising)
+    loss = functools.partial(flow_nll, n_bins=PIXEL_LEVELS, low=domain.value_range[0])
     return _train_flow(lambda member_train: (train_ds, valid_ds), domain, data, out_path, arch,
-                       model_config, config, finetune_steps, device, denoising)
+                       model_config, config, finetune_steps, device, denoising, loss)
 
 
 def _train_flow(sets: DataSets, domain: Domain, data: dict[str, Any], out_path: str | os.PathLike, arch: str,
                 model_config: FlowConfig | None, config: TrainConfig | None, finetune_steps: int | None,
-                device: str, denoising: DenoisingConfig | None = None) -> dict[str, Any]:
+                device: str, denoising: DenoisingConfig | None = None,
+                loss: Callable[..., Any] = flow_nll) -> dict[str, Any]:
     """One flow (conditioning "none" / "sigma", or a denoising mode's) or a bundle, on the
-    datasets `sets(train config)` gives."""
+    datasets `sets(train config)` gives, minimising `loss(model, batch)` (bits/dim)."""
     model_config = model_config or FlowConfig()
     config = config or TrainConfig()
     if arch not in FLOWS:
         raise UserError(f"unknown flow {arch!r}; choose one of: {', '.join(FLOWS)}")
     check_flow_shape(arch, model_config.channels, model_config.levels, flow_item_shape(domain))
     if flow_conditioning(model_config, denoising) == "bundle":
-        return train_flow_bundle(sets, domain, data, out_path, arch, model_config, config, finetune_steps, device)
+        return train_flow_bundle(sets, domain, data, out_path, arch, model_config, config, finetune_steps, device,
+                                 loss)
     train_ds, valid_ds = sets(config)
     seed_everything(config.seed)
     model = build_flow(arch, model_config, denoising)
-    return train(model, flow_nll, train_ds, valid_ds, config, out_path, domain, device, data=data)
+    return train(model, loss, train_ds, valid_ds, config, out_path, domain, device, data=data)
 
 
 def bundle_member_path(out_path: str | os.PathLike, sigma: float) -> Path:
@@ -125,7 +134,8 @@ def bundle_member_path(out_path: str | os.PathLike, sigma: float) -> Path:
 
 def train_flow_bundle(sets: DataSets, domain: Domain, data: dict[str, Any], out_path: str | os.PathLike,
                       arch: str = "glow", model_config: FlowConfig | None = None, config: TrainConfig | None = None,
-                      finetune_steps: int | None = None, device: str = "cpu") -> dict[str, Any]:
+                      finetune_steps: int | None = None, device: str = "cpu",
+                      loss: Callable[..., Any] = flow_nll) -> dict[str, Any]:
     """Train a per-σ flow bundle: one unconditional flow per σ of the schedule, serially from
     the smallest σ up, each member initialised from the previous member's EMA weights; then
     write all members (EMA weights) into one `FlowBundle` checkpoint at `out_path`.
@@ -135,7 +145,7 @@ def train_flow_bundle(sets: DataSets, domain: Domain, data: dict[str, Any], out_
     members are read back, the interrupted one resumes from its last checkpoint. The first
     member trains `config.steps` steps, the others `finetune_steps` (default: the same);
     member i uses seed `config.seed + i` for its crops and noise (`sets(member train config)`
-    gives its train and valid datasets; `data` is stored in every checkpoint). Under torchrun
+    gives its train and valid datasets; `data` is stored in every checkpoint; `loss` as in `train`). Under torchrun
     every process trains every member; rank 0 writes the bundle.
 
     Returns:
@@ -157,7 +167,7 @@ def train_flow_bundle(sets: DataSets, domain: Domain, data: dict[str, Any], out_
         if config.progress:
             tqdm.write(f"member {index + 1}/{len(sigmas)}: sigma {sigma:.4g}")
         path = bundle_member_path(out_path, sigma)
-        result = train(member, flow_nll, train_ds, valid_ds, member_train, path, domain, device, data=data)
+        result = train(member, loss, train_ds, valid_ds, member_train, path, domain, device, data=data)
         previous = members[sigma] = load_checkpoint(path)["ema"]
         results.append({"sigma": sigma, **result})
     bundle = FlowBundle(arch, member_config(model_config), sigmas)
