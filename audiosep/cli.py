@@ -286,7 +286,7 @@ def _separation_model(args: argparse.Namespace):
     models = args.model or []
     basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion,
                      "--init": args.init, "--init-model": args.init_model, "--likelihood": args.likelihood,
-                     "--corrections": args.corrections, "--chains": args.chains}
+                     "--corrections": args.corrections, "--chains": args.chains, "--delta": args.delta}
     latent_options = {"--sigma": args.sigma, "--window": args.window, "--postfilter": args.postfilter}
     method = separation_method(models, args.method)
     if method != "latent":
@@ -310,7 +310,8 @@ def _separation_model(args: argparse.Namespace):
     init = args.init or ("nmf" if baseline_mismatch(baseline, priors.sources, priors.sample_rate) is None
                          else "mixture")
     config = default_basis(init, seed=args.seed, steps_per_level=args.steps, n_levels=args.levels,
-                           likelihood=args.likelihood, corrections=args.corrections, n_chains=args.chains)
+                           likelihood=args.likelihood, corrections=args.corrections, n_chains=args.chains,
+                           delta=args.delta)
     model = MelBasis(priors.priors, config, priors.sources, inversion=args.inversion or "wiener",
                      init_from=baseline if init == "nmf" else None)
     return model, model_set_name(paths)
@@ -677,6 +678,9 @@ def _add_separate(sub) -> None:
                    help="BASIS: the mixture as a Gaussian constraint in the drift, or exactly (dirac: every step "
                         "projected back onto the mixture); latent: a Gaussian on the codebook distance of the pair's "
                         "sum code to the mixture code (default), or dirac (the sum code must equal it)")
+    p.add_argument("--delta", type=_positive_float,
+                   help="BASIS: the Langevin step δ (step σ²/σ_min²·δ at noise σ); default 1e-4 with the dirac "
+                        "likelihood, 2e-5 with gaussian (larger steps make the gaussian constraint diverge)")
     p.add_argument("--corrections", type=_count, metavar="N",
                    help="BASIS: re-noising correction rounds per noise level (denoise, re-noise, run the level again)")
     p.add_argument("--chains", type=_positive_int, metavar="N",

@@ -271,16 +271,26 @@ def test_default_initialisation_is_nmf_only_when_the_nmf_model_fits(mixtures, ch
     assert np.array_equal(read("ab", "a"), read("mixture", "piano"))
 
 
+def test_the_default_step_follows_the_likelihood():
+    nmf = default_basis("nmf")
+    assert (nmf.likelihood, nmf.delta, nmf.sigma_max, nmf.n_levels) == ("dirac", 1e-4, 0.05, 4)
+    assert default_basis("nmf", likelihood="gaussian").delta == 2e-5  # 1e-4 diverges with the constraint
+    assert default_basis("mixture").likelihood == "gaussian" and default_basis("mixture").delta == 2e-5
+    assert default_basis("mixture", likelihood="dirac").delta == 1e-4
+    assert default_basis("nmf", delta=3e-5).delta == 3e-5 and default_basis("nmf", delta=None).delta == 1e-4
+
+
 def test_dirac_corrections_and_chains_reach_the_sampler(mixtures, checkpoints, tmp_path):
     # each option changes the stems; the Wiener stems still add up to the mixture
     read = lambda folder: sf.read(tmp_path / folder / "mono16k" / "piano.wav")[0]  # noqa: E731
-    runs = {"base": [], "dirac": ["--likelihood", "dirac"], "corr": ["--corrections", "1"], "chains": ["--chains", "2"]}
+    runs = {"base": [], "gaussian": ["--likelihood", "gaussian"], "corr": ["--corrections", "1"],
+            "chains": ["--chains", "2"], "delta": ["--delta", "1e-5"]}  # base: from NMF, dirac
     for folder, extra in runs.items():
         assert _basis(mixtures[:1], checkpoints, tmp_path / folder, *extra) == 0
-    for folder in ("dirac", "corr", "chains"):
+    for folder in ("gaussian", "corr", "chains", "delta"):
         assert not np.allclose(read("base"), read(folder)), folder
     mix = sf.read(mixtures[0])[0]
-    total = sum(sf.read(tmp_path / "dirac" / "mono16k" / f"{s}.wav")[0] for s in ("piano", "violin"))
+    total = sum(sf.read(tmp_path / "base" / "mono16k" / f"{s}.wav")[0] for s in ("piano", "violin"))
     assert 10 * np.log10(np.sum(mix**2) / np.sum((total - mix) ** 2)) > 100
 
 
@@ -302,6 +312,8 @@ def test_separate_with_priors_is_seeded(mixtures, checkpoints, tmp_path):
     (["piano", "violin"], ["--levels", "1"], "at least 2 noise levels"),
     ([BUNDLED_NMF], ["--init", "nmf"], "--init: BASIS option"),
     ([BUNDLED_NMF], ["--likelihood", "dirac", "--chains", "2"], "--likelihood, --chains: BASIS option"),
+    ([BUNDLED_NMF], ["--delta", "1e-4"], "--delta: BASIS option"),
+    (["piano", "violin"], ["--delta", "0"], "--delta: invalid"),
     (["piano", "violin"], ["--corrections", "-1"], "--corrections: invalid integer >= 0"),
     (["piano", "violin"], ["--chains", "0"], "--chains: invalid integer >= 1"),
     (["piano", "violin"], ["--init", "uniform", "--init-model", BUNDLED_NMF], "--init-model is the NMF model of"),
