@@ -286,7 +286,8 @@ def _separation_model(args: argparse.Namespace):
     models = args.model or []
     basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion,
                      "--init": args.init, "--init-model": args.init_model, "--likelihood": args.likelihood,
-                     "--corrections": args.corrections, "--chains": args.chains, "--delta": args.delta}
+                     "--corrections": args.corrections, "--chains": args.chains, "--delta": args.delta,
+                     "--patch-hop": args.patch_hop}
     latent_options = {"--sigma": args.sigma, "--window": args.window, "--postfilter": args.postfilter}
     method = separation_method(models, args.method)
     if method != "latent":
@@ -313,7 +314,7 @@ def _separation_model(args: argparse.Namespace):
                            likelihood=args.likelihood, corrections=args.corrections, n_chains=args.chains,
                            delta=args.delta)
     model = MelBasis(priors.priors, config, priors.sources, inversion=args.inversion or "wiener",
-                     init_from=baseline if init == "nmf" else None)
+                     hop_frames=args.patch_hop, init_from=baseline if init == "nmf" else None)
     return model, model_set_name(paths)
 
 
@@ -681,6 +682,10 @@ def _add_separate(sub) -> None:
     p.add_argument("--delta", type=_positive_float,
                    help="BASIS: the Langevin step δ (step σ²/σ_min²·δ at noise σ); default 1e-4 with the dirac "
                         "likelihood, 2e-5 with gaussian (larger steps make the gaussian constraint diverge)")
+    p.add_argument("--patch-hop", type=_positive_int, metavar="FRAMES",
+                   help="BASIS: frames between the starts of the mel patches the priors see (default: half a "
+                        "patch, 32 of the bundled priors' 64 frames); every frame is the Hann-weighted average of "
+                        "the patches over it, and the cost grows as 1/hop")
     p.add_argument("--corrections", type=_count, metavar="N",
                    help="BASIS: re-noising correction rounds per noise level (denoise, re-noise, run the level again)")
     p.add_argument("--chains", type=_positive_int, metavar="N",

@@ -26,7 +26,8 @@ windows, then tracks, of SDR / SIR / SAR per source):
 
 - `basis-NAME+nmf/VARIANT` (`--variant VARIANT=key=value,...`): the `+nmf` row with
   `BasisConfig` fields changed, e.g. `dirac=likelihood=dirac`, `corr=corrections=1`,
-  `chains4=n_chains=4`, `wide=sigma_max=0.1,n_levels=5,init_noise=true`.
+  `chains4=n_chains=4`, `wide=sigma_max=0.1,n_levels=5,init_noise=true`; the key
+  `hop_frames` sets `MelBasis`'s patch hop instead (`h64=hop_frames=64`: no overlap).
 
 Below it, CPU seconds per second of audio of each separation (separation only: reading and
 scoring excluded; torch on `--threads` threads, default 1, the stable figure on a shared
@@ -78,10 +79,11 @@ from audiosep.spectral.inversion import invert_mel_powers
 SeparateFn = Callable[[np.ndarray, int], np.ndarray]
 
 
-def basis_separator(paths: list[Path], config: BasisConfig, sources: list[str], init_from: NMFModel | None = None
-                    ) -> Separator:
-    """`Separator(MelBasis)` over one prior checkpoint per source (CPU, no progress bars)."""
-    method = MelBasis.from_files(paths, config, sources=sources, progress=False, init_from=init_from)
+def basis_separator(paths: list[Path], config: BasisConfig, sources: list[str], init_from: NMFModel | None = None,
+                    **options) -> Separator:
+    """`Separator(MelBasis)` over one prior checkpoint per source (CPU, no progress bars);
+    `options`: more keyword options of `MelBasis` (e.g. `hop_frames`)."""
+    method = MelBasis.from_files(paths, config, sources=sources, progress=False, init_from=init_from, **options)
     return Separator(method, progress=False)
 
 
@@ -254,8 +256,13 @@ def _scalar(text: str):
     return yaml.safe_load(text)
 
 
-def parse_variants(specs: list[str]) -> dict[str, dict]:
-    """`NAME=key=value,key=value` → {NAME: BasisConfig overrides}, values read as numbers or YAML scalars."""
+# --variant keys that are options of `MelBasis` rather than `BasisConfig` fields.
+METHOD_OPTIONS = ("hop_frames",)
+
+
+def parse_variants(specs: list[str]) -> dict[str, tuple[dict, dict]]:
+    """`NAME=key=value,key=value` → {NAME: (BasisConfig overrides, MelBasis options)}, values
+    read as numbers or YAML scalars; the keys in `METHOD_OPTIONS` go to `MelBasis`."""
     variants = {}
     for spec in specs:
         name, _, settings = spec.partition("=")
@@ -263,8 +270,9 @@ def parse_variants(specs: list[str]) -> dict[str, dict]:
             overrides = {k: _scalar(v) for k, v in (item.split("=", 1) for item in settings.split(","))}
         except ValueError:
             raise SystemExit(f"--variant expects NAME=key=value[,key=value], got {spec!r}") from None
+        options = {k: overrides.pop(k) for k in METHOD_OPTIONS if k in overrides}
         from_dict(BasisConfig, {**vars(default_basis("nmf")), **overrides})  # unknown keys fail here
-        variants[name] = overrides
+        variants[name] = (overrides, options)
     return variants
 
 
@@ -332,7 +340,8 @@ def main() -> None:
                         help="also the diagnostic row basis-NAME+truth: BASIS started from the true stems")
     parser.add_argument("--variant", nargs="*", default=[], metavar="NAME=key=value,...",
                         help="more rows basis-NAME+nmf/VARIANT: the +nmf settings with BasisConfig fields changed, "
-                             "e.g. dirac=likelihood=dirac chains4=n_chains=4 renoise=corrections=1,init_noise=true")
+                             "e.g. dirac=likelihood=dirac chains4=n_chains=4 renoise=corrections=1,init_noise=true; "
+                             "hop_frames=N sets the patch hop of MelBasis instead")
     parser.add_argument("--no-mixture-init", action="store_true", help="leave out the basis-NAME rows (from the mixture)")
     parser.add_argument("--levels", nargs="*", type=float, metavar="DB",
                         help="the level/room table: the last source at these dB relative to the others "
@@ -366,9 +375,9 @@ def main() -> None:
         if not args.no_mixture_init:
             methods[f"basis-{name}"] = basis_separator(paths, default_basis("mixture"), sources).separate
         methods[f"basis-{name}+nmf"] = basis_separator(paths, default_basis("nmf"), sources, nmf).separate
-        for variant, overrides in variants.items():
+        for variant, (overrides, options) in variants.items():
             methods[f"basis-{name}+nmf/{variant}"] = basis_separator(
-                paths, default_basis("nmf", **overrides), sources, nmf).separate
+                paths, default_basis("nmf", **overrides), sources, nmf, **options).separate
     methods["nmf"] = Separator(nmf, progress=False).separate
     oracles = {
         "mel-ideal": lambda refs, rate: run_oracle("mel-ideal", refs, rate, frontend=frontend),
@@ -381,8 +390,8 @@ def main() -> None:
         oracles[f"basis-{args.name}+truth"] = basis_from_truth(args.priors, sources)
     print(f"{len(tracks)} tracks of {args.data / args.split}; front end {frontend.name}; torch threads {args.threads}")
     print(f"basis-*: {default_basis('mixture')}\nbasis-*+nmf: {default_basis('nmf')}, started from {args.nmf.name}")
-    for variant, overrides in variants.items():
-        print(f"  /{variant}: {overrides}")
+    for variant, (overrides, options) in variants.items():
+        print(f"  /{variant}: {overrides | options}")
     table, cpu = run_methods(dataset_items(tracks, sources), sources, methods, oracles, args.win)
     print("\nmedian over 1 s windows, then tracks (dB, BSSEval v4)")
     print(median_table(table, [*methods, *oracles]).round(2).to_string())
