@@ -33,7 +33,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
         pieces=args.piece, gain_db=args.gain_db, timeout=args.timeout, overwrite=args.overwrite,
         font_per_source=args.font_per_source,
         augmentation=Augmentation(tempo=args.tempo, detune_cents=args.detune_cents, velocity=args.velocity,
-                                  expression=args.expression, eq_db=args.eq_db, reverb=args.reverb),
+                                  expression=args.expression, eq_db=args.eq_db, reverb=args.reverb,
+                                  timbre_semitones=args.timbre_shift),
     )
     by_split: dict[str, int] = {}
     for record in index["tracks"]:
@@ -445,6 +446,9 @@ def _add_synth(sub) -> None:
                      help="velocity offset per source in ± MIDI units, half of it again per note (e.g. 20)")
     aug.add_argument("--expression", type=float, default=0.0,
                      help="depth (0-1) of a slow random expression (CC 11) curve per source (e.g. 0.4)")
+    aug.add_argument("--timbre-shift", type=float, default=0.0, metavar="SEMITONES",
+                     help="each pitched source played up to ± this many semitones higher and faster, then "
+                          "resampled back: same notes and timing, formants moved (e.g. 3)")
     aug.add_argument("--eq-db", type=float, default=0.0, help="random low/high-shelf and peak EQ per source in ± dB")
     aug.add_argument("--reverb", type=float, default=0.0,
                      help="probability that a piece is played in a (random) room, one per piece (e.g. 0.7)")

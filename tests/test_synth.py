@@ -10,7 +10,7 @@ import soundfile as sf
 from music21 import corpus
 
 from audiosep.data import synth
-from audiosep.data.augment import Augmentation, augment_audio, augment_midi
+from audiosep.data.augment import Augmentation, augment_audio, augment_midi, restore_timbre_shift
 from audiosep.errors import UserError
 
 needs_fluidsynth = pytest.mark.skipif(
@@ -236,7 +236,8 @@ def test_piano_violin_arrangement_follows_the_score():
 
 # --- augmentation ------------------------------------------------------------------------
 
-AUGMENT = Augmentation(tempo=0.1, detune_cents=30, velocity=20, expression=0.4, eq_db=6, reverb=1.0)
+AUGMENT = Augmentation(tempo=0.1, detune_cents=30, velocity=20, expression=0.4, eq_db=6, reverb=1.0,
+                       timbre_semitones=3)
 
 
 def _augmented(out_dir, seed=0):
@@ -282,6 +283,37 @@ def test_augment_midi_moves_times_pitch_and_dynamics_only_where_asked():
     assert bend == round(drawn["piano"]["detune_cents"] / 200 * 8192) and abs(bend) <= 2048
 
 
+def test_timbre_shift_transposes_speeds_up_and_shares_the_bend_with_detuning():
+    inst = pretty_midi.Instrument(program=40)
+    inst.notes = [pretty_midi.Note(90, 60 + i, 0.5 * i, 0.5 * i + 0.4) for i in range(8)]
+    drawn = augment_midi({"violin": inst}, Augmentation(detune_cents=30, timbre_semitones=3),
+                         np.random.default_rng(0))["violin"]
+    shift, cents = drawn["timbre_semitones"], drawn["detune_cents"]
+    whole, speed = round(shift), 2 ** (shift / 12)
+    assert -3 <= shift <= 3 and [n.pitch for n in inst.notes] == [60 + i + whole for i in range(8)]
+    assert inst.notes[3].start == pytest.approx(1.5 / speed) and inst.notes[3].end == pytest.approx(1.9 / speed)
+    assert len(inst.pitch_bends) == 1
+    assert inst.pitch_bends[0].pitch == round((cents + 100 * (shift - whole)) / 200 * 8192)
+    drums = pretty_midi.Instrument(program=0, is_drum=True)
+    drums.notes = [pretty_midi.Note(90, 36, 0.0, 0.1)]
+    assert augment_midi({"drums": drums}, Augmentation(timbre_semitones=3), np.random.default_rng(0)) == {}
+    assert drums.notes[0].pitch == 36 and drums.notes[0].end == 0.1
+
+
+def test_restore_timbre_shift_brings_pitch_and_duration_back():
+    shift, f0, seconds = 2.5, 440.0, 1.0
+    ratio = 2 ** (shift / 12)
+    t = np.arange(int(SR * seconds / ratio)) / SR  # rendered faster and higher, as augment_midi asks
+    rendered = np.sin(2 * np.pi * f0 * ratio * t).astype(np.float32)
+    plain = np.zeros(SR // 2, dtype=np.float32)
+    out = restore_timbre_shift({"violin": rendered, "piano": plain}, {"violin": {"timbre_semitones": shift}}, SR)
+    assert out["piano"] is not plain and len(out["violin"]) == len(out["piano"])
+    assert abs(len(out["violin"]) - SR * seconds) <= 2
+    spectrum = np.abs(np.fft.rfft(out["violin"][: SR // 2] * np.hanning(SR // 2)))
+    assert np.fft.rfftfreq(SR // 2, 1 / SR)[spectrum.argmax()] == pytest.approx(f0, abs=2.0)
+    np.testing.assert_array_equal(out["piano"][: SR // 2], plain)
+
+
 def test_augment_audio_is_linear_per_source_and_off_by_default():
     rng = np.random.default_rng(0)
     x = np.random.default_rng(1).standard_normal(SR).astype(np.float32)
@@ -299,6 +331,8 @@ def test_bad_augmentation_and_reserved_soundfonts_are_user_errors(tmp_path):
         Augmentation(tempo=0.7)
     with pytest.raises(UserError, match="reverb"):
         Augmentation(reverb=2)
+    with pytest.raises(UserError, match="timbre_semitones"):
+        Augmentation(timbre_semitones=-1)
     font = tmp_path / "MuseScore_General.sf3"
     font.write_bytes(b"x")
     link = tmp_path / "default.sf2"

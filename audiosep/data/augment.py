@@ -6,8 +6,12 @@ from its seed (an option left at 0 draws nothing, so the default renders are unc
 - **Performance** (`augment_midi`, on the pretty_midi instruments before FluidSynth):
   tempo (every note time scaled by one factor per piece), detuning (one MIDI pitch bend per
   source: a mild pitch shift made by the synthesizer itself, free of DSP artefacts),
-  dynamics (a velocity offset per source plus per-note jitter) and expression (a slow
-  CC 11 curve per source, redrawn every 1–3 s).
+  dynamics (a velocity offset per source plus per-note jitter), expression (a slow
+  CC 11 curve per source, redrawn every 1–3 s) and a timbre shift (each pitched source played
+  s semitones higher and 2^(s/12) times faster, then slowed back by resampling in
+  `restore_timbre_shift`: pitch and timing are the score's again, while the spectral envelope
+  of the soundfont's samples and the time constants of their envelopes move by 2^(−s/12) —
+  a new instrument body from the same soundfont).
 - **Recording** (`augment_audio`, on each source's render before excerpts are cut):
   equalisation (random low-shelf, high-shelf and peak gains per source) and room reverb
   (one room per piece, shared by its sources, with a wet level per source), both from
@@ -30,7 +34,8 @@ PITCH_BEND_RANGE_CENTS = 200.0  # the GM default bend range: ±2 semitones over 
 REVERB_TAIL = 2.0  # seconds of silence appended before the reverb, so tails are not cut
 EXPRESSION_INTERVAL = (1.0, 3.0)  # seconds between two CC 11 values
 LIMITS = {"tempo": (0.0, 0.5), "detune_cents": (0.0, PITCH_BEND_RANGE_CENTS), "velocity": (0.0, 64.0),
-          "expression": (0.0, 1.0), "eq_db": (0.0, 24.0), "reverb": (0.0, 1.0)}  # allowed range of each field
+          "expression": (0.0, 1.0), "eq_db": (0.0, 24.0), "reverb": (0.0, 1.0),
+          "timbre_semitones": (0.0, 12.0)}  # allowed range of each field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +52,9 @@ class Augmentation:
         eq_db: low-shelf (200 Hz), high-shelf (4 kHz) and peak (300 Hz–3 kHz) gains drawn in
             ±eq_db dB per source (e.g. 6).
         reverb: probability that a piece is played in a room (e.g. 0.7).
+        timbre_semitones: each pitched source rendered s ~ U(−t, t) semitones higher and
+            2^(s/12) times faster, then resampled back (`restore_timbre_shift`): its formants
+            move by 2^(−s/12) (e.g. 3).
     """
 
     tempo: float = 0.0
@@ -55,6 +63,7 @@ class Augmentation:
     expression: float = 0.0
     eq_db: float = 0.0
     reverb: float = 0.0
+    timbre_semitones: float = 0.0
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in LIMITS.items():
@@ -71,8 +80,10 @@ class Augmentation:
 def augment_midi(instruments: Mapping, aug: Augmentation, rng: np.random.Generator) -> dict:
     """Apply the performance variations in place to `{source: pretty_midi.Instrument}`.
 
-    Returns the drawn values `{"tempo": factor, "<source>": {"detune_cents", "velocity"}}`
-    (only those switched on), for the dataset index.
+    Returns the drawn values `{"tempo": factor, "<source>": {"detune_cents", "timbre_semitones",
+    "velocity"}}` (only those switched on), for the dataset index; a timbre shift must then be
+    undone on the renders by `restore_timbre_shift`. Detuning and the fraction of a semitone of
+    the timbre shift share one pitch bend (clipped to the ±200-cent bend range).
     """
     import pretty_midi
 
@@ -85,11 +96,15 @@ def augment_midi(instruments: Mapping, aug: Augmentation, rng: np.random.Generat
                 note.start, note.end = note.start * factor, note.end * factor
     for source, instrument in instruments.items():
         values: dict[str, float] = {}
+        bend_cents = 0.0
         if aug.detune_cents > 0 and not instrument.is_drum:
-            cents = float(rng.uniform(-aug.detune_cents, aug.detune_cents))
-            bend = int(np.clip(round(cents / PITCH_BEND_RANGE_CENTS * 8192), -8192, 8191))
+            bend_cents = values["detune_cents"] = float(rng.uniform(-aug.detune_cents, aug.detune_cents))
+        if aug.timbre_semitones > 0 and not instrument.is_drum:
+            shift = values["timbre_semitones"] = float(rng.uniform(-aug.timbre_semitones, aug.timbre_semitones))
+            bend_cents += _transpose_and_speed_up(instrument, shift)
+        if bend_cents != 0.0:
+            bend = int(np.clip(round(bend_cents / PITCH_BEND_RANGE_CENTS * 8192), -8192, 8191))
             instrument.pitch_bends.append(pretty_midi.PitchBend(bend, 0.0))
-            values["detune_cents"] = cents
         if aug.velocity > 0:
             offset = float(rng.uniform(-aug.velocity, aug.velocity))
             jitter = rng.uniform(-aug.velocity / 2, aug.velocity / 2, size=len(instrument.notes))
@@ -102,6 +117,40 @@ def augment_midi(instruments: Mapping, aug: Augmentation, rng: np.random.Generat
         if values:
             drawn[source] = values
     return drawn
+
+
+def _transpose_and_speed_up(instrument, semitones: float) -> float:
+    """Transpose `instrument`'s notes by round(semitones) and divide their times by
+    2^(semitones/12), in place; returns the rest of the shift in cents (for the pitch bend)."""
+    whole = int(round(semitones))
+    speed = 2.0 ** (semitones / 12.0)
+    for note in instrument.notes:
+        note.pitch = int(np.clip(note.pitch + whole, 0, 127))
+        note.start, note.end = note.start / speed, note.end / speed
+    return 100.0 * (semitones - whole)
+
+
+def restore_timbre_shift(renders: Mapping[str, np.ndarray], performance: Mapping,
+                         sample_rate: int) -> dict[str, np.ndarray]:
+    """Undo the pitch and speed of `augment_midi`'s timbre shift on mono renders `{source: (N,)}`.
+
+    A source drawn with shift s (`performance[source]["timbre_semitones"]`) is resampled from
+    `sample_rate` to `sample_rate`·2^(s/12) and played at `sample_rate`: 2^(s/12) times longer
+    and s semitones lower, i.e. back at the score's pitch and timing. Renders are then padded
+    with zeros to one length (N_max,). Sources without a shift are returned unchanged.
+    """
+    from ..io import resample
+
+    out = {}
+    for source, audio in renders.items():
+        shift = performance.get(source, {}).get("timbre_semitones")
+        if shift is None:
+            out[source] = audio
+            continue
+        rate = sample_rate * 2.0 ** (shift / 12.0)
+        out[source] = resample(np.asarray(audio, dtype=np.float32)[None], sample_rate, rate)[0]
+    n = max(len(x) for x in out.values())
+    return {s: np.pad(x, (0, n - len(x))) for s, x in out.items()}
 
 
 def _expression_curve(end: float, depth: float, rng: np.random.Generator) -> list:

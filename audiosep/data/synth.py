@@ -21,7 +21,7 @@ dataset) and cannot be selected; so are the MuseScore General soundfonts (every 
 What real recordings vary in and one soundfont does not: several soundfonts (one drawn per
 piece, or per source with ``font_per_source``), levels between sources (``gain_db``), and the
 performance and recording variations of `augment.Augmentation` (tempo, detuning, dynamics,
-expression, EQ, room reverb), all drawn from the piece's seed.
+expression, timbre shift, EQ, room reverb), all drawn from the piece's seed.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ import soundfile as sf
 
 from ..errors import UserError
 from ..io import atomic_output, write_audio
-from .augment import Augmentation, augment_audio, augment_midi
+from .augment import Augmentation, augment_audio, augment_midi, restore_timbre_shift
 
 SPLITS = ("train", "valid", "test")
 RESERVED_COMPOSERS = ("haydn", "mozart")
@@ -517,7 +517,7 @@ def synthesize(
         splits: train/valid/test fractions of pieces (assigned by a hash of the piece path).
         gain_db: each source gets a random gain in ±gain_db dB around equal loudness (the
             level between two sources then spans ±2·gain_db dB).
-        augmentation: tempo, detuning, dynamics, expression, EQ and reverb ranges
+        augmentation: tempo, detuning, dynamics, expression, timbre shift, EQ and reverb ranges
             (`augment.Augmentation`; default: none).
         font_per_source: draw a soundfont for every source of a piece (default: one per piece).
         threshold_db: a 0.5 s window counts as active within this many dB of the source's level.
@@ -588,6 +588,7 @@ def _make_piece(piece: Piece, preset: Preset, out_dir: Path, wanted: int, durati
     source_fonts = {s: fonts[int(rng.integers(len(fonts)))] if font_per_source else soundfont for s in instruments}
     performance = augment_midi(instruments, augmentation, rng)
     renders = _render_piece(instruments, source_fonts, sample_rate, timeout)
+    renders = restore_timbre_shift(renders, performance, sample_rate)
     renders, recording = augment_audio(renders, sample_rate, augmentation, rng)
     length = int(round(duration * sample_rate))
     records = []
