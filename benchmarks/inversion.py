@@ -37,8 +37,8 @@ tracks, SDR / SIR / SAR per source. `CPU s/s`: CPU seconds per second of audio o
 inversion call alone (NNLS included; NMF and BASIS sampling excluded, printed once below
 the table), or of the whole oracle; torch on `--threads` threads (default 1). Each track is
 processed whole (`Separator`'s 30 s chunks leave the 10 s test excerpts whole too).
-About 50 s of wall time per track on the 2-core development machine (BASIS 36 s of it), so
-the full 2 × 20 tracks take about 35 min there.
+About 50 s of wall time per track on the 2-core development machine when it runs alone (BASIS
+36 s of it), 75 s with two runs side by side, so the full 2 × 20 tracks take 35–50 min there.
 
 Last, per dataset, the inversions ordered by SDR (mean over sources of the medians), on the
 true mel powers and on the BASIS estimates, against the earlier study's ordering on its
