@@ -149,8 +149,13 @@ def restore_timbre_shift(renders: Mapping[str, np.ndarray], performance: Mapping
             continue
         rate = sample_rate * 2.0 ** (shift / 12.0)
         out[source] = resample(np.asarray(audio, dtype=np.float32)[None], sample_rate, rate)[0]
-    n = max(len(x) for x in out.values())
-    return {s: np.pad(x, (0, n - len(x))) for s, x in out.items()}
+    return pad_to_longest(out)
+
+
+def pad_to_longest(renders: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Mono renders `{source: (N_s,)}` zero-padded at the end to one length (max N_s,)."""
+    n = max(len(x) for x in renders.values())
+    return {s: np.pad(x, (0, n - len(x))) for s, x in renders.items()}
 
 
 def _expression_curve(end: float, depth: float, rng: np.random.Generator) -> list:

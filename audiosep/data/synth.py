@@ -43,7 +43,7 @@ import soundfile as sf
 
 from ..errors import UserError
 from ..io import atomic_output, write_audio
-from .augment import Augmentation, augment_audio, augment_midi, restore_timbre_shift
+from .augment import Augmentation, augment_audio, augment_midi, pad_to_longest, restore_timbre_shift
 
 SPLITS = ("train", "valid", "test")
 RESERVED_COMPOSERS = ("haydn", "mozart")
@@ -419,8 +419,7 @@ def _render_piece(instruments: Mapping, soundfonts: Mapping[str, Path], sample_r
             midi_path = Path(tmp) / f"{source}.mid"
             midi.write(str(midi_path))
             renders[source] = render_midi(midi_path, soundfonts[source], sample_rate, timeout)
-    n = max(len(x) for x in renders.values())
-    return {s: np.pad(x, (0, n - len(x))) for s, x in renders.items()}
+    return pad_to_longest(renders)
 
 
 # ----------------------------------------------------------------------------- excerpts and mixing
