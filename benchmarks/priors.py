@@ -3,6 +3,7 @@ source from the other, on the training timbre and on a timbre it never saw.
 
     python benchmarks/priors.py --data fluidr3:data/piano_violin unseen:data/piano_violin_timgm
     python benchmarks/priors.py --priors piano.pt violin.pt --data ... --split valid --patches 128
+    python benchmarks/priors.py --priors p_ft.pt v_ft.pt --sources piano violin --data ...
 
 For every prior (default: the bundled NCSN priors), every data set (TAG:FOLDER, a stems
 dataset), every source's patches (`--patches` fixed crops of the split, mono, the prior's front
@@ -30,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from audiosep.errors import run_reporting_user_errors
+from audiosep.errors import UserError, run_reporting_user_errors
 from audiosep.priors.base import load_prior
 from audiosep.priors.denoising import tweedie_denoise
 from audiosep.separation.mel_basis import BUNDLED_PRIORS
@@ -59,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--priors", type=Path, nargs="+", default=list(BUNDLED_PRIORS),
                         help="one mel prior per source, named after the files (default: the bundled NCSN priors)")
+    parser.add_argument("--sources", nargs="+", help="the priors' source names, in order (default: the files' stems)")
     parser.add_argument("--data", nargs="+", required=True, metavar="TAG:FOLDER", help="stems datasets")
     parser.add_argument("--split", default="valid")
     parser.add_argument("--patches", type=int, default=128, help="patches per source and data set")
@@ -68,7 +70,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    priors = {p.stem: load_prior(p) for p in args.priors}
+    names = args.sources or [p.stem for p in args.priors]
+    if len(names) != len(args.priors):
+        raise UserError(f"--sources names {len(names)} sources for {len(args.priors)} priors")
+    priors = {name: load_prior(p) for name, p in zip(names, args.priors)}
     sources = list(priors)
     frontend = Frontend.from_dict(next(iter(priors.values())).domain.frontend_dict)
     rows = []
