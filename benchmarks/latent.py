@@ -3,6 +3,11 @@
     python benchmarks/latent.py --lqvae exp/drums_bass/lqvae.pt \\
         --priors exp/drums_bass/priors/drums.pt exp/drums_bass/priors/bass.pt \\
         --nmf exp/drums_bass/nmf_drums_bass.pt --data data/drums_bass --tracks 10 --seconds 4
+    python benchmarks/latent.py --lqvae my_lqvae.pt --data data/drums_bass --tracks 10 --seconds 4
+
+Without `--priors` only the codec is scored (the `lqvae-ceiling*` rows, its linearity, `nmf` and
+the oracles): what an LQ-VAE can keep, measured before any code prior is trained on it. The
+sources are then the ones the LQ-VAE was trained on (`--sources` to name others).
 
 Every method gets the same excerpts (the first `--seconds` of the first `--tracks` tracks of
 `DATA/<split>`) and is scored with BSSEval v4 (1 s windows). Rows (median over windows, then
@@ -42,23 +47,36 @@ import torch
 from tqdm import tqdm
 
 from audiosep.data.stems import list_tracks, load_track
-from audiosep.errors import run_reporting_user_errors
+from audiosep.errors import UserError, run_reporting_user_errors
 from audiosep.eval.report import score_track, summarize
 from audiosep.oracle import run_oracle
-from audiosep.priors.vqvae import linearity
+from audiosep.priors.vqvae import linearity, load_lqvae
 from audiosep.separation.latent import LatentConfig, LatentSeparator, sample_pairs, sample_pairs_reference
 from audiosep.separation.nmf import NMFModel
 from audiosep.separation.separator import Separator
 from audiosep.spectral.inversion import wiener_from_waveforms
 
 
-def codec_ceiling(method: LatentSeparator, refs: np.ndarray) -> np.ndarray:
+def codec_ceiling(lqvae, refs: np.ndarray) -> np.ndarray:
     """The true sources `(2, 1, N)` (at the LQ-VAE's rate) encoded and decoded by the LQ-VAE's
     top level, `(2, 1, N)`."""
     n = refs.shape[-1]
-    x = torch.nn.functional.pad(torch.from_numpy(refs[:, :1]).float(), (0, (-n) % method.hop))  # (2, 1, N')
+    x = torch.nn.functional.pad(torch.from_numpy(refs[:, :1]).float(), (0, (-n) % lqvae.hop()))  # (2, 1, N')
     with torch.no_grad():
-        return method.lqvae.decode(method.lqvae.encode(x))[..., :n].numpy()
+        return lqvae.decode(lqvae.encode(x))[..., :n].numpy()
+
+
+def codec_sources(lqvae_path: Path, names: list[str] | None) -> list[str]:
+    """The two source names of the codec-only run: `names`, else the LQ-VAE's training sources."""
+    if names is None:
+        from audiosep.priors.base import load_checkpoint
+
+        stored = load_checkpoint(lqvae_path).get("extra", {}).get("data", {}).get("sources")
+        names = stored.split(",") if stored else None
+    if names is None or len(names) != 2:
+        raise UserError(f"{lqvae_path}: name the two sources with --sources (the checkpoint names "
+                        f"{'none' if names is None else len(names)})")
+    return names
 
 
 def token_step_speed(n_codes: int, n_chains: int, tokens: int, max_elements: int) -> dict[str, float]:
@@ -88,7 +106,9 @@ def token_step_speed(n_codes: int, n_chains: int, tokens: int, max_elements: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lqvae", type=Path, required=True)
-    parser.add_argument("--priors", type=Path, nargs=2, required=True, help="one code prior per source")
+    parser.add_argument("--priors", type=Path, nargs=2,
+                        help="one code prior per source (without them: the codec alone)")
+    parser.add_argument("--sources", nargs=2, help="without --priors: the two sources (default: the LQ-VAE's)")
     parser.add_argument("--nmf", type=Path, help="supervised NMF model trained on the same stems")
     parser.add_argument("--data", type=Path, default=Path("data/drums_bass"))
     parser.add_argument("--split", default="test")
@@ -108,10 +128,17 @@ def main() -> None:
 
     config = LatentConfig(n_chains=args.chains, sigma=args.sigma, likelihood=args.likelihood, window=args.window,
                           postfilter="none", seed=args.seed)
-    method = LatentSeparator.from_files(args.lqvae, args.priors, config)
-    method.progress = False
-    sources = method.sources
-    separators = {"latent-decoded": Separator(method, progress=False)}
+    if args.priors and args.sources:
+        raise UserError("--sources is for the codec alone: with --priors the sources are named after their files")
+    separators = {}
+    if args.priors:
+        method = LatentSeparator.from_files(args.lqvae, args.priors, config)
+        method.progress = False
+        lqvae, sources = method.lqvae, method.sources
+        separators["latent-decoded"] = Separator(method, progress=False)
+    else:
+        lqvae, sources = load_lqvae(args.lqvae), codec_sources(args.lqvae, args.sources)
+    sample_rate = int(lqvae.get_config()["sample_rate"])
     if args.nmf:
         separators["nmf"] = Separator(NMFModel.load(args.nmf), progress=False)
     tracks = list_tracks(args.data, args.split)[: args.tracks]
@@ -119,9 +146,12 @@ def main() -> None:
     pairs = []
     for track in tqdm(tracks, desc="tracks", unit="track"):
         mix, stems, rate = load_track(track)
-        if rate != method.sample_rate:
-            raise SystemExit(f"{track.name}: {rate} Hz; the LQ-VAE is at {method.sample_rate} Hz")
+        if rate != sample_rate:
+            raise SystemExit(f"{track.name}: {rate} Hz; the LQ-VAE is at {sample_rate} Hz")
         n = mix.shape[-1] if args.seconds is None else min(mix.shape[-1], int(args.seconds * rate))
+        missing = [s for s in sources if s not in stems]
+        if missing:
+            raise UserError(f"{track.name}: no stem {missing[0]!r} (it has {', '.join(stems)})")
         refs = np.stack([stems[s][:, :n] for s in sources])
         mix = refs.sum(axis=0)
         audio += n / rate
@@ -131,9 +161,10 @@ def main() -> None:
             estimates[name] = separator.separate(mix, rate)
             cpu[name] += time.process_time() - c0
             wall[name] += time.perf_counter() - w0
-        estimates["latent"] = wiener_from_waveforms(torch.from_numpy(estimates["latent-decoded"]),
-                                                    torch.from_numpy(mix)).numpy()
-        estimates["lqvae-ceiling"] = codec_ceiling(method, refs)
+        if "latent-decoded" in estimates:
+            estimates["latent"] = wiener_from_waveforms(torch.from_numpy(estimates["latent-decoded"]),
+                                                        torch.from_numpy(mix)).numpy()
+        estimates["lqvae-ceiling"] = codec_ceiling(lqvae, refs)
         estimates["lqvae-ceiling-wiener"] = wiener_from_waveforms(torch.from_numpy(estimates["lqvae-ceiling"]),
                                                                   torch.from_numpy(mix)).numpy()
         estimates["irm2"] = run_oracle("irm2", refs, rate)
@@ -148,17 +179,18 @@ def main() -> None:
           + (f", first {args.seconds:g} s" if args.seconds else ""))
     print(wide.reindex([m for m in order if m in set(table["method"])], level="method")[["SDR", "SIR", "SAR"]]
           .round(2).to_string())
-    print("\nseconds per second of audio (torch threads: %d)" % args.threads)
-    print(pd.DataFrame({"CPU s/s": {k: v / audio for k, v in cpu.items()},
-                        "wall s/s": {k: v / audio for k, v in wall.items()}}).round(3).to_string())
+    if separators:
+        print("\nseconds per second of audio (torch threads: %d)" % args.threads)
+        print(pd.DataFrame({"CPU s/s": {k: v / audio for k, v in cpu.items()},
+                            "wall s/s": {k: v / audio for k, v in wall.items()}}).round(3).to_string())
 
-    hop = method.hop
+    hop = lqvae.hop()
     crops = torch.stack([p[:, : (p.shape[-1] // hop) * hop] for p in pairs])  # (tracks, 2, N)
     with torch.no_grad():
-        report = linearity(method.lqvae, crops[:, :1], crops[:, 1:2])
+        report = linearity(lqvae, crops[:, :1], crops[:, 1:2])
     print("\nLQ-VAE linearity on the test pairs:", {k: round(float(v), 4) for k, v in report.items()})
 
-    rows = [token_step_speed(method.sum_table.shape[0], args.chains, args.token_steps, config.max_elements),
+    rows = [token_step_speed(lqvae.codebook().shape[0], args.chains, args.token_steps, config.max_elements),
             token_step_speed(2048, 64, 1, config.max_elements)]
     print("\none token step of the pair posterior (random inputs):")
     print(pd.DataFrame(rows).round(4).to_string(index=False))

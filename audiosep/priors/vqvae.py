@@ -68,7 +68,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..spectral.functional import stft
-from .base import Domain, Prior, load_checkpoint, register_prior
+from .base import Domain, Prior, load_checkpoint, load_prior, register_prior
 
 STFT_FLOOR_DB = -80.0  # log-magnitude floor of the spectral loss, dB re a full-scale sine
 SUM_TABLE_BLOCK = 2**22  # scores in one block of `sum_table` (16 MiB of float32; one row at n = 2048)
@@ -540,6 +540,18 @@ def sum_table(codebook: Tensor, alpha: Sequence[float] = (0.5, 0.5), chunk: int 
         torch.add(rows[start:start + chunk, None, :], columns[None, :, :], out=block)
         table[start:start + chunk] = block.argmin(dim=2)
     return table
+
+
+def load_lqvae(path: str | os.PathLike, device: str | torch.device = "cpu") -> LQVAE:
+    """The LQ-VAE checkpoint at `path`, in eval mode on `device`.
+
+    Raises:
+        UserError: as `load_prior` (missing, foreign, corrupt), or a checkpoint of another kind.
+    """
+    model = load_prior(path, device=device)
+    if model.kind != "lqvae":
+        raise UserError(f"{path}: a {model.kind} checkpoint, not an LQ-VAE (train lqvae)")
+    return model
 
 
 def stored_sum_table(payload: Mapping[str, Any], model: LQVAE, alpha: Sequence[float], level: int = -1

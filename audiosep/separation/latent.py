@@ -283,13 +283,11 @@ class LatentSeparator:
         from pathlib import Path
 
         from ..priors.base import load_checkpoint, load_prior
-        from ..priors.vqvae import load_sum_table
+        from ..priors.vqvae import load_lqvae, load_sum_table
 
         if len(prior_paths) != 2:
             raise UserError(f"latent separation takes two code priors (one per source), got {len(prior_paths)}")
-        lqvae = load_prior(lqvae_path, device=device)
-        if lqvae.kind != "lqvae":
-            raise UserError(f"{lqvae_path}: a {lqvae.kind} checkpoint, not an LQ-VAE (train lqvae)")
+        lqvae = load_lqvae(lqvae_path, device)
         codes = lqvae.code_domain()
         priors = []
         for path in prior_paths:

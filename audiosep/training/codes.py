@@ -37,8 +37,9 @@ from tqdm import tqdm
 from ..config import TrainConfig
 from ..devices import resolve_device
 from ..errors import UserError
-from ..priors.base import Prior, load_prior
+from ..priors.base import Prior
 from ..priors.transformer import CodePriorConfig, CodeTransformer, code_nll
+from ..priors.vqvae import load_lqvae
 from .loop import seed_everything, train
 
 BLOCK_SAMPLES = 2**18  # 11.9 s at 22.05 kHz per encoder call
@@ -143,14 +144,6 @@ def code_windows(codes: dict[str, Tensor], context: int, length: int, seed: int,
         warnings.warn(f"{split}: {len(short)} track(s) shorter than {context} codes ({seconds:.2f} s) left out: "
                       f"{', '.join(short[:5])}{' ...' if len(short) > 5 else ''}", stacklevel=2)
     return CodeWindows(list(long_enough.values()), context, length, seed)
-
-
-def load_lqvae(path: str | os.PathLike, device: str | torch.device = "cpu") -> Prior:
-    """The LQ-VAE checkpoint at `path`, in eval mode on `device`; UserError for another kind."""
-    model = load_prior(path, device=device)
-    if model.kind != "lqvae":
-        raise UserError(f"{path}: a {model.kind} checkpoint, not an LQ-VAE (kind lqvae)")
-    return model
 
 
 def train_code_prior(data: str | os.PathLike, source: str, lqvae_path: str | os.PathLike,
