@@ -289,7 +289,8 @@ def _separation_model(args: argparse.Namespace):
                      "--init": args.init, "--init-model": args.init_model, "--likelihood": args.likelihood,
                      "--corrections": args.corrections, "--chains": args.chains, "--delta": args.delta,
                      "--patch-hop": args.patch_hop}
-    latent_options = {"--sigma": args.sigma, "--window": args.window, "--postfilter": args.postfilter}
+    latent_options = {"--sigma": args.sigma, "--window": args.window, "--postfilter": args.postfilter,
+                      "--resample": args.resample}
     method = separation_method(models, args.method)
     if method != "latent":
         _refuse_options(latent_options, "latent separation option(s)", f"the method is {method}")
@@ -333,9 +334,9 @@ def _latent_model(args: argparse.Namespace, basis_options: dict):
     shared = ("--chains", "--likelihood")
     _refuse_options({k: v for k, v in basis_options.items() if k not in shared}, "BASIS option(s)",
                     "the method is latent")
-    config = LatentConfig(n_chains=args.chains or 64, sigma=args.sigma or 0.4,
-                          likelihood=args.likelihood or "gaussian", window=args.window,
-                          postfilter=args.postfilter or "wiener", seed=args.seed)
+    given = {"n_chains": args.chains, "sigma": args.sigma, "likelihood": args.likelihood, "window": args.window,
+             "postfilter": args.postfilter, "resample": args.resample}
+    config = LatentConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     return LatentSeparator.from_files(args.model[0], args.model[1:], config, device=args.device)
 
 
@@ -415,7 +416,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(text)
+    return value
+
+
 _positive_float.__name__ = "number > 0"
+_fraction.__name__ = "number in [0, 1]"
 _positive_int.__name__ = "integer >= 1"  # argparse names the type in its error: "invalid integer >= 1 value: '0'"
 _count.__name__ = "integer >= 0"
 
@@ -704,6 +714,10 @@ def _add_separate(sub) -> None:
     p.add_argument("--window", type=_positive_int, metavar="TOKENS",
                    help="latent: tokens sampled between two choices of the best pair (default: half the "
                         "priors' context)")
+    p.add_argument("--resample", type=_fraction, metavar="ESS",
+                   help="latent: resample the chains (sequential Monte Carlo, weights: each pair's evidence of the "
+                        "mixture code) when their effective sample size falls below ESS x chains (0 to 1; default "
+                        "0.5; 0: independent chains, as in the paper)")
     p.add_argument("--inversion", choices=["wiener", "wiener-mc", "phase", "griffinlim"],
                    help="BASIS: mel → audio by Wiener masks on the mixture (default), the multichannel Wiener filter "
                         "(a stereo image per source), mixture phase, or Griffin-Lim")

@@ -15,7 +15,8 @@ tracks, of SDR / SIR / SAR per source):
 
 - `latent-decoded`: `Separator(LatentSeparator)` with `postfilter="none"`: the decoded
   waveforms of the pair the method selects by the mixture alone (never the best of N against
-  the references), the paper's output.
+  the references), the paper's output; the chains are resampled as a particle filter unless
+  `--resample 0` (the paper's independent chains).
 - `latent`: the same estimates' STFT powers as Wiener masks on the mixture
   (`spectral.inversion.wiener_from_waveforms`): the default `audiosep separate --method latent`
   (`--postfilter wiener`), from the same samples.
@@ -114,10 +115,12 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--tracks", type=int, help="only the first N tracks")
     parser.add_argument("--seconds", type=float, help="only the first S seconds of each track")
-    parser.add_argument("--chains", type=int, default=64)
-    parser.add_argument("--sigma", type=float, default=0.4)
-    parser.add_argument("--likelihood", default="gaussian")
+    parser.add_argument("--chains", type=int, default=LatentConfig.n_chains)
+    parser.add_argument("--sigma", type=float, default=LatentConfig.sigma)
+    parser.add_argument("--likelihood", default=LatentConfig.likelihood)
     parser.add_argument("--window", type=int)
+    parser.add_argument("--resample", type=float, default=LatentConfig.resample,
+                        help="sequential Monte Carlo: resample below this effective sample size / chains")
     parser.add_argument("--seed", type=int, default=0, help="seed of the chains' draws")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--token-steps", type=int, default=3, help="tokens timed in the step comparison")
@@ -127,7 +130,7 @@ def main() -> None:
     pd.set_option("display.width", 200)
 
     config = LatentConfig(n_chains=args.chains, sigma=args.sigma, likelihood=args.likelihood, window=args.window,
-                          postfilter="none", seed=args.seed)
+                          postfilter="none", resample=args.resample, seed=args.seed)
     if args.priors and args.sources:
         raise UserError("--sources is for the codec alone: with --priors the sources are named after their files")
     separators = {}

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from audiosep.errors import UserError
-from audiosep.separation.latent import (LatentConfig, best_pair, likelihood_table, pair_marginal, pair_scores,
-                                        sample_pairs, sample_pairs_reference)
+from audiosep.separation.latent import (LatentConfig, best_pair, effective_sample_size, likelihood_table,
+                                        pair_marginal, pair_scores, sample_pairs, sample_pairs_reference,
+                                        systematic_resample)
 
 
 def _random_table(n: int, seed: int = 0) -> torch.Tensor:
@@ -212,3 +213,80 @@ def test_wiener_postfilter_sums_to_the_mixture_and_keeps_exact_estimates():
     # the masks come from the estimates' powers: the tone stays the tone
     err = (out - sources).square().sum(-1) / sources.square().sum(-1)
     assert err.max() < 0.05
+
+
+def test_effective_sample_size_and_systematic_resampling():
+    n = 10
+    assert effective_sample_size(torch.zeros(n)) == pytest.approx(n)
+    one_hot = torch.full((n,), -math.inf)
+    one_hot[3] = 0.0
+    assert effective_sample_size(one_hot) == pytest.approx(1.0)
+    assert effective_sample_size(torch.full((n,), -math.inf)) == 0.0
+    assert systematic_resample(torch.zeros(n), 0.5).tolist() == list(range(n))
+    assert systematic_resample(one_hot, 0.99).tolist() == [3] * n
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        log_w = torch.randn(n, generator=g) * 2
+        log_w[int(torch.randint(0, n, (), generator=g))] = -math.inf  # a chain of no evidence is dropped
+        kept = systematic_resample(log_w, float(torch.rand((), generator=g)))
+        counts = torch.bincount(kept, minlength=n).double()
+        expected = torch.softmax(log_w.double(), 0) * n
+        assert ((counts >= expected.floor()) & (counts <= expected.ceil())).all()
+
+
+def test_resampled_chains_keep_their_caches_histories_and_priors_together(latent_models, monkeypatch):
+    """After a resampling that makes every chain a copy of chain 0, each chain's summed
+    log-prior is still the prior's log-probability of its own drawn codes (caches, histories
+    and sums moved together), and all chains share the codes drawn before it."""
+    import audiosep.separation.latent as latent
+    from audiosep.separation.latent import LatentSeparator
+
+    calls = []
+
+    def all_from_chain_0(log_weights, uniform):
+        calls.append(len(calls))
+        keep = systematic_resample(log_weights, uniform)
+        return torch.zeros_like(keep) if len(calls) == 3 else keep
+
+    monkeypatch.setattr(latent, "systematic_resample", all_from_chain_0)
+    lqvae, priors, _, _ = latent_models
+    method = LatentSeparator.from_files(lqvae, [priors["drums"], priors["bass"]],
+                                        LatentConfig(n_chains=6, window=8, resample=1.0))
+    method.progress = False
+    mix_codes = torch.randint(0, 16, (8,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        codes0, codes1, prior0, prior1 = method._sample_window(
+            [mix_codes.new_zeros(0)] * 2, mix_codes, torch.Generator().manual_seed(2), _NoBar())
+        for prior, codes, total in ((method.priors[0], codes0, prior0), (method.priors[1], codes1, prior1)):
+            cache = prior.new_cache(codes.shape[0])
+            log_p, expected = prior.step(cache, None), torch.zeros(codes.shape[0], dtype=torch.float64)
+            for t in range(codes.shape[1]):
+                expected += log_p.gather(1, codes[:, t:t + 1]).squeeze(1).double()
+                if t + 1 < codes.shape[1]:
+                    log_p = prior.step(cache, codes[:, t])
+            torch.testing.assert_close(total, expected, atol=1e-4, rtol=0)
+    assert len(calls) >= 3
+    shared = 0
+    while shared < codes0.shape[1] and (codes0[:, shared] == codes0[0, shared]).all() \
+            and (codes1[:, shared] == codes1[0, shared]).all():
+        shared += 1
+    assert shared >= 1  # the draws up to the third resampling are chain 0's, in every chain
+
+
+class _NoBar:
+    def update(self, _):
+        pass
+
+
+def test_resample_option_reaches_the_method_and_is_checked(latent_models, tmp_path, capsys):
+    from audiosep.cli import main
+
+    lqvae, priors, _, _ = latent_models
+    mix = _mixture(tmp_path / "mix.wav", RATE)
+    base = ["separate", str(mix), "-o", str(tmp_path / "out"), "--method", "latent", "--model", str(lqvae),
+            str(priors["drums"]), str(priors["bass"]), "--chains", "4", "--window", "6"]
+    assert main(base + ["--resample", "0.5"]) == 0
+    assert main(base + ["--resample", "1.5"]) == 2
+    assert "--resample" in capsys.readouterr().err
+    assert main(["separate", str(mix), "-o", str(tmp_path / "nmf"), "--method", "nmf", "--resample", "0.5"]) == 2
+    assert "--resample" in capsys.readouterr().err

@@ -82,6 +82,11 @@ def test_select_reindexes_the_chains():
     chosen = codes[index]
     torch.testing.assert_close(model.step(cache, chosen[:, 4]), model(chosen).log_softmax(-1)[:, 5],
                                rtol=0, atol=1e-5)
+    same_batch = torch.tensor([3, 3, 0, 1])  # as many chains as before: rows moved in place
+    cache.select(same_batch)
+    chosen = chosen[same_batch]
+    torch.testing.assert_close(model.step(cache, chosen[:, 5]), model(chosen).log_softmax(-1)[:, 6],
+                               rtol=0, atol=1e-5)
 
 
 def test_sampling_with_the_cache_equals_uncached_sampling():

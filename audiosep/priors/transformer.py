@@ -62,11 +62,14 @@ class KVCache:
         keys, values: per layer, `(B, heads, context, head_dim)`; positions ≥ `position` unused.
         position: how many positions have been fed (the next `step` evaluates this one).
         context: the capacity (the model's context).
+        shared: positions [0, shared) hold the same keys and values in every chain (after one
+            chain was copied to all), so re-indexing the chains need not copy them.
     """
 
     def __init__(self, keys: list[Tensor], values: list[Tensor], context: int) -> None:
         self.keys, self.values, self.context = keys, values, context
         self.position = 0
+        self.shared = 0
 
     @property
     def batch(self) -> int:
@@ -77,8 +80,14 @@ class KVCache:
         """Re-index the chains in place: chain i becomes the old chain `index[i]` (`index`: a
         LongTensor `(B',)`, repeats allowed, so B' may differ from B). Returns the cache."""
         index = index.to(self.keys[0].device)
-        self.keys = [k.index_select(0, index) for k in self.keys]
-        self.values = [v.index_select(0, index) for v in self.values]
+        if index.shape[0] != self.batch:
+            self.keys = [k.index_select(0, index) for k in self.keys]
+            self.values = [v.index_select(0, index) for v in self.values]
+            self.shared = self.position if bool((index == index[0]).all()) else 0
+            return self
+        span = slice(self.shared, self.position)  # same batch: in place, only where chains differ
+        for buffer in self.keys + self.values:
+            buffer[:, :, span] = buffer[:, :, span].index_select(0, index)
         return self
 
     def append(self, layer: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:

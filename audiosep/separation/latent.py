@@ -67,7 +67,12 @@ class LatentConfig:
     mixture, `spectral.inversion.wiener_from_waveforms`; "none": the decoded waveforms, the
     paper's output. On the synthesized drums/bass test split, 64 chains, Wiener raised the median
     SDR from 3.50 / 2.95 to 6.60 / 6.90 dB, drums / bass: decoded codes carry a phase of their
-    own, which BSSEval counts as artefacts); seed.
+    own, which BSSEval counts as artefacts); resample (sequential Monte Carlo within a window:
+    each chain, a pair of code sequences, is weighted by its evidence Σ_{a,b} p₀(a)p₁(b)ℓ(a, b)
+    at every token, and the chains are resampled (systematic) when their effective sample
+    size falls below `resample` · N; 0 never, the paper's independent chains. On the first 4 s
+    of 10 synthesized drums/bass test excerpts, 64 chains, σ 0.4, 0.5 raised the post-filtered
+    median SDR from 6.71 / 7.83 to 10.84 / 11.74 dB, drums / bass); seed.
     """
 
     n_chains: int = 64
@@ -78,6 +83,7 @@ class LatentConfig:
     max_elements: int = 1 << 24
     alpha: tuple[float, float] = (0.5, 0.5)
     postfilter: Literal["none", "wiener"] = "wiener"
+    resample: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -93,6 +99,9 @@ class LatentConfig:
         if self.postfilter not in POSTFILTERS:
             raise UserError(f"latent separation: postfilter must be one of {', '.join(POSTFILTERS)}, "
                             f"got {self.postfilter!r}")
+        if not 0.0 <= self.resample <= 1.0:
+            raise UserError(f"latent separation: resample must be in [0, 1] (a fraction of the chains), "
+                            f"got {self.resample}")
         if self.temperature <= 0:
             raise UserError(f"latent separation: temperature must be > 0, got {self.temperature}")
         if len(self.alpha) != 2 or min(self.alpha) <= 0 or self.alpha[0] != self.alpha[1]:
@@ -171,7 +180,13 @@ def sample_pairs(log_p0: Tensor, log_p1: Tensor, loglik: Tensor, uniforms: Tenso
         (a, b), each `(N,)` long. A chain whose posterior is empty (a Dirac likelihood no pair
         of nonzero prior satisfies) draws from the priors alone.
     """
-    marginal = pair_marginal(log_p0, log_p1, loglik, max_elements)
+    return draw_pairs(pair_marginal(log_p0, log_p1, loglik, max_elements), log_p0, log_p1, loglik, uniforms)
+
+
+def draw_pairs(marginal: Tensor, log_p0: Tensor, log_p1: Tensor, loglik: Tensor,
+               uniforms: Tensor) -> tuple[Tensor, Tensor]:
+    """`sample_pairs` given the pair marginal `(N, n)` of `pair_marginal` (modified in place
+    for empty chains)."""
     empty = torch.isneginf(marginal).all(dim=-1)
     if empty.any():
         marginal[empty] = log_p0[empty] + torch.logsumexp(log_p1[empty], dim=-1, keepdim=True)
@@ -182,6 +197,25 @@ def sample_pairs(log_p0: Tensor, log_p1: Tensor, loglik: Tensor, uniforms: Tenso
         conditional[stuck] = log_p1[stuck]
     b = _inverse_cdf(conditional, uniforms[:, 1])
     return a, b
+
+
+def effective_sample_size(log_weights: Tensor) -> float:
+    """(Σw)² / Σw² of the chains' importance weights, given as logs `(N,)` (−inf allowed):
+    N for equal weights, 1 when one chain holds all the mass, 0 when none has any."""
+    if torch.isneginf(log_weights).all():
+        return 0.0
+    w = torch.softmax(log_weights.double(), dim=0)
+    return float(1.0 / w.square().sum())
+
+
+def systematic_resample(log_weights: Tensor, uniform: float) -> Tensor:
+    """Systematic resampling of N chains by their log-weights `(N,)`: chain i is kept about
+    N·wᵢ times (never fewer than ⌊N·wᵢ⌋ nor more than ⌈N·wᵢ⌉), from one uniform in [0, 1).
+    Returns the `(N,)` long indices of the chains that continue, in increasing order."""
+    n = log_weights.shape[0]
+    cdf = torch.softmax(log_weights.double(), dim=0).cumsum(dim=0)
+    points = (torch.arange(n, dtype=torch.float64, device=cdf.device) + uniform) / n
+    return torch.searchsorted(cdf, points * cdf[-1]).clamp_(max=n - 1)
 
 
 def sample_pairs_reference(log_p0: Tensor, log_p1: Tensor, loglik: Tensor, uniforms: Tensor) -> tuple[Tensor, Tensor]:
@@ -365,6 +399,7 @@ class LatentSeparator:
         drawn0, drawn1 = [], []
         prior0 = torch.zeros(cfg.n_chains, dtype=torch.float64)
         prior1 = torch.zeros(cfg.n_chains, dtype=torch.float64)
+        log_w = torch.zeros(cfg.n_chains, dtype=torch.float64)  # since the last resampling
         for t, mix_code in enumerate(mix_codes.tolist()):
             if t > 0:
                 log_p0 = self.priors[0].step(cache0, drawn0[-1])
@@ -373,11 +408,22 @@ class LatentSeparator:
             lp1 = torch.log_softmax(log_p1 / cfg.temperature, dim=-1)
             loglik = likelihood_table(self.sum_table, codebook, mix_code, cfg.sigma, cfg.likelihood)
             uniforms = torch.rand(cfg.n_chains, 2, generator=generator, dtype=torch.float64)
-            a, b = sample_pairs(lp0, lp1, loglik, uniforms.to(lp0.device), cfg.max_elements)
+            marginal = pair_marginal(lp0, lp1, loglik, cfg.max_elements)
+            log_w += torch.logsumexp(marginal.double(), dim=-1).cpu()
+            a, b = draw_pairs(marginal, lp0, lp1, loglik, uniforms.to(lp0.device))
             prior0 += lp0.gather(1, a.unsqueeze(1)).squeeze(1).double().cpu()
             prior1 += lp1.gather(1, b.unsqueeze(1)).squeeze(1).double().cpu()
             drawn0.append(a)
             drawn1.append(b)
+            if 0 < effective_sample_size(log_w) < cfg.resample * cfg.n_chains:
+                keep = systematic_resample(log_w, float(torch.rand((), generator=generator, dtype=torch.float64)))
+                cache0.select(keep)
+                cache1.select(keep)
+                on_device = keep.to(a.device)
+                drawn0 = [d.index_select(0, on_device) for d in drawn0]
+                drawn1 = [d.index_select(0, on_device) for d in drawn1]
+                prior0, prior1 = prior0[keep], prior1[keep]
+                log_w.zero_()
             bar.update(1)
         return torch.stack(drawn0, 1), torch.stack(drawn1, 1), prior0, prior1
 
