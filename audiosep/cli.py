@@ -717,7 +717,7 @@ def _add_separate(sub) -> None:
     p.add_argument("--resample", type=_fraction, metavar="ESS",
                    help="latent: resample the chains (sequential Monte Carlo, weights: each pair's evidence of the "
                         "mixture code) when their effective sample size falls below ESS x chains (0 to 1; default "
-                        "0.5; 0: independent chains, as in the paper)")
+                        "0.25; 0: independent chains, as in the paper)")
     p.add_argument("--inversion", choices=["wiener", "wiener-mc", "phase", "griffinlim"],
                    help="BASIS: mel → audio by Wiener masks on the mixture (default), the multichannel Wiener filter "
                         "(a stereo image per source), mixture phase, or Griffin-Lim")
