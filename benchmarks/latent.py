@@ -82,10 +82,14 @@ def codec_sources(lqvae_path: Path, names: list[str] | None) -> list[str]:
 
 def token_step_speed(n_codes: int, n_chains: int, tokens: int, max_elements: int) -> dict[str, float]:
     """Seconds per token of the batched and the reference pair sampling, on random log-priors
-    and likelihoods, and whether their draws are identical."""
+    and likelihoods (after one untimed warm-up call of each), and whether their draws are
+    identical."""
     g = torch.Generator().manual_seed(0)
     times = {"batched": 0.0, "reference": 0.0}
     same = True
+    warm = torch.zeros(n_chains, n_codes), torch.zeros(n_chains, n_codes), torch.zeros(n_codes, n_codes)
+    sample_pairs(*warm, torch.zeros(n_chains, 2, dtype=torch.float64), max_elements)
+    sample_pairs_reference(*warm, torch.zeros(n_chains, 2, dtype=torch.float64))
     for _ in range(tokens):
         lp0 = torch.log_softmax(torch.randn(n_chains, n_codes, generator=g), -1)
         lp1 = torch.log_softmax(torch.randn(n_chains, n_codes, generator=g), -1)
