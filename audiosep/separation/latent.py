@@ -397,14 +397,14 @@ class LatentSeparator:
         cfg = self.config
         (cache0, log_p0), (cache1, log_p1) = self._caches(committed)
         codebook = self.lqvae.codebook()
-        drawn0, drawn1 = [], []
+        drawn = torch.empty(2, cfg.n_chains, mix_codes.shape[0], dtype=torch.long, device=log_p0.device)
         prior0 = torch.zeros(cfg.n_chains, dtype=torch.float64)
         prior1 = torch.zeros(cfg.n_chains, dtype=torch.float64)
         log_w = torch.zeros(cfg.n_chains, dtype=torch.float64)  # since the last resampling
         for t, mix_code in enumerate(mix_codes.tolist()):
             if t > 0:
-                log_p0 = self.priors[0].step(cache0, drawn0[-1])
-                log_p1 = self.priors[1].step(cache1, drawn1[-1])
+                log_p0 = self.priors[0].step(cache0, drawn[0, :, t - 1])
+                log_p1 = self.priors[1].step(cache1, drawn[1, :, t - 1])
             lp0 = torch.log_softmax(log_p0 / cfg.temperature, dim=-1)
             lp1 = torch.log_softmax(log_p1 / cfg.temperature, dim=-1)
             loglik = likelihood_table(self.sum_table, codebook, mix_code, cfg.sigma, cfg.likelihood)
@@ -414,19 +414,16 @@ class LatentSeparator:
             a, b = draw_pairs(marginal, lp0, lp1, loglik, uniforms.to(lp0.device))
             prior0 += lp0.gather(1, a.unsqueeze(1)).squeeze(1).double().cpu()
             prior1 += lp1.gather(1, b.unsqueeze(1)).squeeze(1).double().cpu()
-            drawn0.append(a)
-            drawn1.append(b)
-            if 0 < effective_sample_size(log_w) < cfg.resample * cfg.n_chains:
+            drawn[0, :, t], drawn[1, :, t] = a, b
+            if cfg.resample > 0 and 0 < effective_sample_size(log_w) < cfg.resample * cfg.n_chains:
                 keep = systematic_resample(log_w, float(torch.rand((), generator=generator, dtype=torch.float64)))
                 cache0.select(keep)
                 cache1.select(keep)
-                on_device = keep.to(a.device)
-                drawn0 = [d.index_select(0, on_device) for d in drawn0]
-                drawn1 = [d.index_select(0, on_device) for d in drawn1]
+                drawn[:, :, :t + 1] = drawn[:, keep.to(drawn.device), :t + 1]
                 prior0, prior1 = prior0[keep], prior1[keep]
                 log_w.zero_()
             bar.update(1)
-        return torch.stack(drawn0, 1), torch.stack(drawn1, 1), prior0, prior1
+        return drawn[0], drawn[1], prior0, prior1
 
     def _select(self, committed: list[Tensor], window: tuple[Tensor, Tensor, Tensor, Tensor],
                 scaled: Tensor) -> list[Tensor]:
