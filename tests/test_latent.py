@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from audiosep.errors import UserError
-from audiosep.separation.latent import (LatentConfig, best_pair, effective_sample_size, likelihood_table,
-                                        pair_marginal, pair_scores, sample_pairs, sample_pairs_reference,
-                                        systematic_resample)
+from audiosep.separation.latent import (LatentConfig, best_pair, common_prefix, effective_sample_size,
+                                        likelihood_table, pair_marginal, pair_scores, sample_pairs,
+                                        sample_pairs_reference, systematic_resample)
 
 
 def _random_table(n: int, seed: int = 0) -> torch.Tensor:
@@ -213,6 +213,13 @@ def test_wiener_postfilter_sums_to_the_mixture_and_keeps_exact_estimates():
     # the masks come from the estimates' powers: the tone stays the tone
     err = (out - sources).square().sum(-1) / sources.square().sum(-1)
     assert err.max() < 0.05
+
+
+def test_common_prefix_counts_the_columns_every_chain_shares():
+    codes = torch.tensor([[4, 2, 7, 1], [4, 2, 5, 1], [4, 2, 7, 0]])
+    assert common_prefix(codes) == 2
+    assert common_prefix(codes[:1]) == 4 and common_prefix(codes[:, :0]) == 0
+    assert common_prefix(codes[:, 2:]) == 0
 
 
 def test_effective_sample_size_and_systematic_resampling():

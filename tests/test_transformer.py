@@ -13,7 +13,8 @@ import torch.nn.functional as nnf
 from audiosep.config import TrainConfig
 from audiosep.errors import UserError
 from audiosep.priors.base import Domain, load_checkpoint, load_prior, save_checkpoint
-from audiosep.priors.transformer import CodePriorConfig, CodeTransformer, code_nll, sample_codes
+from audiosep.priors.transformer import (CodePriorConfig, CodeTransformer, code_nll, sample_codes,
+                                         shared_prefix_attention)
 from audiosep.training import codes as codes_module
 from audiosep.training.codes import CodePriorRun, CodeWindows, code_windows, encode_source, train_code_prior
 
@@ -69,6 +70,16 @@ def test_cached_steps_and_prime_equal_the_full_forward():
     torch.testing.assert_close(model.step(primed, codes[:, 7]), full[:, 8], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("shared", [0, 1, 5, 9])
+def test_shared_prefix_attention_equals_full_attention(shared):
+    g = torch.Generator().manual_seed(shared)
+    q = torch.randn(6, 2, 1, 4, generator=g)
+    k, v = (torch.randn(6, 2, 9, 4, generator=g) for _ in range(2))
+    k[:, :, :shared], v[:, :, :shared] = k[:1, :, :shared], v[:1, :, :shared]  # one prefix in every chain
+    torch.testing.assert_close(shared_prefix_attention(q, k, v, shared),
+                               nnf.scaled_dot_product_attention(q, k, v), rtol=0, atol=1e-6)
+
+
 def test_select_reindexes_the_chains():
     model = tiny_prior()
     codes = random_codes(3, 8)
@@ -87,6 +98,13 @@ def test_select_reindexes_the_chains():
     chosen = chosen[same_batch]
     torch.testing.assert_close(model.step(cache, chosen[:, 5]), model(chosen).log_softmax(-1)[:, 6],
                                rtol=0, atol=1e-5)
+    before = [k.clone() for k in cache.keys]
+    cache.share(3)  # declared identical in every chain: a re-indexing leaves them be
+    swap = torch.tensor([1, 0, 3, 2])
+    cache.select(swap)
+    for after, old in zip(cache.keys, before):
+        assert torch.equal(after[:, :, :3], old[:, :, :3])
+        assert torch.equal(after[:, :, 3:7], old[swap][:, :, 3:7])
 
 
 def test_sampling_with_the_cache_equals_uncached_sampling():
