@@ -72,10 +72,10 @@ class LatentConfig:
     at every token, and the chains are resampled (systematic) when their effective sample
     size falls below `resample` · N; 0 never, the paper's independent chains. On the first 4 s
     of 10 synthesized drums/bass test excerpts, 64 chains, σ 0.4, 0.25 raised the post-filtered
-    median SDR from 6.71 / 7.83 to 10.78 / 11.68 dB, drums / bass (0.5: 10.84 / 11.74, at
-    1.2 CPU s/s more: every resampling copies the chains' key/value caches past their common
-    ancestry); since the shared-prefix attention the same seed draws otherwise (float
-    rounding) and scores 10.67 / 10.99); seed.
+    median SDR from 6.71 / 7.83 to 10.78 / 11.68 dB, drums / bass; 0.5 scored 10.84 / 11.74 at
+    1.2 CPU s/s more, as every resampling copies the chains' key/value caches past their common
+    ancestry. The shared-prefix attention changed the draws by float rounding: 10.67 / 10.99
+    at the same seed); seed.
     """
 
     n_chains: int = 64
