@@ -53,6 +53,29 @@ def test_blocked_marginal_equals_the_full_joint():
         torch.testing.assert_close(pair_marginal(lp0, lp1, loglik, max_elements), full)
 
 
+def test_marginal_stays_exact_where_the_float32_product_underflows():
+    # chain 0: every pair's weight lies 120–150 nats below its factors' maxima, so each float32
+    # product term underflows; chain 1: ordinary ranges; chain 2: the codes a ≥ 3 underflow
+    # yet hold the mass (the others' prior is 200 nats lower). All must match the float64 joint.
+    n = 7
+    g = torch.Generator().manual_seed(3)
+    lp0 = torch.log_softmax(torch.randn(3, n, generator=g) * 3, -1)
+    lp0[2, :3] = -200.0
+    lp1 = torch.full((3, n), -150.0)
+    lp1[0, 0] = lp1[2, 1] = 0.0
+    lp1[1] = torch.log_softmax(torch.randn(n, generator=g), -1)
+    loglik = -torch.rand(n, n, generator=g)
+    loglik[:, 0] = -120.0 - torch.rand(n, generator=g)
+    loglik[3:, 1] = -120.0
+    full = torch.logsumexp(lp0.double().unsqueeze(2) + lp1.double().unsqueeze(1) + loglik.double(), dim=2)
+    marginal = pair_marginal(lp0, lp1, loglik)
+    assert torch.isfinite(marginal).all()
+    torch.testing.assert_close(marginal.double(), full, rtol=0, atol=1e-4)
+    uniforms = torch.rand(3, 2, generator=g, dtype=torch.float64)
+    assert all(torch.equal(x, y) for x, y in zip(sample_pairs(lp0, lp1, loglik, uniforms),
+                                                  sample_pairs_reference(lp0, lp1, loglik, uniforms)))
+
+
 def test_batched_draws_equal_the_per_chain_reference_and_follow_the_joint():
     n, chains = 5, 20000
     g = torch.Generator().manual_seed(0)

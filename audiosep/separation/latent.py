@@ -19,7 +19,8 @@ pair is committed and every chain continues from it → the committed codes are 
 Choices and why:
 - The joint over n² pairs is never materialised per chain: a pair is drawn exactly as
   a ~ Σ_b p(a, b), then b ~ p(b | a). The sum over b is a matrix product of the exponentiated,
-  max-shifted factors (float64), in blocks of rows bounded by `max_elements`: with n = 2048
+  max-shifted factors (float32; a chain that could have lost mass to underflow is summed
+  exactly by log-sum-exp instead), in blocks of rows bounded by `max_elements`: with n = 2048
   codes and 64 chains one (N, n, n) float32 joint would be 1 GiB per token. The likelihood
   table (n, n) is shared by all chains (it depends on the mixture code only). A broadcast
   log-sum-exp over the (N, n, n) joint was slower than the per-chain loop at 256 codes and
@@ -136,39 +137,54 @@ def likelihood_table(sum_table: Tensor, codebook: Tensor, mix_code: int, sigma: 
 
 def _inverse_cdf(log_weights: Tensor, uniforms: Tensor) -> Tensor:
     """Categorical draws by inverse CDF: row r of `log_weights` `(R, n)` (unnormalised, may hold
-    −inf) with uniform `uniforms[r]` in [0, 1) → index `(R,)`. float64 cumulative sums, so the
-    batched and the per-chain paths pick the same index."""
-    weights = torch.softmax(log_weights.double(), dim=-1)
-    cdf = weights.cumsum(dim=-1)
+    −inf) with uniform `uniforms[r]` in [0, 1) → index `(R,)`. Weights in the input's
+    precision, their cumulative sums in float64, so the batched and the per-chain paths pick
+    the same index."""
+    cdf = torch.softmax(log_weights, dim=-1).cumsum(dim=-1, dtype=torch.float64)
     index = torch.searchsorted(cdf, (uniforms.double() * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
     return index.clamp_(max=log_weights.shape[-1] - 1)
+
+
+# Certification of the float32 product (`pair_marginal`): a product term below 2⁻¹²⁶ may be
+# lost (flushed or denormal), at most n of them per sum, so a computed sum ≥ e^_SAFE_LOG is exact
+# to float32 rounding (n·2⁻¹²⁶ < 3e-8 of it for n ≤ 2¹⁴), and a smaller one is truly ≤ e^(_SAFE_LOG + 1).
+_SAFE_LOG = -60.0
+# Such uncertain entries are accepted when even their upper bounds weigh this many nats below a
+# chain's largest marginal entry (n·e⁻⁴⁰ < 1e-13 of it); else the chain is summed exactly.
+_SAFE_MARGIN = 40.0
 
 
 def pair_marginal(log_p0: Tensor, log_p1: Tensor, loglik: Tensor, max_elements: int = 1 << 24) -> Tensor:
     """log Σ_b exp(log p₀[i, a] + log p₁[i, b] + log ℓ[a, b]) for every chain i and code a, `(N, n)`.
 
-    The sum over b is one matrix product per block of rows a, in float64 after shifting each
+    The sum over b is one float32 matrix product per block of rows a, after shifting each
     factor by its own maximum: exp(log p₁ − max) `(N, n)` @ exp(log ℓ − row max)ᵀ `(n, rows)`;
-    a block holds at most `max_elements` floats, so the `(N, n, n)` joint never exists. Where
-    the product underflows for every a of a chain (factors more than ~700 nats below their
-    maxima), that chain's marginal is computed exactly by log-sum-exp.
+    a block holds at most `max_elements` floats, so the `(N, n, n)` joint never exists. The
+    product is certified chain by chain: sums small enough to have lost terms to float32
+    underflow (below e^−60 of their factors' maxima) must weigh less than e^−40 of the
+    chain's largest entry even at their upper bounds; a chain where they might not (factors
+    spread over more than ~60 nats) is summed exactly by a float64 log-sum-exp instead.
     """
     n_chains, n = log_p0.shape
-    p1_max = log_p1.amax(dim=-1, keepdim=True).double()  # (N, 1)
-    p1 = torch.exp(log_p1.double() - p1_max)  # (N, n)
+    p1_max = log_p1.amax(dim=-1, keepdim=True)  # (N, 1)
+    p1 = torch.exp(log_p1 - p1_max).float()  # (N, n)
     rows = max(1, min(n, max_elements // max(1, max(n_chains, n))))
-    out = torch.empty(n_chains, n, dtype=torch.float64, device=log_p0.device)
+    log_sum = torch.empty(n_chains, n, dtype=torch.float32, device=log_p0.device)
+    row_max = loglik.amax(dim=-1)  # (n,)
+    shift = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).float()
     for start in range(0, n, rows):
-        block = loglik[start:start + rows].double()  # (rows, n)
-        row_max = block.amax(dim=-1, keepdim=True)
-        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-        out[:, start:start + rows] = torch.log(p1 @ torch.exp(block - row_max).T) + row_max.T
-    out += p1_max
-    # all −inf rows found by their maxima: a boolean reduction per row costs 5–15× more
-    lost = torch.isneginf(out.amax(dim=-1)) & (log_p1.amax(dim=-1) > -math.inf)
-    for i in lost.nonzero().flatten().tolist():
-        out[i] = torch.logsumexp(log_p1[i].double().unsqueeze(0) + loglik.double(), dim=-1)
-    return (out + log_p0.double()).to(log_p0.dtype)
+        block = loglik[start:start + rows].float() - shift[start:start + rows, None]  # (rows, n)
+        torch.log(p1 @ torch.exp(block).T, out=log_sum[:, start:start + rows])
+    out = log_sum.double() + (shift.double() + log_p0.double() + p1_max.double())
+    uncertain = log_sum < _SAFE_LOG
+    if bool(uncertain.any()):
+        bound = torch.where(uncertain, log_p0.double() + row_max.double() + p1_max.double(),
+                            torch.full_like(out, -math.inf)) + (_SAFE_LOG + 1.0)
+        top = out.amax(dim=-1)
+        for i in (bound.amax(dim=-1) > top - _SAFE_MARGIN).nonzero().flatten().tolist():
+            exact = torch.logsumexp(log_p1[i].double().unsqueeze(0) + loglik.double(), dim=-1)  # (n,)
+            out[i] = exact + log_p0[i].double()
+    return out.to(log_p0.dtype)
 
 
 def sample_pairs(log_p0: Tensor, log_p1: Tensor, loglik: Tensor, uniforms: Tensor,
