@@ -388,8 +388,9 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _print_summary(summary) -> None:
-    wide = summary.pivot_table(index=["method", "target"], columns="metric", values="score")
-    print(wide.round(2).to_string())
+    from .eval.report import wide_summary
+
+    print(wide_summary(summary).round(2).to_string())
 
 
 def _positive_int(text: str) -> int:

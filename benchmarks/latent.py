@@ -5,6 +5,9 @@
         --nmf exp/drums_bass/nmf_drums_bass.pt --data data/drums_bass --tracks 10 --seconds 4
     python benchmarks/latent.py --lqvae my_lqvae.pt --data data/drums_bass --tracks 10 --seconds 4
 
+`--data data/drums_bass_unseen` scores the same excerpts rendered with a soundfont no model of
+recipes/drums_bass/run.sh is trained on (TimGM6mb).
+
 Without `--priors` only the codec is scored (the `lqvae-ceiling*` rows, its linearity, `nmf` and
 the oracles): what an LQ-VAE can keep, measured before any code prior is trained on it. The
 sources are then the ones the LQ-VAE was trained on (`--sources` to name others).
@@ -127,7 +130,7 @@ def main() -> None:
                         help="sequential Monte Carlo: resample below this effective sample size / chains")
     parser.add_argument("--seed", type=int, default=0, help="seed of the chains' draws")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--token-steps", type=int, default=3, help="tokens timed in the step comparison")
+    parser.add_argument("--token-steps", type=int, default=10, help="tokens timed in the step comparison")
     parser.add_argument("-o", "--output", type=Path, help="also write the long table as CSV")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

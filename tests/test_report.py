@@ -98,6 +98,24 @@ def test_write_summary_csv(tmp_path):
     np.testing.assert_allclose(back["score"], summary["score"])
 
 
+def test_test_set_summaries_gather_systems_and_oracles_per_test_set(tmp_path):
+    def summary_at(folder, method, sdr):
+        folder.mkdir(parents=True)
+        rows = [{"method": method, "target": t, "metric": "SDR", "score": sdr + k, "n_tracks": 2}
+                for k, t in enumerate(("bass", "drums"))]
+        pd.DataFrame(rows, columns=report.SUMMARY_COLUMNS).to_csv(folder / "summary.csv", index=False)
+
+    summary_at(tmp_path / "unseen" / "latent" / "report", "latent", 9.0)
+    summary_at(tmp_path / "unseen" / "oracle_irm2", "irm2", 12.0)
+    summary_at(tmp_path / "fluidr3" / "oracle_mix", "mix", 3.0)
+    summary_at(tmp_path / "priors" / "report", "not a test set", 0.0)  # no oracle run: skipped
+    tables = report.test_set_summaries(tmp_path)
+    assert list(tables) == ["fluidr3", "unseen"]
+    assert tables["unseen"].loc[("latent", "drums"), "SDR"] == 10.0
+    assert tables["unseen"].loc[("irm2", "bass"), "SDR"] == 12.0
+    assert list(tables["fluidr3"].index) == [("mix", "bass"), ("mix", "drums")]
+
+
 def test_track_json_equals_museval_trackstore(tmp_path):
     s = _scores(3, n_win=4)
     s["SIR"][0, 3] = np.nan

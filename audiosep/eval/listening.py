@@ -34,7 +34,7 @@ from ..errors import UserError
 from ..io import atomic_output, convert_channels, read_audio, resample
 from ..spectral.files import mel_picture
 from ..spectral.frontend import get_frontend
-from .report import MIXTURE_NAMES, RUN_FILE, summarize
+from .report import MIXTURE_NAMES, RUN_FILE, summarize, wide_summary
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def _mp3_bytes(wav: np.ndarray, rate: int) -> bytes:
 def _summary_section(table: pd.DataFrame, n_tracks: int, max_tracks: int) -> str:
     """HTML of the summary across tracks: median table and the SDR picture."""
     summary = summarize(table)
-    wide = summary.pivot_table(index=["method", "target"], columns="metric", values="score")
+    wide = wide_summary(summary)
     picture = base64.b64encode(_sdr_picture(summary)).decode("ascii")
     shown = f"; players for the first {max_tracks}" if n_tracks > max_tracks else ""
     return (f"<section><h2>Summary ({n_tracks} tracks{shown})</h2>"

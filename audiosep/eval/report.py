@@ -150,6 +150,26 @@ def write_summary_csv(df: pd.DataFrame, path: str | os.PathLike) -> pd.DataFrame
     return summary
 
 
+def wide_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """A summary (columns `SUMMARY_COLUMNS`) as one row per (method, target), one column per metric."""
+    return summary.pivot_table(index=["method", "target"], columns="metric", values="score")
+
+
+def test_set_summaries(exp_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """The wide summaries (`wide_summary`) of a recipe's experiment folder, by test set.
+
+    A test set is a sub-folder of `exp_dir` holding oracle runs (`oracle_*/summary.csv`); its
+    table gathers those and every system evaluated there (`*/report/summary.csv`).
+    """
+    tables = {}
+    for folder in sorted(p for p in Path(exp_dir).iterdir() if p.is_dir()):
+        oracles = sorted(folder.glob("oracle_*/summary.csv"))
+        if oracles:
+            paths = [*sorted(folder.glob("*/report/summary.csv")), *oracles]
+            tables[folder.name] = wide_summary(pd.concat([pd.read_csv(p) for p in paths]))
+    return tables
+
+
 def report_paths(output: str | os.PathLike) -> tuple[Path, Path]:
     """(folder, long-table CSV) of a report `output`: a folder, or a `.csv` path (see `write_reports`)."""
     output = Path(output)

@@ -155,19 +155,9 @@ fi
 
 if run_stage 4; then
     echo "stage 4: summary table and listening reports"
-    .venv/bin/python - "$exp" <<'PY'
-import sys
-from pathlib import Path
-
-import pandas as pd
-
-exp = Path(sys.argv[1])
-for test_set in sorted(p for p in exp.iterdir() if p.is_dir() and any(p.glob("oracle_*/summary.csv"))):
-    paths = [*sorted(test_set.glob("*/report/summary.csv")), *sorted(test_set.glob("oracle_*/summary.csv"))]
-    summary = pd.concat([pd.read_csv(p) for p in paths])
-    print(f"\n{test_set.name} test set")
-    print(summary.pivot_table(index=["method", "target"], columns="metric", values="score").round(2).to_string())
-PY
+    .venv/bin/python -c 'import sys; from audiosep.eval.report import test_set_summaries
+for name, table in test_set_summaries(sys.argv[1]).items():
+    print(f"\n{name} test set\n{table.round(2).to_string()}")' "$exp"
     # the listening report of each test set: players, mel pictures and scores of every system
     for set in $test_sets; do
         tag=${set%%:*}
