@@ -175,15 +175,16 @@ def pair_marginal(log_p0: Tensor, log_p1: Tensor, loglik: Tensor, max_elements: 
     for start in range(0, n, rows):
         block = loglik[start:start + rows].float() - shift[start:start + rows, None]  # (rows, n)
         torch.log(p1 @ torch.exp(block).T, out=log_sum[:, start:start + rows])
-    out = log_sum.double() + (shift.double() + log_p0.double() + p1_max.double())
+    base = log_p0.double() + p1_max.double()  # (N, n)
+    out = log_sum.double() + (base + shift.double())
     uncertain = log_sum < _SAFE_LOG
     if bool(uncertain.any()):
-        bound = torch.where(uncertain, log_p0.double() + row_max.double() + p1_max.double(),
-                            torch.full_like(out, -math.inf)) + (_SAFE_LOG + 1.0)
-        top = out.amax(dim=-1)
-        for i in (bound.amax(dim=-1) > top - _SAFE_MARGIN).nonzero().flatten().tolist():
-            exact = torch.logsumexp(log_p1[i].double().unsqueeze(0) + loglik.double(), dim=-1)  # (n,)
-            out[i] = exact + log_p0[i].double()
+        bound = torch.where(uncertain, base + row_max.double(), torch.full_like(out, -math.inf)) + (_SAFE_LOG + 1.0)
+        redo = (bound.amax(dim=-1) > out.amax(dim=-1) - _SAFE_MARGIN).nonzero().flatten().tolist()
+        if redo:
+            loglik64 = loglik.double()
+            for i in redo:
+                out[i] = torch.logsumexp(log_p1[i].double().unsqueeze(0) + loglik64, dim=-1) + log_p0[i].double()
     return out.to(log_p0.dtype)
 
 

@@ -16,6 +16,8 @@
 # composers (Haydn, Mozart) nor the MuseScore General soundfonts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=recipes/common.sh
+source recipes/common.sh
 audiosep=.venv/bin/audiosep
 data=${data:-data/drums_bass}
 data_real=${data_real:-data/drums_bass_real}
@@ -111,11 +113,5 @@ if run_stage 4; then
             $audiosep oracle --method "$oracle" "$dir" -o "$exp/$tag/oracle_$oracle"
         done
     done
-    .venv/bin/python -c 'import sys; from audiosep.eval.report import test_set_summaries
-for name, table in test_set_summaries(sys.argv[1]).items():
-    print(f"\n{name} test set\n{table.round(2).to_string()}")' "$exp"
-    for set in $test_sets; do
-        tag=${set%%:*}
-        [ -d "$exp/$tag" ] && $audiosep report "$exp/$tag" -o "$exp/$tag/report.html"
-    done
+    report_test_sets "$exp" "$test_sets"
 fi

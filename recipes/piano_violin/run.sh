@@ -16,6 +16,8 @@
 # evaluation; `audiosep synth` refuses them). The bundled models are the `*_real` ones.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=recipes/common.sh
+source recipes/common.sh
 audiosep=.venv/bin/audiosep
 data=${data:-data/piano_violin}
 data_real=${data_real:-data/piano_violin_real}
@@ -155,12 +157,5 @@ fi
 
 if run_stage 4; then
     echo "stage 4: summary table and listening reports"
-    .venv/bin/python -c 'import sys; from audiosep.eval.report import test_set_summaries
-for name, table in test_set_summaries(sys.argv[1]).items():
-    print(f"\n{name} test set\n{table.round(2).to_string()}")' "$exp"
-    # the listening report of each test set: players, mel pictures and scores of every system
-    for set in $test_sets; do
-        tag=${set%%:*}
-        [ -d "$exp/$tag" ] && $audiosep report "$exp/$tag" -o "$exp/$tag/report.html"
-    done
+    report_test_sets "$exp" "$test_sets"
 fi
