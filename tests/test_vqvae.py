@@ -16,14 +16,18 @@ from audiosep.errors import UserError
 from audiosep.priors.base import Domain, load_checkpoint, load_prior, save_checkpoint
 from audiosep.priors.vqvae import (
     LQVAE,
+    TIE_RULE,
+    TIE_TOLERANCE,
     Codebook,
     LQVAELoss,
     LQVAELossConfig,
+    first_nearest,
     linearity,
     linearization_loss,
     load_sum_table,
     stage_strides,
     stage_widths,
+    stored_sum_table,
     sum_table,
 )
 from audiosep.training.lqvae import LQVAERun, mixture_level_db, source_crops, train_lqvae
@@ -146,8 +150,10 @@ def test_linearization_loss_against_brute_force_and_its_gradients():
     loss = linearization_loss(model, x, quantised, 0)
     c = model.codebook().double()
 
-    def code(v):  # (B, D, T) → nearest entries (B, T) by an explicit distance
-        return ((v.double().transpose(1, 2)[..., None, :] - c) ** 2).sum(-1).argmin(-1)
+    def code(v):  # (B, D, T) → nearest entries (B, T) by an explicit float64 distance, ties to the lowest index
+        v = v.double().transpose(1, 2)
+        scale = v.pow(2).sum(-1, keepdim=True) + c.pow(2).sum(1).amax()
+        return first_nearest(((v[..., None, :] - c) ** 2).sum(-1), scale)
 
     with torch.no_grad():
         z = code(model.latents(x))
@@ -187,23 +193,42 @@ def test_sum_table_matches_direct_quantisation(alpha):
     distances = ((v[:, None, :] - c[None]) ** 2).sum(-1)
     best, direct = distances.min(-1)
     second = distances.sort(-1).values[:, 1]
-    clear = second - best > 1e-4  # the nearest entry is unique (at ½, ½ the midpoint ties c_i with c_j)
+    clear = second - best > 1e-3  # the nearest entry is unique (at ½, ½ the midpoint ties c_i with c_j)
     assert clear.float().mean() > 0.5
     assert torch.equal(table[i, j][clear], direct[clear])
-    picked = distances.gather(1, table[i, j][:, None])[:, 0]
-    torch.testing.assert_close(picked, best, atol=1e-4, rtol=0)  # ties: one of the nearest
+    tolerance = TIE_TOLERANCE * (v.pow(2).sum(-1) + c.pow(2).sum(1).amax())[:, None]
+    gaps = distances - best[:, None]
+    lowest = (gaps <= tolerance).to(torch.uint8).argmax(-1)  # the rule, in float64 from explicit distances
+    tied = (gaps <= tolerance).sum(-1) > 1
+    if alpha == (0.5, 0.5):
+        assert tied.float().mean() > 0.1  # the midpoint case is common
+    unambiguous = ~((gaps > 0.5 * tolerance) & (gaps < 2 * tolerance)).any(-1)  # no gap near the threshold
+    assert unambiguous.float().mean() > 0.99
+    assert torch.equal(table[i, j][unambiguous], lowest[unambiguous])  # ties to the lowest index, on any CPU
     assert torch.equal(sum_table(codebook, alpha, chunk=7), table)  # blocks of 7 rows, the last one short
     assert torch.equal(sum_table(codebook, alpha[::-1]), table.t())  # swapping the sources transposes
 
 
-def test_sum_table_agrees_with_the_models_quantiser():
+@pytest.mark.parametrize("alpha", [(0.3, 0.7), (0.5, 0.5)])
+def test_sum_table_agrees_with_the_models_quantiser(alpha):
     x = 0.1 * torch.randn(4, 1, 64)
     model = _initialised(_tiny(hops=(16,)), x)
-    table = sum_table(model.codebook(), (0.3, 0.7))
+    table = sum_table(model.codebook(), alpha)
     c = model.codebook()
     i, j = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
-    sums = (0.3 * c[i.reshape(-1)] + 0.7 * c[j.reshape(-1)]).t()[None]  # (1, D, 256)
-    assert torch.equal(model.quantise(sums).view(16, 16), table)
+    sums = (alpha[0] * c[i.reshape(-1)] + alpha[1] * c[j.reshape(-1)]).t()[None]  # (1, D, 256)
+    assert torch.equal(model.quantise(sums).view(16, 16), table)  # ties included (i = j's midpoint case)
+
+
+def test_first_nearest_breaks_ties_to_the_lowest_index_whatever_the_rounding():
+    scores = torch.tensor([[3.0, 1.0, 1.0 + 1e-7, 2.0],   # a tie within rounding: the lower index
+                           [3.0, 1.0 + 1e-7, 1.0, 2.0],   # the same tie, rounded the other way
+                           [1.0, 0.5, 0.5, 0.5],          # three exact ties
+                           [0.9, 1.0, 1.2, 0.7]])         # no tie
+    assert first_nearest(scores, torch.ones(4, 1)).tolist() == [1, 1, 1, 3]
+    assert first_nearest(scores.double(), torch.ones(4, 1, dtype=torch.float64)).tolist() == [1, 1, 1, 3]
+    assert first_nearest(torch.tensor([0.0, 1e-3]), torch.tensor(1.0)).item() == 0  # 1e-3 is no tie
+    assert first_nearest(torch.tensor([1e-3, 0.0]), torch.tensor(1.0)).item() == 1
 
 
 def test_fingerprint_is_deterministic_and_follows_the_codebook():
@@ -277,6 +302,11 @@ def test_train_lqvae_stores_the_sum_table(tmp_path):
     assert mixture_level_db(crops) == payload["extra"]["level_db"]
     assert load_prior(out).domain == Domain.waveform(RATE)
     assert torch.equal(load_sum_table(out, model), stored["table"].long())
+    assert stored["ties"] == TIE_RULE
+    older = {**payload, "extra": {**payload["extra"], "sum_table": {**stored, "ties": None,
+                                                                    "table": torch.zeros_like(stored["table"])}}}
+    assert stored_sum_table(older, model, (0.5, 0.5)) is None  # a table of another tie rule is recomputed
+    assert torch.equal(load_sum_table(older, model), stored["table"].long())
     assert torch.equal(load_sum_table(payload, model, (0.3, 0.7)), sum_table(model.codebook(), (0.3, 0.7)))
     with torch.no_grad():
         model.codebook()[0] += 1.0  # another codebook: the stored table is not used

@@ -72,6 +72,23 @@ from .base import Domain, Prior, load_checkpoint, load_prior, register_prior
 
 STFT_FLOOR_DB = -80.0  # log-magnitude floor of the spectral loss, dB re a full-scale sine
 SUM_TABLE_BLOCK = 2**22  # scores in one block of `sum_table` (16 MiB of float32; one row at n = 2048)
+TIE_TOLERANCE = 1e-5  # scores this close (relative to the squared norms involved) are a tie: lowest index wins
+TIE_RULE = f"lowest index within {TIE_TOLERANCE:g}"  # stored with a sum table; a table of another rule is recomputed
+
+
+def first_nearest(scores: Tensor, scale: Tensor) -> Tensor:
+    """The index of the minimum of `scores (..., n)` along the last axis, ties broken explicitly:
+    the LOWEST index whose score is within `TIE_TOLERANCE · scale` of the minimum, LongTensor `(...)`.
+
+    `scale` (broadcastable to `scores[..., :1]`) is the size of the squared norms the scores are
+    made of. Exact ties are common in code space (the midpoint of c_i and c_j is as far from one
+    as from the other) and a plain `argmin` then returns whichever the float rounding of the
+    platform's kernels favours; with a tolerance far above float32 rounding the choice no longer
+    depends on the CPU, the summation order or the precision.
+    """
+    best = scores.amin(dim=-1, keepdim=True)
+    within = scores <= best + TIE_TOLERANCE * scale
+    return within.to(torch.uint8).argmax(dim=-1)  # argmax returns the first maximal (True) entry
 
 
 @dataclass
@@ -205,9 +222,12 @@ class Codebook(nn.Module):
         self.register_buffer("initialised", torch.tensor(False))
 
     def nearest(self, flat: Tensor) -> Tensor:
-        """Index of the nearest entry (L2) to each row of `flat (M, d)`: LongTensor `(M,)`."""
-        c = self.embeddings
-        return (c.pow(2).sum(1) - 2 * flat.detach() @ c.t()).argmin(dim=1)
+        """Index of the nearest entry (L2) to each row of `flat (M, d)`: LongTensor `(M,)`; of
+        entries equally near (`first_nearest`), the lowest index."""
+        c, flat = self.embeddings, flat.detach()
+        norms = c.pow(2).sum(1)
+        scale = flat.pow(2).sum(1, keepdim=True) + norms.amax()
+        return first_nearest(norms - 2 * flat @ c.t(), scale)
 
     @torch.no_grad()
     def update(self, flat: Tensor, codes: Tensor) -> None:
@@ -517,9 +537,8 @@ def sum_table(codebook: Tensor, alpha: Sequence[float] = (0.5, 0.5), chunk: int 
     so memory stays bounded (n = 2048: 19 s on one idle CPU thread; about twice that with a
     fresh buffer per block). The two terms are added in one order for both orientations, so
     swapping α transposes the table exactly and an α = (½, ½) table is symmetric. Ties are
-    common at α = (½, ½): the midpoint of c_i and c_j is as far from c_i as from c_j, so when
-    one of them is nearest, the table holds one of the two as rounding falls (there, and only
-    there, it may differ from `LQVAE.quantise` of the same sum).
+    common at α = (½, ½) (the midpoint of c_i and c_j is as far from c_i as from c_j); they go
+    to the lowest index (`first_nearest`), as in `LQVAE.quantise`, on every platform.
 
     Args:
         codebook: entries `(n, d)`.
@@ -533,12 +552,16 @@ def sum_table(codebook: Tensor, alpha: Sequence[float] = (0.5, 0.5), chunk: int 
     gram = c @ c.t()
     quarter_norms = 0.25 * c.pow(2).sum(1)[None, :]
     rows, columns = quarter_norms - a0 * gram, quarter_norms - a1 * gram  # (i, k), (j, k)
+    radii = c.norm(dim=1)
+    # `LQVAE.quantise`'s tie scale ‖v‖² + max‖c_k‖² for v = α₀c_i + α₁c_j, with ‖v‖ bounded by
+    # α₀‖c_i‖ + α₁‖c_j‖ (one addition, so swapping α transposes it exactly), halved as the scores are
+    scale = 0.5 * ((a0 * radii[:, None] + a1 * radii[None, :]).pow(2) + radii.amax().pow(2))
     table = torch.empty(n, n, dtype=torch.long, device=c.device)
     scores = torch.empty(min(chunk, n), n, n, device=c.device)
     for start in range(0, n, chunk):
         block = scores[:min(chunk, n - start)]
         torch.add(rows[start:start + chunk, None, :], columns[None, :, :], out=block)
-        table[start:start + chunk] = block.argmin(dim=2)
+        table[start:start + chunk] = first_nearest(block, scale[start:start + chunk, :, None])
     return table
 
 
@@ -557,11 +580,13 @@ def load_lqvae(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
 def stored_sum_table(payload: Mapping[str, Any], model: LQVAE, alpha: Sequence[float], level: int = -1
                      ) -> Tensor | None:
     """The sum table stored in a checkpoint's extra["sum_table"] (`training.lqvae`), as a
-    LongTensor, when it is of `alpha`, of `level` and of the codebook `model` has there (same
-    fingerprint); else None."""
+    LongTensor, when it is of `alpha`, of `level`, of the codebook `model` has there (same
+    fingerprint) and of today's tie rule (`TIE_RULE`); else None."""
     stored = payload.get("extra", {}).get("sum_table")
     level = model.level_index(level)
     if not stored or stored.get("level") != level or len(stored.get("alpha", ())) != len(alpha):
+        return None
+    if stored.get("ties") != TIE_RULE:
         return None
     if not all(math.isclose(s, float(a), abs_tol=1e-9) for s, a in zip(stored["alpha"], alpha)):
         return None

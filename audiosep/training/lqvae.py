@@ -24,7 +24,15 @@ from ..config import TrainConfig
 from ..errors import UserError
 from ..io import atomic_output
 from ..priors.base import Domain, load_checkpoint, load_prior
-from ..priors.vqvae import LQVAE, LQVAEConfig, LQVAELoss, LQVAELossConfig, stored_sum_table, sum_table
+from ..priors.vqvae import (
+    LQVAE,
+    TIE_RULE,
+    LQVAEConfig,
+    LQVAELoss,
+    LQVAELossConfig,
+    stored_sum_table,
+    sum_table,
+)
 from .loop import seed_everything, train
 
 STORED_ALPHA = (0.5, 0.5)  # the paper's mixture: ½ drums + ½ bass
@@ -131,7 +139,7 @@ def mixture_level_db(dataset: Dataset, pairs: int = 64) -> float:
 def finish_checkpoint(path: str | os.PathLike, level_db: float, alpha: Sequence[float] = STORED_ALPHA) -> None:
     """Add what separation reads to the extra of the LQ-VAE checkpoint at `path`:
     extra["sum_table"] = {"alpha", "level" (the top one), "fingerprint" (of its codebook),
-    "table" (int16 when n_codes ≤ 32768; `load_sum_table` returns it as a LongTensor)},
+    "ties" (`TIE_RULE`), "table" (int16 when n_codes ≤ 32768; `load_sum_table` returns it as a LongTensor)},
     computed from the weights `load_prior` returns, and extra["level_db"] (`mixture_level_db`).
     The rest of the checkpoint is kept; nothing is written when both are current."""
     payload = load_checkpoint(path)
@@ -144,7 +152,8 @@ def finish_checkpoint(path: str | os.PathLike, level_db: float, alpha: Sequence[
         table = sum_table(model.codebook(level), alpha)
         compact = torch.int16 if model.config.n_codes <= 2**15 else torch.int32
         payload["extra"]["sum_table"] = {"alpha": [float(a) for a in alpha], "level": level,
-                                         "fingerprint": model.fingerprint(level), "table": table.to(compact)}
+                                         "fingerprint": model.fingerprint(level), "ties": TIE_RULE,
+                                         "table": table.to(compact)}
     payload["extra"]["level_db"] = level_db
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
