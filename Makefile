@@ -19,13 +19,15 @@ $(STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
-# The demo separates the bundled example with the bundled default models (BASIS over the
-# NCSN priors, started from the NMF model) and with the NMF model alone, scores both against
+# The demo separates the bundled example with the bundled default model (the mask network),
+# with BASIS over the NCSN priors started from it, and with the NMF model alone, scores each against
 # the true stems (BSSEval v4), writes the listening report (demo_out/listen.html: players, mel
 # pictures, scores), and shows the front end: wav → [0, 1] mel (.npy/.json/.png) → wav.
 demo: setup
 	$(VENV)/bin/audiosep separate examples/piano_violin.wav -o demo_out -n separated
 	$(VENV)/bin/audiosep evaluate examples demo_out/separated -o demo_out/report --method default
+	$(VENV)/bin/audiosep separate examples/piano_violin.wav -o demo_out -n basis --method basis
+	$(VENV)/bin/audiosep evaluate examples demo_out/basis -o demo_out/report_basis --method basis
 	$(VENV)/bin/audiosep separate examples/piano_violin.wav -o demo_out -n nmf --method nmf
 	$(VENV)/bin/audiosep evaluate examples demo_out/nmf -o demo_out/report_nmf --method nmf
 	$(VENV)/bin/audiosep report demo_out -o demo_out/listen.html

@@ -30,8 +30,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     index = synthesize(
         args.preset, args.output, n_tracks=counts, excerpts_per_piece=args.excerpts_per_piece,
         duration=args.duration, sample_rate=args.sample_rate, seed=args.seed, soundfonts=args.soundfont,
-        pieces=args.piece, gain_db=args.gain_db, timeout=args.timeout, overwrite=args.overwrite,
-        font_per_source=args.font_per_source,
+        pieces=args.piece, composers=args.composers, splits=args.splits, gain_db=args.gain_db,
+        timeout=args.timeout, overwrite=args.overwrite, font_per_source=args.font_per_source,
         augmentation=Augmentation(tempo=args.tempo, detune_cents=args.detune_cents, velocity=args.velocity,
                                   expression=args.expression, eq_db=args.eq_db, reverb=args.reverb,
                                   timbre_semitones=args.timbre_shift),
@@ -102,8 +102,8 @@ def _valid_text(valid_loss: float, label: str, unit: str = "") -> str:
 
 def _train_overrides(args: argparse.Namespace) -> dict:
     """The TrainConfig fields given on the command line."""
-    return {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "checkpoint_every")
-            if getattr(args, k) is not None}
+    return {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "checkpoint_every", "precision")
+            if getattr(args, k, None) is not None}
 
 
 def _run_settings(run_class, args: argparse.Namespace, model_keys: tuple[str, ...]):
@@ -152,7 +152,8 @@ def _cmd_train_ncsn(args: argparse.Namespace) -> None:
                                    device=args.device)
     else:
         result = train_ncsn(args.data, args.source, args.output, preset=args.preset, model_config=model_config,
-                            config=config, device=args.device, init_from=args.init_from)
+                            config=config, device=args.device, init_from=args.init_from,
+                            train_sigma_max=run.train_sigma_max)
     print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
           f"{_valid_text(result['valid_loss'], 'valid loss')}")
 
@@ -233,6 +234,18 @@ def _cmd_train_transformer(args: argparse.Namespace) -> None:
           f"{_valid_text(result['valid_loss'], 'valid loss')} (nats per code)")
 
 
+def _cmd_train_masknet(args: argparse.Namespace) -> None:
+    from .io import check_output_file
+    from .training.masknet import MaskNetRun, train_masknet
+
+    check_output_file(args.output)
+    run = _run_settings(MaskNetRun, args, ("hidden", "layers"))
+    _set_threads(args.threads)
+    result = train_masknet(args.data, args.output, args.sources, run, device=args.device)
+    print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
+          f"{_valid_text(result['valid_loss'], 'valid loss')} (error energy relative to the mixture's)")
+
+
 def _cmd_train_nmf(args: argparse.Namespace) -> None:
     from .io import check_output_file
     from .separation.nmf import train_nmf
@@ -282,7 +295,8 @@ def _cmd_separate(args: argparse.Namespace) -> int:
 def _separation_model(args: argparse.Namespace):
     """(the Separator method the options ask for, the model set's name for OUT/<name>/)."""
     from .separation import BUNDLED_NMF, BUNDLED_PRIORS, MelBasis, NMFModel, model_set_name, separation_method
-    from .separation.mel_basis import baseline_mismatch, default_basis
+    from .priors.masknet import BUNDLED_MASKNET, load_masknet
+    from .separation.mel_basis import baseline_mismatch, default_basis, load_baseline
 
     models = args.model or []
     basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion,
@@ -305,13 +319,19 @@ def _separation_model(args: argparse.Namespace):
         return NMFModel.load(path), model_set_name([path])
     if method == "latent":
         return _latent_model(args, basis_options), model_set_name(models, "latent")
-    if args.init_model and args.init not in (None, "nmf"):
-        raise UserError(f"--init-model is the NMF model of --init nmf, not of --init {args.init}")
+    if method == "masknet":
+        _refuse_options(basis_options, "BASIS option(s)", "the model is a mask network; give prior checkpoints")
+        path = models[0] if models else BUNDLED_MASKNET
+        return load_masknet(path, device=args.device), model_set_name([path])
+    from_model = args.init in (None, "model", "nmf")
+    if args.init_model and not from_model:
+        raise UserError(f"--init-model is the starting model of --init model, not of --init {args.init}")
     paths = models or BUNDLED_PRIORS
     priors = MelBasis.from_files(paths, device=args.device)
-    baseline = NMFModel.load(args.init_model or BUNDLED_NMF) if args.init in (None, "nmf") else None
-    init = args.init or ("nmf" if baseline_mismatch(baseline, priors.sources, priors.sample_rate) is None
-                         else "mixture")
+    start = args.init_model or (BUNDLED_NMF if args.init == "nmf" else BUNDLED_MASKNET)
+    baseline = load_baseline(start, args.device) if from_model else None
+    fits = from_model and baseline_mismatch(baseline, priors.sources, priors.sample_rate) is None
+    init = "nmf" if args.init in ("model", "nmf") or (args.init is None and fits) else (args.init or "mixture")
     config = default_basis(init, seed=args.seed, steps_per_level=args.steps, n_levels=args.levels,
                            likelihood=args.likelihood, corrections=args.corrections, n_chains=args.chains,
                            delta=args.delta)
@@ -448,6 +468,12 @@ def _add_synth(sub) -> None:
                    "the MuseScore General ones are reserved for evaluation and refused)")
     p.add_argument("--font-per-source", action="store_true", help="draw a soundfont for every source of a piece")
     p.add_argument("--piece", nargs="+", help="restrict to these corpus paths (e.g. bach/bwv66.6.mxl)")
+    p.add_argument("--composers", nargs="+", metavar="FOLDER",
+                   help="corpus folders to draw from, in priority order (default: bach, then the rest "
+                        "alphabetically; haydn and mozart are reserved and refused); see --list")
+    p.add_argument("--splits", nargs=3, type=_fraction, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VALID", "TEST"),
+                   help="fractions of the pieces in train/valid/test, by a hash of each piece's path "
+                        "(default 0.8 0.1 0.1; 0 0 1 puts every piece in test, as the honest folds do)")
     p.add_argument("--gain-db", type=float, default=0.0,
                    help="random gain per source in ±dB around equal loudness (sources then differ by up to 2x)")
     aug = p.add_argument_group("augmentation (random per piece/source, drawn from --seed; all off by default)")
@@ -546,6 +572,9 @@ def _add_prior_run(p) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="bf16: forward pass and loss under bfloat16 autocast (weights, optimiser, EMA and "
+                        "validation stay float32); default: the config's, fp32")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
                    help="write the checkpoint every STEPS steps (default: the config's, 100); it is also written "
@@ -619,6 +648,20 @@ def _add_train(sub) -> None:
     _add_prior_run(tr)
     tr.set_defaults(run=_cmd_train_transformer)
 
+    mask = kinds.add_parser("masknet", help="supervised mask network (BiLSTM over STFT frames) on the stems of "
+                                            "a dataset, for --method masknet and as the start of BASIS (resumes from -o)")
+    mask.add_argument("--data", type=Path, nargs="+", required=True,
+                      help="stems dataset(s) DATA/{train,valid}/<track>/<source>.wav (several: their tracks pooled)")
+    mask.add_argument("--sources", nargs="+", help="the sources, in output order (default: all in the train split)")
+    mask.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
+    mask.add_argument("--config", type=Path, help="YAML with `model:` (MaskNetConfig), `train:` (TrainConfig), "
+                                                  "crop_seconds, gain_db, sample_rate")
+    mask.add_argument("--hidden", type=_positive_int, help="features per frame (default 256)")
+    mask.add_argument("--layers", type=_positive_int, help="BiLSTM layers (default 2)")
+    mask.add_argument("--steps", type=_positive_int, help="total optimiser steps (across resumes)")
+    _add_prior_run(mask)
+    mask.set_defaults(run=_cmd_train_masknet)
+
     nmf = kinds.add_parser("nmf", help="supervised NMF: one spectral dictionary per source")
     nmf.add_argument("--data", type=Path, required=True, help="stems dataset DATA/<split>/<track>/{mix,<source>}.wav")
     nmf.add_argument("-o", "--output", type=Path, required=True, help="model file to write (.pt)")
@@ -669,27 +712,33 @@ def _add_separate(sub) -> None:
                         "Slakh2100 layout: each track's mixture, named after its folder)")
     p.add_argument("-o", "--output", type=Path, default=Path("separated"), help="output folder (default: separated)")
     p.add_argument("-n", "--name", help="sub-folder of the model set, OUT/<name>/<track>/ (default: the model's "
-                                        "name: ncsn_piano_violin for the bundled priors, the NMF file's stem, the "
-                                        "folder the --model priors share)")
+                                        "name: masknet_piano_violin for the bundled mask network, "
+                                        "ncsn_piano_violin for the bundled priors, the NMF or mask network file's "
+                                        "stem, the folder the --model priors share)")
     p.add_argument("--model", type=Path, nargs="+", metavar="PATH",
-                   help="one NMF model file, or one prior checkpoint per source for BASIS, named after the "
-                        "files (piano.pt violin.pt → piano, violin), or one VAE for vae-bss; default: the bundled "
-                        "piano/violin NCSN priors (BASIS), or the bundled piano/violin NMF model with --method nmf")
-    p.add_argument("--method", choices=["nmf", "basis", "latent", "vae-bss"],
-                   help="nmf, basis, latent or vae-bss (default: inferred from --model; basis without it). latent: "
+                   help="one NMF model or mask network file, or one prior checkpoint per source for BASIS, named "
+                        "after the files (piano.pt violin.pt → piano, violin), or one VAE for vae-bss; default: the "
+                        "bundled piano/violin mask network, the bundled NCSN priors with --method basis, the "
+                        "bundled NMF model with --method nmf")
+    p.add_argument("--method", choices=["nmf", "basis", "latent", "vae-bss", "masknet"],
+                   help="masknet, basis, nmf, latent or vae-bss (default: inferred from --model; masknet without "
+                        "it). masknet: the supervised mask network (train masknet). basis: annealed Langevin over "
+                        "one prior per source, started from the mask network's stems. latent: "
                         "--model LQVAE.pt A.pt B.pt, Bayesian search over the LQ-VAE's codes with one code "
                         "prior per source. vae-bss: --model VAE.pt (train vae --data), unsupervised: stems "
                         "source0 ... source{K-1}, masks that sum to the mixture")
     p.add_argument("--steps", type=_positive_int, help="BASIS: Langevin steps per noise level (default 10)")
     p.add_argument("--levels", type=_positive_int,
-                   help="BASIS: noise levels, σ geometric down to 0.01 (default: 4 from σ 0.05 for --init nmf, "
+                   help="BASIS: noise levels, σ geometric down to 0.01 (default: 4 from σ 0.05 for --init model, "
                         "7 from 0.3 for mixture, 10 from 1 for uniform)")
-    p.add_argument("--init", choices=["nmf", "mixture", "uniform"],
-                   help="BASIS: start from the stems of an NMF model (then annealed from a low σ), an equal split "
-                        "of the mixture, or U(0, 1) noise; default: nmf when the NMF model separates the priors' "
-                        "sources at their rate (the bundled one: piano, violin at 16 kHz), else mixture")
+    p.add_argument("--init", choices=["model", "nmf", "mixture", "uniform"],
+                   help="BASIS: start from the stems of a baseline model, --init-model (then annealed from a low "
+                        "σ; nmf: the same, the bundled NMF model by default), an equal split of the mixture, or "
+                        "U(0, 1) noise; default: model when the baseline separates the priors' sources at their "
+                        "rate (the bundled mask network: piano, violin at 16 kHz), else mixture")
     p.add_argument("--init-model", type=Path, metavar="PATH",
-                   help="BASIS --init nmf: the NMF model (default: the bundled one)")
+                   help="BASIS --init model/nmf: the model whose stems start the chains, a mask network (train "
+                        "masknet) or an NMF model; default: the bundled mask network (--init nmf: the bundled NMF)")
     p.add_argument("--likelihood", choices=["gaussian", "dirac"],
                    help="BASIS: the mixture as a Gaussian constraint in the drift, or exactly (dirac: every step "
                         "projected back onto the mixture); latent: a Gaussian on the codebook distance of the pair's "

@@ -26,6 +26,9 @@ from .errors import UserError
 T = TypeVar("T")
 
 
+PRECISIONS = ("fp32", "bf16")  # TrainConfig.precision
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Settings of the shared training loop (`audiosep.training.train`).
@@ -43,7 +46,10 @@ class TrainConfig:
     long from the start would; every epoch draws new crops); seed; num_workers (DataLoader worker
     processes; 0 loads in the main process, which also makes a resumed run bit-identical);
     tensorboard (log scalars beside the checkpoint when `torch.utils.tensorboard`
-    imports); progress (tqdm bar on the first process).
+    imports); progress (tqdm bar on the first process); precision ("fp32", or "bf16": the
+    forward pass and the loss under bfloat16 autocast, on CPU or CUDA, while the weights, the
+    optimiser and the EMA stay float32 and validation runs in float32, so valid losses compare
+    across precisions).
     """
 
     steps: int = 20000
@@ -61,6 +67,7 @@ class TrainConfig:
     num_workers: int = 0
     tensorboard: bool = False
     progress: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "checkpoint_every", "valid_every", "valid_batches", "epoch_items"):
@@ -74,6 +81,8 @@ class TrainConfig:
             raise UserError(f"train config: grad_clip must be > 0 or null, got {self.grad_clip}")
         if self.num_workers < 0:
             raise UserError(f"train config: num_workers must be >= 0, got {self.num_workers}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"train config: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:

@@ -1,8 +1,11 @@
-"""BASIS against its ceiling, the oracles and the supervised NMF baseline, on one split.
+"""The default separation (the mask network), BASIS against its ceiling, the oracles and the
+supervised NMF baseline, on one split or on folds.
 
-    python benchmarks/separation.py                                        # bundled priors, /work/data/pv test split
+    python benchmarks/separation.py                                  # bundled priors, data/piano_violin test split
     python benchmarks/separation.py --priors piano.pt violin.pt --basis glow=pg.pt,vg.pt \\
         --tradeoff 5x10 10x10 20x10 --tradeoff-tracks 5 -o reports/separation
+    python benchmarks/separation.py --no-mixture-init --folds data/piano_violin_folds/* \\
+        --train-data data/piano_violin_real                          # honest folds (below)
 
 Every method gets the same tracks of `DATA/<split>` (never the reserved composers: the
 synthesized splits exclude them) and is scored with BSSEval v4 (1 s windows, museval's
@@ -21,10 +24,15 @@ windows, then tracks, of SDR / SIR / SAR per source):
   of the `+nmf` rows.
 - `irm2`, `mix`: the IRM (α = 2) oracle and the mixture / K.
 - `nmf`: the supervised NMF model (`--nmf`, default the bundled one) through `Separator`.
+- `masknet`: the supervised mask network (`--masknet`, default the bundled one, trained on the
+  same data): the default `audiosep separate`.
+- `basis-NAME+masknet`: the `+nmf` schedule started from the mask network's stems instead of
+  NMF's: `audiosep separate --method basis`.
 - `basis-NAME+truth` (`--from-truth`): the `+nmf` schedule started from the true stems, a
   diagnostic: its gap to `irm2` is what the priors cost wherever the chains start.
 
-- `basis-NAME+nmf/VARIANT` (`--variant VARIANT=key=value,...`): the `+nmf` row with
+- `basis-NAME+nmf/VARIANT`, `basis-NAME+masknet/VARIANT` (`--variant VARIANT=key=value,...`):
+  the `+nmf` and `+masknet` rows with
   `BasisConfig` fields changed, e.g. `dirac=likelihood=dirac`, `corr=corrections=1`,
   `chains4=n_chains=4`, `wide=sigma_max=0.1,n_levels=5,init_noise=true`; the key
   `hop_frames` sets `MelBasis`'s patch hop instead (`h64=hop_frames=64`: no overlap).
@@ -34,7 +42,7 @@ scoring excluded; torch on `--threads` threads, default 1, the stable figure on 
 machine), and the trade-off table: steps per level × levels → median SDR per source and
 CPU s/s, for the first prior set on the first `--tradeoff-tracks` tracks. With `--levels
 -12 -6 0 6 12`: the level/room table, the median SDR of each source for the default
-`audiosep separate` (BASIS started from the NMF model) and for NMF, beside the mixture / K,
+`audiosep separate` (the mask network), for BASIS started from it and for NMF, beside the mixture / K,
 with the last source (violin) that many dB above its level in the track, dry and with every
 stem in one random room (`augment_audio`, seeded by the track's name). Use it on a split whose
 sources are at equal loudness (`synth` without `--gain-db`, e.g. the TimGM6mb test split).
@@ -45,10 +53,32 @@ stereo file made of the split's mixtures end to end, at `--segments` (default 10
 wall, user and system seconds per second of audio, minor page faults, the child's peak memory,
 and each row's CPU s/s against the first row's. The costs per second should not depend on the
 segment or the input length, the system time should stay a small part of the user time.
+
+`--folds DIR [DIR ...]` (with `--train-data DIR [DIR ...]`): the honest folds. Every track the
+bundled models trained on is a Bach chorale, and so is the synthesized test split, so its scores
+flatter them; a fold is a dataset (`audiosep synth`, e.g. stage 5 of recipes/piano_violin/run.sh:
+a group of composers × one soundfont, each training soundfont in turn and TimGM6mb) whose `test`
+split holds only composers none of whose pieces the models saw, named after its folder. The
+composers of the train and valid tracks of each `--train-data` dataset (its index.json records
+each track's piece and composer) must not appear in any fold's test tracks: such a fold (or a
+reserved composer, or a fold without index.json) is refused before anything runs. The main rows
+run on the first `--tracks` test tracks of each fold: the BASIS rows (`basis-NAME+nmf`,
+`basis-NAME+masknet`, the other prior sets and `--variant`s, `basis-NAME` unless
+`--no-mixture-init`), `nmf`, the default `masknet`, and the oracles `irm2` and `mix` (the mixture / K; the mel ceilings
+are left out). Printed: one table per fold (median SDR / SIR / SAR per source), the fold ×
+(method, source) table of median SDR with the mean over folds and the worst fold below it, the
+fold where each method and source is worst, the default's margin over NMF per fold (default −
+nmf, per source) with its mean and minimum, and the CPU s/s of each method over all folds. With
+`-o`, each fold's reports go to OUTPUT/<fold>/ and the fold table to OUTPUT/folds_sdr.csv.
+`--levels`, `--tradeoff` and `--long` work on `--data` only.
+
+The rows are built by `build_methods(args, ...)` (separations of the mixture) and
+`build_oracles(args, ...)` (from the true stems), in both modes: a new row is one entry there.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -65,21 +95,26 @@ from tqdm import tqdm
 from audiosep.config import from_dict
 from audiosep.data.augment import Augmentation, augment_audio
 from audiosep.data.stems import list_tracks, load_track
+from audiosep.data.synth import is_reserved
 from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.report import score_track, summarize, write_reports
 from audiosep.io import resample, write_audio
 from audiosep.oracle import run_oracle
 from audiosep.separation.basis import BasisConfig
+from audiosep.priors.masknet import BUNDLED_MASKNET, load_masknet
 from audiosep.separation.mel_basis import BUNDLED_PRIORS, LEVEL_DB, MelBasis, baseline_powers, default_basis
 from audiosep.separation.nmf import BUNDLED_NMF, NMFModel
-from audiosep.separation.separator import Separator, level_gain
+from audiosep.separation.separator import Method, Separator, level_gain
 from audiosep.spectral.frontend import Frontend
 from audiosep.spectral.inversion import invert_mel_powers
 
 SeparateFn = Callable[[np.ndarray, int], np.ndarray]
+OracleFn = Callable[[np.ndarray, int], np.ndarray]  # (true stems (K, C, N), rate) → estimates
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT / "data" / "piano_violin"  # the recipe's FluidR3 dataset
 
 
-def basis_separator(paths: list[Path], config: BasisConfig, sources: list[str], init_from: NMFModel | None = None,
+def basis_separator(paths: list[Path], config: BasisConfig, sources: list[str], init_from: Method | None = None,
                     **options) -> Separator:
     """`Separator(MelBasis)` over one prior checkpoint per source (CPU, no progress bars);
     `options`: more keyword options of `MelBasis` (e.g. `hop_frames`)."""
@@ -193,6 +228,198 @@ def run_methods(items: Iterable[Item], sources: list[str], methods: dict[str, Se
         tables += [score_track(name, sources, refs, est, rate, win, method=method)
                    for method, est in estimates.items()]
     return pd.concat(tables, ignore_index=True), {method: t / audio for method, t in cpu.items()}
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def default_row(args: argparse.Namespace) -> str:
+    """The row of the default `audiosep separate`: the mask network."""
+    return "masknet"
+
+
+def build_methods(args: argparse.Namespace, sources: list[str], nmf: NMFModel) -> dict[str, SeparateFn]:
+    """Every separation row `(mixture (C, N), rate) → estimates (K, C, N)`, in table order:
+    per prior set (`--priors`, `--basis`) BASIS from the mixture (unless `--no-mixture-init`),
+    started from NMF and its `--variant`s, then NMF, BASIS started from the mask network (and its
+    `--variant`s) and the mask network alone (the default); `--only` keeps the rows it names. One more row is one more
+    entry here."""
+    methods: dict[str, SeparateFn] = {}
+    variants = parse_variants(args.variant)
+    for name, paths in {args.name: args.priors, **parse_basis(args.basis)}.items():
+        if not args.no_mixture_init:
+            methods[f"basis-{name}"] = basis_separator(paths, default_basis("mixture"), sources).separate
+        methods[f"basis-{name}+nmf"] = basis_separator(paths, default_basis("nmf"), sources, nmf).separate
+        for variant, (overrides, options) in variants.items():
+            methods[f"basis-{name}+nmf/{variant}"] = basis_separator(
+                paths, default_basis("nmf", **overrides), sources, nmf, **options).separate
+    methods["nmf"] = Separator(nmf, progress=False).separate
+    masknet = load_masknet(args.masknet)
+    for name, paths in {args.name: args.priors, **parse_basis(args.basis)}.items():
+        methods[f"basis-{name}+masknet"] = basis_separator(paths, default_basis("nmf"), sources, masknet).separate
+        for variant, (overrides, options) in variants.items():
+            methods[f"basis-{name}+masknet/{variant}"] = basis_separator(
+                paths, default_basis("nmf", **overrides), sources, masknet, **options).separate
+    methods["masknet"] = Separator(masknet, progress=False).separate
+    if args.only:
+        unknown = sorted(set(args.only) - set(methods))
+        if unknown:
+            raise SystemExit(f"--only: no row {', '.join(unknown)}; the rows are {', '.join(methods)}")
+        methods = {name: fn for name, fn in methods.items() if name in args.only}
+    return methods
+
+
+def build_oracles(args: argparse.Namespace, sources: list[str], frontend: Frontend, nmf: NMFModel,
+                  ceilings: bool = True) -> dict[str, OracleFn]:
+    """The oracle rows `(true stems, rate) → estimates`: the mel ceilings (with `ceilings`),
+    IRM2, the mixture / K, and with `--from-truth` BASIS started from the true stems."""
+    oracles: dict[str, OracleFn] = {}
+    if ceilings:
+        oracles["mel-ideal"] = lambda refs, rate: run_oracle("mel-ideal", refs, rate, frontend=frontend)
+        oracles["mel-ideal+nmf"] = with_true_stems(lambda truth: MelIdealFrom(frontend, nmf, truth), sources,
+                                                   frontend.sample_rate, LEVEL_DB)
+    oracles["irm2"] = lambda refs, rate: run_oracle("irm2", refs, rate)
+    oracles["mix"] = lambda refs, rate: run_oracle("mix", refs, rate)
+    if args.from_truth:
+        oracles[f"basis-{args.name}+truth"] = basis_from_truth(args.priors, sources)
+    return oracles
+
+
+# ----------------------------------------------------------------------------- folds
+
+
+def read_index(folder: Path) -> dict:
+    """A synthesized dataset's index.json (`audiosep synth`), refused if absent."""
+    path = folder / "index.json"
+    if not path.is_file():
+        raise SystemExit(f"{folder}: no index.json (a dataset rendered by `audiosep synth`), "
+                         "so its composers are unknown")
+    return json.loads(path.read_text())
+
+
+def _composer(record: dict) -> str:
+    """The composer (corpus folder) of an index record."""
+    return record.get("composer") or record["piece"].split("/")[0]
+
+
+def training_composers(folders: list[Path]) -> dict[str, set[str]]:
+    """{composer: its pieces} over the train and valid tracks of the training datasets."""
+    seen: dict[str, set[str]] = {}
+    for folder in folders:
+        for record in read_index(folder)["tracks"]:
+            if record["split"] in ("train", "valid"):
+                seen.setdefault(_composer(record), set()).add(record["piece"])
+    return seen
+
+
+def fold_composers(folder: Path) -> dict[str, set[str]]:
+    """{composer: its pieces} over the test tracks of one fold."""
+    found: dict[str, set[str]] = {}
+    for record in read_index(folder)["tracks"]:
+        if record["split"] == "test":
+            found.setdefault(_composer(record), set()).add(record["piece"])
+    return found
+
+
+def check_folds(folds: list[Path], train_data: list[Path]) -> dict[str, dict[str, set[str]]]:
+    """{fold name: {composer: pieces}}; a SystemExit if a fold has no test tracks, a reserved
+    composer, or a composer with any piece in the train or valid split of `train_data`."""
+    trained = training_composers(train_data)
+    names = [fold.name for fold in folds]
+    if len(set(names)) < len(names):
+        raise SystemExit(f"--folds: two folds share a folder name ({', '.join(names)})")
+    checked = {}
+    for fold in folds:
+        composers = fold_composers(fold)
+        if not composers:
+            raise SystemExit(f"{fold}: no test tracks in index.json")
+        reserved = sorted(c for c in composers if is_reserved(c))
+        if reserved:
+            raise SystemExit(f"{fold}: reserved composer(s) {', '.join(reserved)} (Haydn and Mozart are never used)")
+        shared = sorted(set(composers) & set(trained))
+        if shared:
+            raise SystemExit(f"{fold}: composer(s) {', '.join(shared)} also in the training data "
+                             f"({', '.join(map(str, train_data))}): not an honest fold")
+        checked[fold.name] = composers
+    return checked
+
+
+def fold_label(index: dict, names: Iterable[str]) -> str:
+    """`composer (n pieces), ...; soundfont(s)` of the tracks `names` of a fold's index."""
+    names = set(names)
+    used = [r for r in index["tracks"] if r["split"] == "test" and r["track"] in names]
+    pieces: dict[str, set[str]] = {}
+    for record in used:
+        pieces.setdefault(_composer(record), set()).add(record["piece"])
+    fonts = sorted({Path(f).name for r in used for f in r.get("source_soundfonts", {"": r["soundfont"]}).values()})
+    return ", ".join(f"{c} ({len(p)} piece{'s' * (len(p) > 1)})" for c, p in pieces.items()) + "; " + ", ".join(fonts)
+
+
+def fold_summary(sdr: dict[str, pd.DataFrame], methods: list[str], sources: list[str]) -> pd.DataFrame:
+    """Fold × (method, source) median SDR, with the mean over folds and the worst fold below."""
+    rows = {fold: table.reindex(methods).stack().reindex(pd.MultiIndex.from_product([methods, sources]))
+            for fold, table in sdr.items()}
+    summary = pd.DataFrame(rows).T
+    summary.loc["mean"] = summary.loc[list(sdr)].mean()
+    summary.loc["worst"] = summary.loc[list(sdr)].min()
+    return summary
+
+
+def worst_folds(summary: pd.DataFrame, folds: list[str]) -> pd.DataFrame:
+    """Method × source: the fold where each method's median SDR is lowest."""
+    methods = list(dict.fromkeys(summary.columns.get_level_values(0)))
+    sources = list(dict.fromkeys(summary.columns.get_level_values(1)))
+    return summary.loc[folds].idxmin().unstack().reindex(index=methods, columns=sources)
+
+
+def margin_table(summary: pd.DataFrame, folds: list[str], row: str, baseline: str, sources: list[str]) -> pd.DataFrame:
+    """Fold × source SDR of `row` minus `baseline`, with the mean and the minimum over folds."""
+    margin = summary.loc[folds, row][sources] - summary.loc[folds, baseline][sources]
+    margin.loc["mean"] = margin.loc[folds].mean()
+    margin.loc["min"] = margin.loc[folds].min()
+    return margin
+
+
+def run_folds(args: argparse.Namespace, composers: dict[str, dict[str, set[str]]], sources: list[str],
+              methods: dict[str, SeparateFn], oracles: dict[str, OracleFn]) -> pd.DataFrame:
+    """Each fold's table, then the fold summary, the worst folds and the default's margin over
+    NMF (see the module doc); `composers`: `check_folds`'s answer. Returns the summary."""
+    trained = training_composers(args.train_data)
+    print(f"training composers ({', '.join(map(str, args.train_data))}): "
+          + ", ".join(f"{c} ({len(p)} pieces)" for c, p in sorted(trained.items())))
+    order, sdr, cpu_seconds, audio = [*methods, *oracles], {}, dict.fromkeys(methods, 0.0), 0.0
+    for fold in args.folds:
+        items = list(dataset_items(list_tracks(fold, "test")[: args.tracks], sources))
+        seconds = sum(mix.shape[-1] / rate for _, mix, _, rate in items)
+        print(f"\nfold {fold.name}: {len(items)} track(s) of {fold / 'test'}: "
+              f"{fold_label(read_index(fold), (name for name, *_ in items))}")
+        table, cpu = run_methods(items, sources, methods, oracles, args.win, desc=fold.name)
+        medians = median_table(table, order)
+        print(medians.round(2).to_string())
+        sdr[fold.name] = medians["SDR"].unstack("target")
+        audio += seconds
+        for method, per_second in cpu.items():
+            cpu_seconds[method] += per_second * seconds
+        if args.output is not None:
+            write_reports(table, args.output / fold.name, args.win)
+    folds = list(sdr)
+    summary = fold_summary(sdr, order, sources)
+    names = sorted({c for found in composers.values() for c in found})
+    print(f"\nmedian SDR (dB) per fold, {len(folds)} folds (composers {', '.join(names)}), "
+          "with the mean over folds and the worst fold of each method and source")
+    print(summary.round(2).to_string())
+    print("\nthe worst fold of each method and source")
+    print(worst_folds(summary, folds).to_string())
+    default = default_row(args)
+    if default in methods and "nmf" in methods:
+        print(f"\nmargin of the default ({default}) over nmf, SDR dB (default − nmf)")
+        print(margin_table(summary, folds, default, "nmf", sources).round(2).to_string())
+    print("\nCPU seconds per second of audio, all folds: "
+          + ", ".join(f"{k} {v / audio:.3f}" for k, v in cpu_seconds.items()))
+    if args.output is not None:
+        args.output.mkdir(parents=True, exist_ok=True)
+        summary.to_csv(args.output / "folds_sdr.csv")
+    return summary
 
 
 def level_table(tracks: list[Path], sources: list[str], methods: dict[str, SeparateFn], levels: list[float],
@@ -325,6 +552,13 @@ def _long_mixture(tracks: list, seconds: float) -> np.ndarray:
     return np.concatenate([mono, 0.7 * mono]).astype(np.float32)
 
 
+def print_settings(args: argparse.Namespace) -> None:
+    """The BASIS settings of the rows."""
+    print(f"basis-*: {default_basis('mixture')}\nbasis-*+nmf: {default_basis('nmf')}, started from {args.nmf.name}")
+    for variant, (overrides, options) in parse_variants(args.variant).items():
+        print(f"  /{variant}: {overrides | options}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--priors", type=Path, nargs="+", default=list(BUNDLED_PRIORS),
@@ -332,10 +566,22 @@ def main() -> None:
                              "default: the bundled piano/violin NCSN priors")
     parser.add_argument("--name", default="ncsn", help="row label of --priors (basis-NAME)")
     parser.add_argument("--basis", nargs="*", default=[], metavar="NAME=A.pt,B.pt", help="more prior sets")
-    parser.add_argument("--data", type=Path, default=Path("/work/data/pv"), help="stems dataset folder")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="stems dataset folder (default: the recipe's data/piano_violin in the repository)")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--tracks", type=int, help="only the first N tracks of the split")
+    parser.add_argument("--tracks", type=int, help="only the first N tracks of the split (of each fold's test split)")
+    parser.add_argument("--folds", type=Path, nargs="+", metavar="DIR",
+                        help="fold mode: datasets whose test split is one fold each (named after the folder), "
+                             "scored per fold, then summarised over folds (mean, worst fold); replaces --data")
+    parser.add_argument("--train-data", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="with --folds: the datasets the models trained on; a fold with a composer of their "
+                             "train or valid tracks (index.json) is refused")
     parser.add_argument("--nmf", type=Path, default=BUNDLED_NMF, help="NMF model (default: the bundled one)")
+    parser.add_argument("--masknet", type=Path, default=BUNDLED_MASKNET,
+                        help="mask network (train masknet) of the rows masknet (it alone, the default) and "
+                             "basis-NAME+masknet (the +nmf schedule started from its stems); default: the bundled one")
+    parser.add_argument("--only", nargs="+", metavar="ROW",
+                        help="keep only these separation rows (e.g. masknet nmf); the oracles stay")
     parser.add_argument("--from-truth", action="store_true",
                         help="also the diagnostic row basis-NAME+truth: BASIS started from the true stems")
     parser.add_argument("--variant", nargs="*", default=[], metavar="NAME=key=value,...",
@@ -345,7 +591,7 @@ def main() -> None:
     parser.add_argument("--no-mixture-init", action="store_true", help="leave out the basis-NAME rows (from the mixture)")
     parser.add_argument("--levels", nargs="*", type=float, metavar="DB",
                         help="the level/room table: the last source at these dB relative to the others "
-                             "(e.g. -12 -6 0 6 12), dry and in a room, for the default BASIS and NMF")
+                             "(e.g. -12 -6 0 6 12), dry and in a room, for the default (masknet), BASIS from it and NMF")
     parser.add_argument("--tradeoff", nargs="*", default=[], metavar="STEPSxLEVELS")
     parser.add_argument("--tradeoff-tracks", type=int, default=5)
     parser.add_argument("--win", type=float, default=1.0, help="BSSEval window in seconds")
@@ -357,6 +603,13 @@ def main() -> None:
                         help="--segment values of the long-input table (default 10 30)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.folds:
+        if args.levels or args.tradeoff or args.long:
+            raise SystemExit("--folds runs alone: leave out --levels, --tradeoff and --long (they use --data)")
+        if not args.train_data:
+            raise SystemExit("--folds needs --train-data DIR [DIR ...]: the datasets the models trained on "
+                             "(their composers must not be in any fold)")
+        composers = check_folds(args.folds, args.train_data)
     if args.long:
         tracks = list_tracks(args.data, args.split)[: args.tracks]
         print(f"default `audiosep separate` on 44.1 kHz stereo inputs from {args.data / args.split}, "
@@ -365,33 +618,21 @@ def main() -> None:
         return
 
     sources = [p.stem.split("_")[0] for p in args.priors]
-    prior_sets = {args.name: args.priors, **parse_basis(args.basis)}
-    tracks = list_tracks(args.data, args.split)[: args.tracks]
     frontend = MelBasis.from_files(args.priors, sources=sources, progress=False).frontend
     nmf = NMFModel.load(args.nmf)
-    methods: dict[str, SeparateFn] = {}
-    variants = parse_variants(args.variant)
-    for name, paths in prior_sets.items():
-        if not args.no_mixture_init:
-            methods[f"basis-{name}"] = basis_separator(paths, default_basis("mixture"), sources).separate
-        methods[f"basis-{name}+nmf"] = basis_separator(paths, default_basis("nmf"), sources, nmf).separate
-        for variant, (overrides, options) in variants.items():
-            methods[f"basis-{name}+nmf/{variant}"] = basis_separator(
-                paths, default_basis("nmf", **overrides), sources, nmf, **options).separate
-    methods["nmf"] = Separator(nmf, progress=False).separate
-    oracles = {
-        "mel-ideal": lambda refs, rate: run_oracle("mel-ideal", refs, rate, frontend=frontend),
-        "mel-ideal+nmf": with_true_stems(lambda truth: MelIdealFrom(frontend, nmf, truth), sources,
-                                         frontend.sample_rate, LEVEL_DB),
-        "irm2": lambda refs, rate: run_oracle("irm2", refs, rate),
-        "mix": lambda refs, rate: run_oracle("mix", refs, rate),
-    }
-    if args.from_truth:
-        oracles[f"basis-{args.name}+truth"] = basis_from_truth(args.priors, sources)
+    if args.folds:
+        methods = build_methods(args, sources, nmf)
+        oracles = build_oracles(args, sources, frontend, nmf, ceilings=False)
+        print(f"{len(args.folds)} folds, {'the first ' + str(args.tracks) if args.tracks else 'all'} test tracks "
+              f"of each; front end {frontend.name}; torch threads {args.threads}")
+        print_settings(args)
+        run_folds(args, composers, sources, methods, oracles)
+        return
+    tracks = list_tracks(args.data, args.split)[: args.tracks]
+    methods = build_methods(args, sources, nmf)
+    oracles = build_oracles(args, sources, frontend, nmf)
     print(f"{len(tracks)} tracks of {args.data / args.split}; front end {frontend.name}; torch threads {args.threads}")
-    print(f"basis-*: {default_basis('mixture')}\nbasis-*+nmf: {default_basis('nmf')}, started from {args.nmf.name}")
-    for variant, (overrides, options) in variants.items():
-        print(f"  /{variant}: {overrides | options}")
+    print_settings(args)
     table, cpu = run_methods(dataset_items(tracks, sources), sources, methods, oracles, args.win)
     print("\nmedian over 1 s windows, then tracks (dB, BSSEval v4)")
     print(median_table(table, [*methods, *oracles]).round(2).to_string())
@@ -401,7 +642,8 @@ def main() -> None:
     if args.levels:
         print(f"\nmedian SDR (dB) against the level of {sources[-1]} relative to the rest, dry and in a room "
               "(one random room per track)")
-        chosen = {"basis (default)": methods[f"basis-{args.name}+nmf"], "nmf": methods["nmf"]}
+        rows = (default_row(args), f"basis-{args.name}+masknet", "nmf")
+        chosen = {name + " (default)" * (name == default_row(args)): methods[name] for name in rows if name in methods}
         print(level_table(tracks, sources, chosen, args.levels, args.win).round(2).to_string(index=False))
     if args.tradeoff:
         grid = parse_grid(args.tradeoff)

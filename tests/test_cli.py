@@ -157,13 +157,18 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, capsys
 
 
 def test_separate_bundled_example(tmp_path):
-    # no --model: BASIS over the bundled NCSN priors, started from the bundled NMF model
-    # (a short schedule here: the defaults take ~20 s of CPU on this 10 s example);
-    # outputs go to OUT/<model set>/<track>/, so the NMF run does not overwrite it
+    # no --model: the bundled mask network; --method basis: BASIS over the bundled NCSN priors,
+    # started from the mask network's stems (a short schedule here: the defaults take ~20 s of
+    # CPU on this 10 s example); outputs go to OUT/<model set>/<track>/, so no run overwrites another
     example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
-    assert _run("separate", example, "-o", tmp_path / "sep", "--steps", 1, "--levels", 2) == 0
+    assert _run("separate", example, "-o", tmp_path / "sep") == 0
+    assert _run("separate", example, "-o", tmp_path / "sep", "--method", "basis", "--steps", 1, "--levels", 2) == 0
     assert _run("separate", example, "-o", tmp_path / "sep", "--method", "nmf") == 0
-    assert sorted(p.name for p in (tmp_path / "sep").iterdir()) == ["ncsn_piano_violin", "nmf_piano_violin"]
+    assert sorted(p.name for p in (tmp_path / "sep").iterdir()) == ["masknet_piano_violin", "ncsn_piano_violin",
+                                                                    "nmf_piano_violin"]
+    masknet = sf.read(tmp_path / "sep" / "masknet_piano_violin" / "piano_violin" / "piano.wav")[0]
+    violin = sf.read(tmp_path / "sep" / "masknet_piano_violin" / "piano_violin" / "violin.wav")[0]
+    np.testing.assert_allclose(masknet + violin, sf.read(example)[0], atol=1e-4)
     stems = sorted(p.name for p in (tmp_path / "sep" / "ncsn_piano_violin" / "piano_violin").iterdir())
     assert stems == ["piano.wav", "violin.wav"]
     mix, sr = sf.read(example)
@@ -178,7 +183,7 @@ def test_separate_a_collection_skips_bad_files_and_says_so(tmp_path, capsys):
     (folder / "a.wav").write_bytes(example.read_bytes())
     (folder / "b.wav").write_bytes(b"RIFF junk")
     sf.write(folder / "short.wav", np.zeros(100, np.float32), SR)
-    assert _run("separate", folder, "-o", tmp_path / "out", "-n", "run1", "--format", "flac") == 1
+    assert _run("separate", folder, "-o", tmp_path / "out", "-n", "run1", "--format", "flac", "--method", "basis") == 1
     out, err = capsys.readouterr()
     assert sorted(p.name for p in (tmp_path / "out/run1").iterdir()) == ["a"]
     assert sorted(p.name for p in (tmp_path / "out/run1/a").iterdir()) == ["piano.flac", "violin.flac"]

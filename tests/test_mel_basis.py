@@ -13,6 +13,7 @@ import torch
 from audiosep.cli import main
 from audiosep.errors import UserError
 from audiosep.priors import Domain, NCSNv2, Prior, load_prior, save_checkpoint, sigma_per_sample
+from audiosep.priors.masknet import BUNDLED_MASKNET, load_masknet
 from audiosep.separation import BUNDLED_NMF, BUNDLED_PRIORS, MelBasis, NMFModel, separation_method
 from audiosep.separation.basis import BasisConfig, fit_schedule
 from audiosep.separation.mel_basis import baseline_mismatch, default_basis
@@ -255,13 +256,18 @@ def test_separate_started_from_the_bundled_nmf(mixtures, checkpoints, tmp_path):
     assert np.array_equal(*same)
 
 
-def test_default_initialisation_is_nmf_only_when_the_nmf_model_fits(mixtures, checkpoints, tmp_path):
-    # piano/violin priors at 16 kHz: the bundled NMF fits, so the default is --init nmf;
-    # priors of other sources (the same weights named a, b) start from the mixture.
+def test_default_initialisation_is_the_mask_network_only_when_it_fits(mixtures, checkpoints, tmp_path):
+    # piano/violin priors at 16 kHz: the bundled mask network fits, so the default is --init
+    # model (its stems); --init nmf starts from the bundled NMF model; priors of other sources
+    # (the same weights named a, b) start from the mixture.
     read = lambda folder, source: sf.read(tmp_path / folder / "mono16k" / f"{source}.wav")[0]  # noqa: E731
-    for folder, extra in (("default", []), ("nmf", ["--init", "nmf"]), ("mixture", ["--init", "mixture"])):
+    for folder, extra in (("default", []), ("model", ["--init", "model"]), ("nmf", ["--init", "nmf"]),
+                          ("nmf-file", ["--init", "model", "--init-model", BUNDLED_NMF]),
+                          ("mixture", ["--init", "mixture"])):
         assert _basis(mixtures[:1], checkpoints, tmp_path / folder, *extra) == 0
-    assert np.array_equal(read("default", "piano"), read("nmf", "piano"))
+    assert np.array_equal(read("default", "piano"), read("model", "piano"))
+    assert np.array_equal(read("nmf", "piano"), read("nmf-file", "piano"))
+    assert not np.allclose(read("default", "piano"), read("nmf", "piano"))
     assert not np.allclose(read("default", "piano"), read("mixture", "piano"))
     renamed = {}
     for name, new in (("piano", "a"), ("violin", "b")):
@@ -319,8 +325,8 @@ def test_separate_with_priors_is_seeded(mixtures, checkpoints, tmp_path):
     (["piano", "violin"], ["--patch-hop", "999"], "patch hop must be between 1 and 64 frames, got 999"),
     (["piano", "violin"], ["--corrections", "-1"], "--corrections: invalid integer >= 0"),
     (["piano", "violin"], ["--chains", "0"], "--chains: invalid integer >= 1"),
-    (["piano", "violin"], ["--init", "uniform", "--init-model", BUNDLED_NMF], "--init-model is the NMF model of"),
-    (["piano", "violin"], ["--init-model", "violin"], "not an NMF model"),
+    (["piano", "violin"], ["--init", "uniform", "--init-model", BUNDLED_NMF], "--init-model is the starting model of"),
+    (["piano", "violin"], ["--init-model", "violin"], "BASIS starts from an NMF model or a mask network"),
 ])
 def test_separate_errors_are_one_line_and_write_nothing(mixtures, checkpoints, tmp_path, capsys, models, extra,
                                                          message):
@@ -348,8 +354,8 @@ def test_method_nmf_is_the_bundled_nmf_model(tmp_path):
 
 
 def test_separation_method_is_inferred_from_the_files(checkpoints):
-    assert separation_method([]) == "basis"
-    assert separation_method([], "nmf") == "nmf"
+    assert separation_method([]) == "masknet"
+    assert separation_method([], "basis") == "basis" and separation_method([], "nmf") == "nmf"
     assert separation_method([BUNDLED_NMF]) == "nmf"
     assert separation_method([checkpoints["piano"], checkpoints["violin"]], "basis") == "basis"
 
@@ -365,3 +371,4 @@ def test_bundled_priors_load_on_the_default_front_end_and_fit_the_bundled_nmf():
     method = MelBasis.from_files(BUNDLED_PRIORS)
     assert method.frontend.to_dict() == get_frontend("default").to_dict()
     assert baseline_mismatch(NMFModel.load(BUNDLED_NMF), method.sources, method.sample_rate) is None
+    assert baseline_mismatch(load_masknet(BUNDLED_MASKNET), method.sources, method.sample_rate) is None

@@ -427,3 +427,38 @@ def test_an_interrupted_training_writes_its_checkpoint_first(tmp_path, signum):
     assert raised == ("Terminated" if "TERM" in signum else "KeyboardInterrupt")
     assert load_checkpoint(out)["step"] == 5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_bf16_autocast_trains_in_bfloat16_and_keeps_float32_weights(tmp_path):
+    model = _tiny_model()
+    dtypes = []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    config = _config(steps=3, valid_every=3, precision="bf16")
+    result = train(model, dsm_loss, _RandomCrops(12, 0), _RandomCrops(8, 1), config, tmp_path / "b.pt", DOMAIN)
+    assert np.isfinite(result["valid_loss"])
+    assert dtypes[:3] == [torch.bfloat16] * 3  # the training steps' convolutions
+    assert dtypes[3:] and set(dtypes[3:]) == {torch.float32}  # validation runs in float32
+    payload = load_checkpoint(tmp_path / "b.pt")
+    assert all(v.dtype == torch.float32 for v in payload["state_dict"].values() if v.is_floating_point())
+    assert payload["extra"]["train_config"]["precision"] == "bf16"
+    with pytest.raises(UserError, match="precision must be one of fp32, bf16"):
+        TrainConfig(precision="fp16")
+
+
+def test_training_only_the_levels_inference_uses(tmp_path):
+    from audiosep.training.ncsn import LevelsDSM, trained_levels
+
+    sigmas = torch.tensor([1.0, 0.3, 0.1, 0.03])
+    assert trained_levels(sigmas, 0.1).tolist() == pytest.approx([0.1, 0.03])
+    with pytest.raises(UserError, match="below every level"):
+        trained_levels(sigmas, 0.01)
+    model, x = _tiny_model(), torch.rand(64, 1, 16, 16)
+    torch.manual_seed(0)
+    restricted = LevelsDSM(0.1)(model, x)
+    torch.manual_seed(0)
+    assert restricted.item() == pytest.approx(dsm_loss(model, x, torch.tensor([0.1, 0.03])).item())
+    torch.manual_seed(0)
+    every_level = LevelsDSM(None)(model, x)
+    torch.manual_seed(0)
+    assert every_level.item() == pytest.approx(dsm_loss(model, x).item())

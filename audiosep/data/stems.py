@@ -14,6 +14,7 @@ Waveforms are numpy/torch float32 ``(channels, samples)``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -291,18 +292,21 @@ class _TrackCrops(torch.utils.data.Dataset):
 
 class SourceCrops(_TrackCrops):
     """Random crops of one source (see `_TrackCrops`): item i is a float32 tensor
-    (channels, crop_samples), depending only on (seed, epoch, i).
+    (channels, crop_samples), depending only on (seed, epoch, i). `root` is one dataset folder
+    or several, whose tracks are pooled (each drawn in proportion to its length, as one).
 
     Raises:
         UserError: missing folder, no tracks, a source no track has, or a source silent
             in `max_tries` draws.
     """
 
-    def __init__(self, root: str | Path, source: str, *, split: str | None = "train",
+    def __init__(self, root: str | Path | Sequence[str | Path], source: str, *, split: str | None = "train",
                  layout: str | None = None, crop_samples: int = 32768, sample_rate: int = 16000,
                  channels: int = 1, length: int = 1000, seed: int = 0, min_rms_db: float = -50.0,
                  max_tries: int = 100) -> None:
-        tracks = list_tracks(root, split, layout)
+        roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
+        tracks = [t for r in roots for t in list_tracks(r, split, layout)]
+        root = ", ".join(str(r) for r in roots)
         with_source = [t for t in tracks if source in t.sources]
         if not with_source:
             raise UserError(f"{root}: no track has source '{source}' (sources: {', '.join(list_sources(tracks))})")

@@ -34,13 +34,15 @@ from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..errors import UserError
-from ..priors.base import Domain, Prior, load_prior
+from ..priors.base import Domain, Prior, load_checkpoint, load_prior
+from ..priors.masknet import load_masknet
 from ..spectral.frontend import Frontend, patchify, unpatchify
 from ..spectral.functional import mel_spectrogram
 from ..spectral.inversion import METHODS as INVERSIONS
 from ..spectral.inversion import invert_mel_powers
 from .basis import BasisConfig, basis_separate, fit_schedule
 from .mixing import DbPowerMixing
+from .nmf import NMFModel
 from .separator import Method
 
 # Mixture RMS (dBFS) the piano/violin priors were trained at: the median over the synthesized
@@ -292,6 +294,20 @@ def _differences(a: Domain, b: Domain) -> str:
     da, db = a.frontend_dict, b.frontend_dict
     keys = sorted((set(da) | set(db)) - {"name"})
     return ", ".join(f"{k} {da.get(k)} vs {db.get(k)}" for k in keys if da.get(k) != db.get(k))
+
+
+def load_baseline(path: str | os.PathLike, device: str | torch.device = "cpu") -> Method:
+    """The model at `path` that starts BASIS chains (`init_from`): an NMF model or a mask network.
+
+    Raises:
+        UserError: as `load_checkpoint`, or a checkpoint of another kind.
+    """
+    kind = load_checkpoint(path)["kind"]
+    if kind == "nmf":
+        return NMFModel.load(path)
+    if kind == "masknet":
+        return load_masknet(path, device=device)
+    raise UserError(f"{path}: a {kind} checkpoint; BASIS starts from an NMF model or a mask network")
 
 
 def baseline_mismatch(method: Method, sources: Sequence[str], sample_rate: int) -> str | None:

@@ -330,17 +330,22 @@ def model_set_name(paths: Sequence[str | os.PathLike], method: str = "basis") ->
     return method + "_" + "_".join(p.stem for p in paths)
 
 
-SEPARATION_METHODS = ("nmf", "basis", "latent", "vae-bss")
+SEPARATION_METHODS = ("nmf", "basis", "latent", "vae-bss", "masknet")
 _METHOD_FILES = {"nmf": "an NMF model", "basis": "prior checkpoints (BASIS)",
-                 "latent": "an LQ-VAE and its code priors (latent)", "vae-bss": "a VAE (vae-bss)"}
+                 "latent": "an LQ-VAE and its code priors (latent)", "vae-bss": "a VAE (vae-bss)",
+                 "masknet": "a mask network (masknet)"}
+_SINGLE_FILE_METHODS = {"vae": "vae-bss", "masknet": "masknet"}  # checkpoint kinds that hold every source
+_SINGLE_FILE_USAGE = {"vae-bss": "one VAE checkpoint, which decodes every source: --model VAE.pt",
+                      "masknet": "one mask network checkpoint, which masks every source: --model MASKNET.pt"}
 
 
 def separation_method(paths: Sequence[str | os.PathLike],
-                      requested: str | None = None) -> Literal["nmf", "basis", "latent", "vae-bss"]:
-    """The separation method for a set of model files: "nmf", "basis", "latent" or "vae-bss".
+                      requested: str | None = None) -> Literal["nmf", "basis", "latent", "vae-bss", "masknet"]:
+    """The separation method for a set of model files: "nmf", "basis", "latent", "vae-bss" or "masknet".
 
-    No files → `requested`, by default "basis" (the bundled priors `BUNDLED_PRIORS`; "nmf":
-    the bundled NMF model; "latent" and "vae-bss" have no bundled models); one NMF model file →
+    No files → `requested`, by default "masknet" (the bundled mask network `BUNDLED_MASKNET`;
+    "basis": the bundled priors `BUNDLED_PRIORS`; "nmf": the bundled NMF model; "latent" and
+    "vae-bss" have no bundled models); one NMF model file →
     "nmf"; two or more prior checkpoints → "basis"; one LQ-VAE and two code priors → "latent";
     one VAE → "vae-bss". `requested` (if given) must agree with the files.
 
@@ -358,14 +363,16 @@ def separation_method(paths: Sequence[str | os.PathLike],
                             "(the LQ-VAE, then one code prior per source)")
         if requested == "vae-bss":
             raise UserError("vae-bss has no bundled model: --model VAE.pt (audiosep train vae --data DIR)")
-        return requested or "basis"
+        return requested or "masknet"
     kinds = [(Path(p), load_checkpoint(p)["kind"]) for p in paths]
-    if any(kind == "vae" for _, kind in kinds):
+    single = [_SINGLE_FILE_METHODS[kind] for _, kind in kinds if kind in _SINGLE_FILE_METHODS]
+    if single:
+        method = single[0]
         if len(kinds) > 1:
-            raise UserError("vae-bss takes one VAE checkpoint, which decodes every source: --model VAE.pt")
-        if requested not in (None, "vae-bss"):
-            raise UserError(f"method '{requested}' was asked for but the model file is {_METHOD_FILES['vae-bss']}")
-        return "vae-bss"
+            raise UserError(f"{method} takes {_SINGLE_FILE_USAGE[method]}")
+        if requested not in (None, method):
+            raise UserError(f"method '{requested}' was asked for but the model file is {_METHOD_FILES[method]}")
+        return method
     nmf = [p for p, kind in kinds if kind == "nmf"]
     priors = [p for p, kind in kinds if kind != "nmf"]
     if nmf and priors:

@@ -352,13 +352,16 @@ def _optimizer_step(
     model: Prior, loss_fn: LossFn, batch: Any, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     config: TrainConfig, world: int, step: int,
 ) -> float:
-    """One update: loss, backward, gradient average over processes, clipping, Adam. Returns the loss.
+    """One update: loss (under bfloat16 autocast with `precision: bf16`), backward, gradient
+    average over processes, clipping, Adam. Returns the loss.
 
     A loss with an `at_step(step)` method (a scheduled loss, e.g. a β warm-up) is asked for
     the loss of this step (1-based); validation calls the loss itself.
     """
     step_loss = loss_fn.at_step(step) if hasattr(loss_fn, "at_step") else loss_fn
-    loss = step_loss(model, batch)
+    device_type = params[0].device.type if params else "cpu"
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        loss = step_loss(model, batch)
     loss_value = loss.item()
     if not math.isfinite(loss_value):
         raise RuntimeError(f"training loss became {loss_value} at step {step}; lower lr or set grad_clip")

@@ -17,15 +17,50 @@ from .mel import patch_sets
 
 @dataclasses.dataclass
 class NCSNRun:
-    """The YAML file of `audiosep train ncsn --config`: `model:` and `train:` sections."""
+    """The YAML file of `audiosep train ncsn --config`: `model:` and `train:` sections, and
+    train_sigma_max: train (and validate) only the model's levels σ ≤ this (null: all), to put
+    the training where inference runs: BASIS started from a baseline anneals from σ 0.05 only,
+    so the upper levels of a 1 → 0.01 schedule are never queried there."""
 
     model: NCSNConfig = dataclasses.field(default_factory=NCSNConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    train_sigma_max: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_sigma_max is not None and not self.train_sigma_max > 0:
+            raise UserError(f"train_sigma_max must be > 0 or null, got {self.train_sigma_max}")
+
+
+class LevelsDSM:
+    """`dsm_loss` over the model's levels σ ≤ `sigma_max` only (None: every level)."""
+
+    def __init__(self, sigma_max: float | None) -> None:
+        self.sigma_max = sigma_max
+
+    def __call__(self, model: Prior, x: torch.Tensor) -> torch.Tensor:
+        if self.sigma_max is None:
+            return dsm_loss(model, x)
+        return dsm_loss(model, x, trained_levels(model.sigmas, self.sigma_max))
+
+
+def trained_levels(sigmas: torch.Tensor, sigma_max: float) -> torch.Tensor:
+    """The levels of `sigmas (L,)` at or below `sigma_max` (a relative 1e-6 of slack for the
+    rounding of a geometric schedule).
+
+    Raises:
+        UserError: none is.
+    """
+    kept = sigmas[sigmas <= sigma_max * (1 + 1e-6)]
+    if kept.numel() == 0:
+        raise UserError(f"train_sigma_max {sigma_max:g} is below every level of the model "
+                        f"(lowest {float(sigmas.min()):g})")
+    return kept
 
 
 def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike, preset: str = "default",
                model_config: NCSNConfig | None = None, config: TrainConfig | None = None, device: str = "cpu",
-               valid_items: int = 256, init_from: str | os.PathLike | None = None) -> dict[str, float]:
+               valid_items: int = 256, init_from: str | os.PathLike | None = None,
+               train_sigma_max: float | None = None) -> dict[str, float]:
     """Train an NCSN prior on the mel patches of one source: `audiosep train ncsn`.
 
     Every step draws random crops from the `train` split (`config.epoch_items` per epoch, new
@@ -36,6 +71,7 @@ def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike
     init_from: fine-tune: start from the weights (EMA weights if stored), network and σ
     schedule of this NCSN checkpoint (`model_config` is then not used); it must have been
     trained on the same front end. The step count starts at 0 with a fresh optimiser.
+    train_sigma_max: only the levels σ ≤ it are trained (`NCSNRun`); stored with the data.
     """
     from ..spectral.frontend import get_frontend
 
@@ -47,8 +83,12 @@ def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike
         model = initial_prior(init_from, Domain.mel(frontend), "ncsn")
     else:
         model = _fresh_ncsn(model_config, config, train_ds)
-    return train(model, dsm_loss, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device,
-                 data={"source": source})
+    data_spec = {"source": source}
+    if train_sigma_max is not None:
+        trained_levels(model.sigmas, train_sigma_max)  # refuse a bound below every level now
+        data_spec["train_sigma_max"] = train_sigma_max
+    return train(model, LevelsDSM(train_sigma_max), train_ds, valid_ds, config, out_path, Domain.mel(frontend),
+                 device, data=data_spec)
 
 
 def train_ncsn_images(images: str, out_path: str | os.PathLike, model_config: NCSNConfig | None = None,

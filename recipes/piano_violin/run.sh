@@ -3,14 +3,18 @@
 #
 #   recipes/piano_violin/run.sh                       # every stage
 #   stage=2 stop_stage=3 recipes/piano_violin/run.sh  # some stages
+#   stage=5 recipes/piano_violin/run.sh               # only the honest folds
 #
 # Variables (environment): data (the FluidR3 dataset folder), data_real (the augmented
-# multi-soundfont training set), data_unseen (the test excerpts rendered with TimGM6mb, a
+# multi-soundfont training set of Bach pieces), data_poly (the same augmentation on pieces of the
+# trecento and Palestrina folders: more composers for the mask network), data_unseen (the test
+# excerpts rendered with TimGM6mb, a
 # soundfont no model is trained on), exp (outputs), stage, stop_stage, train_ncsn / train_glow
 # (1 to train the NCSN / Glow priors too; then BASIS is separated and scored beside NMF with
 # each: from the mixture, and started from the NMF stems), train_vae (1 to train VAE-BSS on the
 # mixtures too; its stems are unnamed, source0/source1, so it is scored by
-# benchmarks/vae_bss_audio.py, which names them per track), ncsn_steps, finetune_steps, device.
+# benchmarks/vae_bss_audio.py, which names them per track), ncsn_steps, finetune_steps, device,
+# folds (the honest test folds of stage 5: composers no model trained on × each soundfont).
 # Run it after `make test` or `make demo` has set up .venv. The test split comes from held-out
 # pieces; Haydn and Mozart are never used, nor the MuseScore General soundfonts (reserved for
 # evaluation; `audiosep synth` refuses them). The bundled models are the `*_real` ones.
@@ -22,9 +26,11 @@ audiosep=.venv/bin/audiosep
 data=${data:-data/piano_violin}
 data_real=${data_real:-data/piano_violin_real}
 data_unseen=${data_unseen:-data/piano_violin_timgm}
+data_poly=${data_poly:-data/piano_violin_poly}
+folds=${folds:-data/piano_violin_folds}
 exp=${exp:-exp/piano_violin}
 stage=${stage:-0}
-stop_stage=${stop_stage:-4}
+stop_stage=${stop_stage:-5}
 train_ncsn=${train_ncsn:-0}
 train_glow=${train_glow:-0}
 train_vae=${train_vae:-0}
@@ -51,6 +57,11 @@ if run_stage 0; then
     $audiosep synth piano_violin -o "$data_real" --train 400 --valid 40 --test 40 --excerpts-per-piece 2 \
         --duration 10 --seed 0 --soundfont $fonts_real --font-per-source --gain-db 8 --tempo 0.1 \
         --detune-cents 30 --velocity 20 --expression 0.4 --eq-db 6 --reverb 0.7
+    # more composers for the mask network, none of them in the folds of stage 5
+    # shellcheck disable=SC2086
+    $audiosep synth piano_violin -o "$data_poly" --composers trecento palestrina --train 300 --valid 30 --test 0 \
+        --excerpts-per-piece 2 --duration 10 --seed 1 --soundfont $fonts_real --font-per-source --gain-db 8 \
+        --tempo 0.1 --detune-cents 30 --velocity 20 --expression 0.4 --eq-db 6 --reverb 0.7
     # the test (and valid, for tuning) excerpts of $data, rendered with a soundfont no model saw
     $audiosep synth piano_violin -o "$data_unseen" --train 0 --valid 20 --test 20 --duration 10 --seed 0 \
         --soundfont "$timgm"
@@ -61,6 +72,11 @@ if run_stage 1; then
     $audiosep train nmf --data "$data" -o "$exp/nmf_piano_violin.pt" --atoms 64 --seed 0
     # the bundled NMF model (audiosep/pretrained/nmf_piano_violin.pt): the same on the augmented set
     $audiosep train nmf --data "$data_real" -o "$exp/nmf_piano_violin_real.pt" --atoms 64 --seed 0
+    # the bundled mask network (audiosep/pretrained/masknet_piano_violin.pt, the default separation
+    # and the start of BASIS): both augmented sets, then its weights-only copy
+    $audiosep train masknet --data "$data_real" "$data_poly" --sources piano violin \
+        --config recipes/piano_violin/masknet.yaml --threads 1 --device "$device" -o "$exp/masknet.pt"
+    $audiosep export "$exp/masknet.pt" -o "$exp/masknet_piano_violin.pt"
     # NCSN priors for BASIS: opt in with train_ncsn=1 (hours on a CPU; resumes where it stopped)
     if [ "$train_ncsn" = 1 ]; then
         for source in piano violin; do
@@ -158,4 +174,36 @@ fi
 if run_stage 4; then
     echo "stage 4: summary table and listening reports"
     report_test_sets "$exp" "$test_sets"
+fi
+
+# Honest folds: every training piece is a Bach chorale (the default piece order is Bach first and
+# Bach has enough pieces for every train and valid track), and so is the test split above. A fold
+# is a group of composers none of whose pieces is in training, every usable piece of the group
+# in the fold's test split whatever its hash split, rendered with one soundfont for both sources
+# (each training font in turn, and TimGM6mb), at equal loudness and without augmentation: 4
+# excerpts of 10 s, one per piece, in $folds/<group>_<font>/test (a fold with an index.json is kept;
+# delete the folder to render it again). Haydn and Mozart stay out (synth refuses them); so do the
+# MuseScore General soundfonts.
+fold_groups="beethoven:beethoven monteverdi:monteverdi
+    romantic:schubert,chopin,joplin,weber,verdi,beach,schumann_clara,schumann_robert"
+fold_fonts="fluidr3:$sf/sf2/FluidR3_GM.sf2 fluidr3mono:$sf/sf3/FluidR3Mono_GM.sf3 gmbank:$sf/sf2/sf_GMbank.sf2
+    opl3:$sf/sf2/OPL-3_FM_128M.sf2 timgm:$timgm"
+
+if run_stage 5; then
+    echo "stage 5: render the honest folds into $folds and score the bundled models on them"
+    bash scripts/setup_system.sh soundfonts
+    for group in $fold_groups; do
+        for font in $fold_fonts; do
+            dir="$folds/${group%%:*}_${font%%:*}"
+            # shellcheck disable=SC2046
+            [ -f "$dir/index.json" ] || $audiosep synth piano_violin -o "$dir" --test 4 --excerpts-per-piece 1 \
+                --duration 10 --seed 0 --soundfont "${font#*:}" --splits 0 0 1 --composers $(tr , ' ' <<< "${group#*:}")
+        done
+    done
+    # the bundled models (trained on $data_real, the mask network also on $data_poly): the default
+    # `audiosep separate` (the mask network), BASIS from it and from NMF, NMF, IRM2 and the mixture / 2
+    # per fold, the mean and the worst fold (refused if a fold shares a composer with the training data)
+    mkdir -p "$exp"
+    .venv/bin/python benchmarks/separation.py --no-mixture-init --folds "$folds"/*_* \
+        --train-data "$data_real" "$data_poly" | tee "$exp/folds.txt"
 fi
