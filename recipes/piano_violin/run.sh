@@ -141,6 +141,7 @@ if run_stage 2; then
         [ -d "$dir/test" ] || continue
         separate_test "$dir" "$tag/nmf" --model "$exp/nmf_piano_violin.pt"
         separate_test "$dir" "$tag/nmf_real" --model "$exp/nmf_piano_violin_real.pt"
+        separate_test "$dir" "$tag/masknet" --model "$exp/masknet.pt"
         for kind in ncsn_v2 ncsn_v2_real glow_bundle glow_sigma; do
             if link_priors "$kind"; then
                 # priors fine-tuned on the augmented set start from the NMF model of that set
@@ -150,6 +151,9 @@ if run_stage 2; then
                     "$exp/priors_$kind/violin.pt" --init mixture
                 separate_test "$dir" "$tag/basis_${kind}_nmf" --model "$exp/priors_$kind/piano.pt" \
                     "$exp/priors_$kind/violin.pt" --init nmf --init-model "$nmf_model"
+                # started from the mask network: `audiosep separate --method basis` with these priors
+                separate_test "$dir" "$tag/basis_${kind}_masknet" --model "$exp/priors_$kind/piano.pt" \
+                    "$exp/priors_$kind/violin.pt" --init model --init-model "$exp/masknet.pt"
             fi
         done
     done
@@ -160,7 +164,7 @@ if run_stage 3; then
     for set in $test_sets; do
         tag=${set%%:*} dir=${set#*:}
         [ -d "$dir/test" ] || continue
-        for system in nmf nmf_real basis_{ncsn_v2,ncsn_v2_real,glow_bundle,glow_sigma}{,_nmf}; do
+        for system in nmf nmf_real masknet basis_{ncsn_v2,ncsn_v2_real,glow_bundle,glow_sigma}{,_nmf,_masknet}; do
             if [ -d "$exp/$tag/$system" ]; then
                 $audiosep evaluate "$dir/test" "$exp/$tag/$system" -o "$exp/$tag/$system/report" --method "$system"
             fi
