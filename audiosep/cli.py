@@ -5,6 +5,7 @@ A `UserError` (bad file, bad argument, wrong checkpoint) prints one line and exi
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -401,9 +402,16 @@ def _strip_option(argv: list[str], flag: str) -> list[str]:
 
 
 def _set_threads(threads: int | None) -> None:
+    """torch's CPU threads; more than 4 per CPU core is refused (each thread's pools cost memory,
+    so 100000 threads end in a MemoryError instead of a speed-up)."""
     if threads:
+        import os
+
         import torch
 
+        cores = os.cpu_count() or 1
+        if threads > 4 * cores:
+            raise UserError(f"--threads {threads}: this machine has {cores} CPU(s); use at most {4 * cores}")
         torch.set_num_threads(threads)
 
 
@@ -429,9 +437,17 @@ def _count(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
+def _finite_float(text: str) -> float:
+    """argparse type: a finite number (nan and ±inf are refused: no option means them)."""
     value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _finite_float(text)
     if not value > 0:
         raise ValueError(text)
     return value
@@ -445,7 +461,8 @@ def _fraction(text: str) -> float:
     return value
 
 
-_positive_float.__name__ = "number > 0"
+_finite_float.__name__ = "finite number"
+_positive_float.__name__ = "finite number > 0"
 _fraction.__name__ = "number in [0, 1]"
 _positive_int.__name__ = "integer >= 1"  # argparse names the type in its error: "invalid integer >= 1 value: '0'"
 _count.__name__ = "integer >= 0"
@@ -461,7 +478,7 @@ def _add_synth(sub) -> None:
     p.add_argument("--valid", type=_count, help="excerpts in the valid split")
     p.add_argument("--test", type=_count, help="excerpts in the test split")
     p.add_argument("--excerpts-per-piece", type=_positive_int, default=4)
-    p.add_argument("--duration", type=float, default=10.0, help="excerpt length in seconds (default 10)")
+    p.add_argument("--duration", type=_positive_float, default=10.0, help="excerpt length in seconds (default 10)")
     p.add_argument("--sample-rate", type=_positive_int, default=16000, help="Hz (default 16000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--soundfont", nargs="+", help="one or more .sf2/.sf3 files (one drawn per piece; "
@@ -474,22 +491,25 @@ def _add_synth(sub) -> None:
     p.add_argument("--splits", nargs=3, type=_fraction, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VALID", "TEST"),
                    help="fractions of the pieces in train/valid/test, by a hash of each piece's path "
                         "(default 0.8 0.1 0.1; 0 0 1 puts every piece in test, as the honest folds do)")
-    p.add_argument("--gain-db", type=float, default=0.0,
+    p.add_argument("--gain-db", type=_finite_float, default=0.0,
                    help="random gain per source in ±dB around equal loudness (sources then differ by up to 2x)")
     aug = p.add_argument_group("augmentation (random per piece/source, drawn from --seed; all off by default)")
-    aug.add_argument("--tempo", type=float, default=0.0, help="note times scaled by 1 ± this fraction (e.g. 0.1)")
-    aug.add_argument("--detune-cents", type=float, default=0.0, help="pitch bend per source in ± cents (e.g. 30)")
-    aug.add_argument("--velocity", type=float, default=0.0,
+    aug.add_argument("--tempo", type=_finite_float, default=0.0,
+                     help="note times scaled by 1 ± this fraction (e.g. 0.1)")
+    aug.add_argument("--detune-cents", type=_finite_float, default=0.0,
+                     help="pitch bend per source in ± cents (e.g. 30)")
+    aug.add_argument("--velocity", type=_finite_float, default=0.0,
                      help="velocity offset per source in ± MIDI units, half of it again per note (e.g. 20)")
-    aug.add_argument("--expression", type=float, default=0.0,
+    aug.add_argument("--expression", type=_finite_float, default=0.0,
                      help="depth (0-1) of a slow random expression (CC 11) curve per source (e.g. 0.4)")
-    aug.add_argument("--timbre-shift", type=float, default=0.0, metavar="SEMITONES",
+    aug.add_argument("--timbre-shift", type=_finite_float, default=0.0, metavar="SEMITONES",
                      help="each pitched source played up to ± this many semitones higher and faster, then "
                           "resampled back: same notes and timing, formants moved (e.g. 3)")
-    aug.add_argument("--eq-db", type=float, default=0.0, help="random low/high-shelf and peak EQ per source in ± dB")
-    aug.add_argument("--reverb", type=float, default=0.0,
+    aug.add_argument("--eq-db", type=_finite_float, default=0.0,
+                     help="random low/high-shelf and peak EQ per source in ± dB")
+    aug.add_argument("--reverb", type=_finite_float, default=0.0,
                      help="probability that a piece is played in a (random) room, one per piece (e.g. 0.7)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per FluidSynth render")
+    p.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds allowed per FluidSynth render")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in the folder")
     p.set_defaults(run=_cmd_synth)
 
@@ -521,8 +541,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("estimates", type=Path, help="folder of tracks: EST_DIR/<track>/<source>.wav")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="report folder, or a .csv path (summary.csv and json/ go beside it)")
-    p.add_argument("--win", type=float, default=1.0, help="window in seconds (default 1)")
-    p.add_argument("--hop", type=float, help="hop in seconds (default: the window)")
+    p.add_argument("--win", type=_positive_float, default=1.0, help="window in seconds (default 1)")
+    p.add_argument("--hop", type=_positive_float, help="hop in seconds (default: the window)")
     p.add_argument("--method", default="estimates", help="name for the method column")
     p.set_defaults(run=_cmd_evaluate)
 
@@ -547,7 +567,7 @@ def _add_oracle(sub) -> None:
                    help="folder for OUT/<track>/<source>.wav and the reports")
     p.add_argument("--split", default="test", help="dataset split (default test)")
     p.add_argument("--preset", default="default", help="front end for the mel oracles")
-    p.add_argument("--win", type=float, default=1.0, help="BSSEval window in seconds (default 1)")
+    p.add_argument("--win", type=_positive_float, default=1.0, help="BSSEval window in seconds (default 1)")
     p.set_defaults(run=_cmd_oracle)
 
 
@@ -569,7 +589,7 @@ def _add_prior_data(p, images: bool = False) -> None:
 def _add_prior_run(p) -> None:
     """The optimiser and machine options every `train PRIOR` command shares."""
     p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=_positive_float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=["fp32", "bf16"],
@@ -668,7 +688,7 @@ def _add_train(sub) -> None:
     nmf.add_argument("--sources", nargs="+", help="sources to learn (default: all in the split)")
     nmf.add_argument("--atoms", type=_positive_int, default=64, help="atoms per source (default 64)")
     nmf.add_argument("--split", default="train", help="dataset split (default train)")
-    nmf.add_argument("--max-minutes", type=float, help="read at most this much audio (default: all)")
+    nmf.add_argument("--max-minutes", type=_positive_float, help="read at most this much audio (default: all)")
     nmf.add_argument("--max-frames", type=_positive_int, default=20000, help="STFT frames per source kept (default 20000)")
     nmf.add_argument("--iters", type=_positive_int, default=200, help="NMF iterations (default 200)")
     nmf.add_argument("--sample-rate", type=_positive_int, default=16000, help="Hz (default 16000)")
@@ -774,8 +794,8 @@ def _add_separate(sub) -> None:
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
-    p.add_argument("--segment", type=float, default=30.0, help="chunk length in seconds (default 30)")
-    p.add_argument("--overlap", type=float, default=1.0, help="seconds cross-faded between chunks (default 1)")
+    p.add_argument("--segment", type=_positive_float, default=30.0, help="chunk length in seconds (default 30)")
+    p.add_argument("--overlap", type=_finite_float, default=1.0, help="seconds cross-faded between chunks (default 1)")
     p.add_argument("--seed", type=int, default=0)
     out = p.add_argument_group("output files")
     out.add_argument("--format", choices=["wav", "flac", "mp3"], default="wav", help="container (default wav)")

@@ -462,3 +462,9 @@ def test_training_only_the_levels_inference_uses(tmp_path):
     every_level = LevelsDSM(None)(model, x)
     torch.manual_seed(0)
     assert every_level.item() == pytest.approx(dsm_loss(model, x).item())
+
+
+def test_a_diverging_run_is_a_user_error_not_a_traceback(tmp_path):
+    with pytest.raises(UserError, match=r"training loss became (nan|inf) at step \d+; lower --lr"):
+        train(_tiny_model(), dsm_loss, _RandomCrops(16, 0), None, _config(steps=50, lr=1e12), tmp_path / "d.pt",
+              DOMAIN)

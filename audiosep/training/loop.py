@@ -320,7 +320,7 @@ def train(
         is not trained further: its stored losses are returned.
     Raises:
         UserError: a checkpoint at out_path of another model, domain or data, or already past
-            `config.steps`.
+            `config.steps`; a training loss that is not finite (a learning rate too high).
     """
     out_path = Path(out_path)
     dev = resolve_device(device, local_rank=_local_rank())  # set before NCCL starts, as it wants
@@ -364,7 +364,7 @@ def _optimizer_step(
         loss = step_loss(model, batch)
     loss_value = loss.item()
     if not math.isfinite(loss_value):
-        raise RuntimeError(f"training loss became {loss_value} at step {step}; lower lr or set grad_clip")
+        raise UserError(f"training loss became {loss_value} at step {step}; lower --lr or set train.grad_clip")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if world > 1:
