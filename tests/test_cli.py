@@ -403,3 +403,26 @@ def test_a_benchmark_given_a_checkpoint_of_other_images_says_so_in_one_line(tmp_
     assert done.stderr.strip().splitlines() == [
         f"denoising.py: error: {path}: prior trained on images 1×28×28 with values in [0, 1], "
         "but images 1×8×8 with values in [0, 1] is expected"]
+
+
+def test_bad_mel_files_are_refused_in_one_line_before_any_work(tmp_path, capsys):
+    example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
+    assert _run("mel", example, "-o", tmp_path / "m.npy") == 0
+    unit, settings = np.load(tmp_path / "m.npy"), json.loads((tmp_path / "m.json").read_text())
+    cases = {"negative": (unit - 0.5, settings, "outside the [0, 1] scale"),
+             "nan": (np.where(unit > 0.5, np.nan, unit), settings, "values are NaN or infinite"),
+             "frames": (unit[:, :, :3], settings, "frames >= 4"),
+             "settings": (unit, {}, "not a mel file written by `audiosep mel` (KeyError")}
+    capsys.readouterr()
+    for name, (values, meta, message) in cases.items():
+        np.save(tmp_path / f"{name}.npy", values.astype(np.float32))
+        (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+        assert _run("invert", tmp_path / f"{name}.npy", "-o", tmp_path / f"{name}.wav") == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and not (tmp_path / f"{name}.wav").exists()
+    assert _run("invert", tmp_path / "m.npy", "-o", tmp_path / "m.txt") == 2  # refused before Griffin-Lim
+    assert "needs one of the suffixes .wav" in capsys.readouterr().err
+    sf.write(tmp_path / "short.wav", np.zeros(800, np.float32), 16000)
+    assert _run("mel", tmp_path / "short.wav", "-o", tmp_path / "s.npy") == 2
+    assert "0.050 s is too short for the default front end" in capsys.readouterr().err
+    assert not (tmp_path / "s.npy").exists()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import atomic_output, read_audio, write_audio
+from ..io import AUDIO_SUFFIXES, atomic_output, read_audio, write_audio
 from .frontend import Frontend, get_frontend
 from .inversion import griffin_lim, mel_to_stft_magnitude, mixture_phase
 
@@ -30,6 +30,10 @@ def save_mel(audio: str | Path, output: str | Path, preset: str = "default", pic
         raise UserError(f"{output}: the mel output must be a .npy file")
     frontend = get_frontend(preset)
     wav, sr_in = read_audio(audio, sample_rate=frontend.sample_rate)
+    least = (min_frames(frontend) - 1) * frontend.hop_length
+    if wav.shape[1] < least:
+        raise UserError(f"{audio}: {wav.shape[1] / frontend.sample_rate:.3f} s is too short for the {preset} front "
+                        f"end: at least {least} samples at {frontend.sample_rate} Hz ({least / frontend.sample_rate:g} s)")
     unit = frontend.encode(torch.from_numpy(wav)).numpy().astype(np.float32)  # (C, n_mels, T)
     meta = {"frontend": frontend.to_dict(), "samples": wav.shape[1], "channels": wav.shape[0],
             "source": str(audio), "source_sample_rate": sr_in}
@@ -88,6 +92,12 @@ def mel_picture(unit: np.ndarray, frontend: Frontend, compact: bool = False) -> 
     return buffer.getvalue()
 
 
+def min_frames(frontend: Frontend) -> int:
+    """Frames a mel file needs to be inverted: the centred STFT pads n_fft / 2 samples by
+    reflection, which needs more than that many samples, (frames − 1)·hop > n_fft / 2."""
+    return frontend.n_fft // (2 * frontend.hop_length) + 2
+
+
 def load_mel(npy: str | Path) -> tuple[np.ndarray, Frontend, dict]:
     """Read a mel file written by `save_mel`: ([0, 1] array (C, n_mels, T), front end, metadata)."""
     npy = Path(npy)
@@ -99,11 +109,19 @@ def load_mel(npy: str | Path) -> tuple[np.ndarray, Frontend, dict]:
     try:
         unit = np.load(npy, allow_pickle=False)
         meta = json.loads(meta_path.read_text())
-    except (ValueError, OSError) as err:
-        raise UserError(f"{npy}: not a mel file written by `audiosep mel` ({err})") from None
-    frontend = Frontend.from_dict(meta["frontend"])
-    if unit.ndim != 3 or unit.shape[1] != frontend.n_mels:
-        raise UserError(f"{npy}: expected shape (channels, {frontend.n_mels}, frames), got {unit.shape}")
+        frontend = Frontend.from_dict(meta["frontend"])
+        int(meta["samples"])
+    except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"{npy}: not a mel file written by `audiosep mel` ({type(err).__name__}: {err})") from None
+    least = min_frames(frontend)
+    if unit.ndim != 3 or unit.shape[1] != frontend.n_mels or unit.shape[2] < least:
+        raise UserError(f"{npy}: expected shape (channels, {frontend.n_mels}, frames >= {least}), got {unit.shape}")
+    finite = np.isfinite(unit)
+    if not finite.all():
+        raise UserError(f"{npy}: {int((~finite).sum())} values are NaN or infinite; a mel file holds values in [0, 1]")
+    if unit.min() < 0.0 or unit.max() > 1.0:
+        raise UserError(f"{npy}: values {unit.min():g} to {unit.max():g}, outside the [0, 1] scale `audiosep mel` "
+                        "writes")
     return unit, frontend, meta
 
 
@@ -113,6 +131,8 @@ def invert_mel_file(
 ) -> Path:
     """Mel file → audio at the front end's rate: NNLS to STFT magnitudes, then phase by
     fast Griffin-Lim ("griffinlim") or from the STFT of `mix` ("phase")."""
+    if Path(output).suffix.lower() not in AUDIO_SUFFIXES:
+        raise UserError(f"{output}: the audio output needs one of the suffixes {', '.join(AUDIO_SUFFIXES)}")
     unit, frontend, meta = load_mel(npy)
     magnitude = mel_to_stft_magnitude(frontend.from_unit(torch.from_numpy(unit)),
                                       frontend.filterbank(), frontend.power)  # (C, F, T)
