@@ -78,6 +78,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
     from .io import check_output_file
 
     check_output_file(args.output)
+    if args.output.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"{args.output}: the listening report is an HTML page; name it .html")
     path = write_listening_report(args.run_dir, args.output, max_tracks=args.max_tracks, seconds=args.seconds,
                                   preset=args.preset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -249,9 +251,11 @@ def _cmd_train_masknet(args: argparse.Namespace) -> None:
 
 def _cmd_train_nmf(args: argparse.Namespace) -> None:
     from .io import check_output_file
+    from .priors.base import refuse_training_checkpoint
     from .separation.nmf import train_nmf
 
     check_output_file(args.output)
+    refuse_training_checkpoint(args.output)
     model = train_nmf(args.data, args.output, args.sources, n_atoms=args.atoms, split=args.split,
                       max_minutes=args.max_minutes, max_frames=args.max_frames, n_iter=args.iters,
                       sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop, seed=args.seed)
@@ -262,8 +266,10 @@ def _cmd_train_nmf(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from .io import check_output_file
     from .priors import export_prior
+    from .priors.base import refuse_training_checkpoint
 
     check_output_file(args.output)
+    refuse_training_checkpoint(args.output)
     path = export_prior(args.checkpoint, args.output)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 

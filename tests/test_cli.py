@@ -426,3 +426,24 @@ def test_bad_mel_files_are_refused_in_one_line_before_any_work(tmp_path, capsys)
     assert _run("mel", tmp_path / "short.wav", "-o", tmp_path / "s.npy") == 2
     assert "0.050 s is too short for the default front end" in capsys.readouterr().err
     assert not (tmp_path / "s.npy").exists()
+
+
+def test_outputs_that_would_destroy_other_work_are_refused(dataset, tmp_path, capsys):
+    from audiosep.priors.base import Domain, load_checkpoint, save_checkpoint
+    from audiosep.priors.masknet import MaskNet
+
+    run = tmp_path / "run.pt"  # a resumable training checkpoint: it has optimiser state
+    model = MaskNet(hidden=4, layers=1)
+    save_checkpoint(run, model, Domain.waveform(16000), optimizer_state={"state": {}, "param_groups": []}, step=7)
+    before = run.read_bytes()
+    assert _run("export", run, "-o", run.with_name("copy.pt")) == 0
+    capsys.readouterr()
+    assert _run("export", run.with_name("copy.pt"), "-o", run) == 2
+    assert "resumable training checkpoint (step 7" in capsys.readouterr().err
+    assert _run("train", "nmf", "--data", dataset, "--split", "test", "-o", run, "--atoms", 2, "--iters", 2) == 2
+    assert run.read_bytes() == before and load_checkpoint(run)["optimizer"] is not None
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "report.csv").write_text("kept")
+    assert _run("report", tmp_path / "r", "-o", tmp_path / "r" / "report.csv") == 2
+    assert "name it .html" in capsys.readouterr().err
+    assert (tmp_path / "r" / "report.csv").read_text() == "kept"

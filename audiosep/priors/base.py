@@ -343,6 +343,23 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return payload
 
 
+def refuse_training_checkpoint(path: str | os.PathLike) -> None:
+    """UserError if `path` holds a resumable training checkpoint (one with optimiser state):
+    writing another file over it would lose the run. Files that are not audiosep checkpoints
+    are left to the caller's own checks.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 — not a checkpoint at all: nothing of a training to lose
+        return
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT and payload.get("optimizer"):
+        raise UserError(f"{path}: a resumable training checkpoint (step {payload.get('step', '?')}, with optimiser "
+                        "state) is there; choose another output path")
+
+
 def prior_class(kind: str, module: str | None = None, path: str | os.PathLike = "checkpoint") -> type[Prior]:
     """The Prior class registered as `kind`, importing its `audiosep.priors` module if needed."""
     if kind not in _PRIORS and module and module.startswith("audiosep.priors."):
