@@ -285,6 +285,8 @@ def _cmd_separate(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     check_output_dir(args.output)
     inputs = find_inputs(args.inputs, exclude=args.output)  # checked before any model is loaded
+    if args.name is not None and (not args.name or Path(args.name).name != args.name or args.name in (".", "..")):
+        raise UserError(f"-n {args.name!r}: the model set's name is one folder under -o, not a path")
     model, name = _separation_model(args)
     out_dir = args.output / (args.name or name)
     separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device, seed=args.seed)
