@@ -155,6 +155,13 @@ def test_bad_arguments_are_user_errors(tmp_path):
     assert synth._split_targets(10, (0.8, 0.1, 0.1)) == {"train": 8, "valid": 1, "test": 1}
     with pytest.raises(UserError, match="soundfont not found"):
         synth.synthesize("piano_violin", tmp_path, soundfonts=[tmp_path / "none.sf2"])
+    (tmp_path / "garbage.pt").write_bytes(b"8 bytes!")
+    with pytest.raises(UserError, match="garbage.pt: not a SoundFont"):
+        synth.synthesize("piano_violin", tmp_path / "out", soundfonts=[tmp_path / "garbage.pt"])
+    assert not (tmp_path / "out").exists()
+    riff = tmp_path / "fake.sf2"
+    riff.write_bytes(b"RIFF\x04\x00\x00\x00WAVE")  # a RIFF file of another form (a wav)
+    assert not synth.is_soundfont_file(riff)
 
 
 def test_missing_fluidsynth_is_a_user_error(tmp_path, monkeypatch):

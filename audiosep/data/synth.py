@@ -680,7 +680,17 @@ def _check_soundfonts(soundfonts: Sequence[str | Path] | None) -> list[Path]:
         if is_reserved_soundfont(font):
             raise UserError(f"{font}: the MuseScore General soundfonts are reserved for held-out evaluation "
                             "and are never rendered into a dataset")
+        if not is_soundfont_file(font):
+            raise UserError(f"{font}: not a SoundFont (.sf2/.sf3 files start with a RIFF 'sfbk' header); "
+                            "FluidSynth would render with another font without a word")
     return fonts
+
+
+def is_soundfont_file(path: str | Path) -> bool:
+    """True if the file starts like a SoundFont 2 / 3 (RIFF chunk of form type 'sfbk')."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"sfbk"
 
 
 def is_reserved_soundfont(path: str | Path) -> bool:
