@@ -362,8 +362,8 @@ def train_nmf(
     Returns:
         the saved `NMFModel`.
     Raises:
-        UserError: missing dataset/split, an unknown source, too little non-silent audio,
-            a count below 1 (atoms, iterations, frames).
+        UserError: missing dataset/split, an unknown source, fewer than two sources, too
+            little non-silent audio, a count below 1 (atoms, iterations, frames).
     """
     for name, value in (("n_atoms", n_atoms), ("n_iter", n_iter), ("max_frames", max_frames)):
         if value < 1:
@@ -375,6 +375,9 @@ def train_nmf(
     unknown = [s for s in sources if s not in have]
     if unknown:
         raise UserError(f"{data}: no source(s) {', '.join(unknown)} in split '{split}' (have: {', '.join(have)})")
+    if len(sources) < 2:
+        raise UserError(f"NMF separates a mixture into two or more sources; got {', '.join(sources) or 'none'} "
+                        "(one source's model would return the mixture as its stem)")
     rng = np.random.default_rng(seed)
     order = [tracks[i] for i in rng.permutation(len(tracks))]
     frames: dict[str, list[Tensor]] = {s: [] for s in sources}
