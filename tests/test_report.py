@@ -209,6 +209,19 @@ def test_missing_estimate_names_file(good_track):
         report.evaluate_dirs(root / "ref", root / "est", progress=False)
 
 
+def test_estimates_in_any_format_separate_writes(good_track):
+    root, _, ests = good_track
+    wav = report.evaluate_dirs(root / "ref", root / "est", progress=False)
+    (root / "est" / "song" / "b.wav").unlink()
+    write_audio(root / "est" / "song" / "b.flac", ests[1], SR, subtype="PCM_24")  # what separate --format flac writes
+    flac = report.evaluate_dirs(root / "ref", root / "est", progress=False)
+    a_wav, a_flac = (t.query("target == 'a' and metric == 'SDR'")["score"].to_numpy() for t in (wav, flac))
+    np.testing.assert_array_equal(a_wav, a_flac)  # the untouched stem scores alike
+    write_audio(root / "est" / "song" / "b.wav", ests[1], SR)
+    with pytest.raises(UserError, match="2 estimates of 'b' \\(b.wav, b.flac\\); keep one"):
+        report.evaluate_dirs(root / "ref", root / "est", progress=False)
+
+
 def test_rate_mismatch_names_file(good_track):
     root, _, ests = good_track
     write_audio(root / "est" / "song" / "a.wav", ests[0], SR * 2)

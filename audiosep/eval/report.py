@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..io import atomic_output, check_output_dir, check_output_file, read_audio
+from ..io import AUDIO_SUFFIXES, atomic_output, check_output_dir, check_output_file, read_audio
 from .bsseval import bss_eval_v4
 
 COLUMNS = ["time", "target", "metric", "score", "track", "method"]
@@ -250,6 +250,22 @@ def _check_like(path: Path, wav: np.ndarray, sr: int, ref: np.ndarray, ref_sr: i
         raise UserError(f"{path}: {wav.shape[0]} channel(s) but {what} has {ref.shape[0]}")
 
 
+def estimate_file(est_dir: Path, target: str) -> Path:
+    """The estimate of `target` in `est_dir`: `<target>` with any audio suffix (`io.AUDIO_SUFFIXES`,
+    what `separate --format` writes: wav, flac, mp3).
+
+    Raises:
+        UserError: none, or several (two formats of one stem: which one is meant is unclear).
+    """
+    found = [est_dir / f"{target}{suffix}" for suffix in AUDIO_SUFFIXES if (est_dir / f"{target}{suffix}").is_file()]
+    if not found:
+        raise UserError(f"{est_dir / target}.wav: missing estimate for target '{target}' (looked for "
+                        f"{', '.join(AUDIO_SUFFIXES)})")
+    if len(found) > 1:
+        raise UserError(f"{est_dir}: {len(found)} estimates of '{target}' ({', '.join(p.name for p in found)}); keep one")
+    return found[0]
+
+
 def _load_estimates(est_dir: Path, targets: list[str], refs: np.ndarray, rate: int) -> np.ndarray:
     """Estimates (K, C, N) for `targets` at the references' length N.
 
@@ -260,9 +276,7 @@ def _load_estimates(est_dir: Path, targets: list[str], refs: np.ndarray, rate: i
     length = refs.shape[-1]
     ests = np.zeros_like(refs)
     for k, target in enumerate(targets):
-        path = est_dir / f"{target}.wav"
-        if not path.is_file():
-            raise UserError(f"{path}: missing estimate for target '{target}'")
+        path = estimate_file(est_dir, target)
         wav, sr = read_audio(path)
         _check_like(path, wav, sr, refs[k], rate, "the reference")
         if wav.shape[-1] != length:
@@ -296,7 +310,8 @@ def evaluate_track(
     Args:
         ref_track: folder of reference stems `<source>.wav` (a `mix.wav`/`mixture.wav` in it
             is not a target).
-        est_track: folder with one `<source>.wav` per reference target (other files are ignored).
+        est_track: folder with one `<source>` audio file (.wav, .flac, .mp3, ...) per reference target
+            (other files are ignored).
         win_seconds, hop_seconds: BSSEval window and hop (hop defaults to the window),
             rounded to samples at the track's rate.
         method: value of the `method` column.
