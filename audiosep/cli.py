@@ -88,7 +88,9 @@ def _cmd_report(args: argparse.Namespace) -> None:
 def _cmd_oracle(args: argparse.Namespace) -> None:
     from .eval.report import check_report_output, summarize
     from .oracle.dataset import oracle_dataset
+    from .spectral.frontend import get_frontend
 
+    get_frontend(args.preset)  # an unknown preset is refused whatever the method, before any work
     check_report_output(args.output)
     table, paths = oracle_dataset(args.method, args.data, args.output, split=args.split,
                                   preset=args.preset, win_seconds=args.win)

@@ -129,6 +129,7 @@ def test_oracle_then_evaluate(dataset, tmp_path):
         (["separate", "{mix}", "-o", "{tmp}/sep", "-n", "{tmp}/abs", "--method", "nmf"], "not a path"),
         (["train", "nmf", "--data", "{data}", "--split", "test", "-o", "{tmp}/n.pt", "--sources", "src0"],
          "NMF separates a mixture into two or more sources; got src0"),
+        (["oracle", "--method", "irm2", "{data}", "-o", "{tmp}/o", "--preset", "nope"], "unknown front end 'nope'"),
     ],
     ids=["missing", "directory", "bad-preset", "missing-npy", "missing-estimates", "missing-data",
          "bad-device-basis", "bad-device-nmf", "separate-out-is-file", "separate-out-under-file",
@@ -137,7 +138,8 @@ def test_oracle_then_evaluate(dataset, tmp_path):
          "train-threads", "train-out-under-file", "nmf-atoms-0", "nmf-iters-0", "nmf-out-is-folder",
          "mel-out-under-file", "synth-out-under-file", "export-missing", "segment-nan", "segment-inf", "overlap-nan",
          "evaluate-win-nan", "oracle-win-inf", "train-lr-nan", "report-seconds-inf", "synth-tempo-nan",
-         "threads-100000", "name-up", "name-absolute", "nmf-one-source"],
+         "threads-100000", "name-up", "name-absolute", "nmf-one-source",
+         "oracle-bad-preset"],
 )
 def test_user_errors_are_one_line_and_exit_2(dataset, tmp_path, capsys, argv, message, monkeypatch):
     """The table of bad inputs: one line on stderr, exit status 2, nothing written. Add a row for
