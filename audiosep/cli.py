@@ -300,7 +300,10 @@ def _cmd_separate(args: argparse.Namespace) -> int:
         print(f"audiosep separate: skipped: {reason}", file=sys.stderr)
     print(f"{len(summary.written)} track(s) written to {out_dir}" +
           (f", {len(summary.failed)} failed (listed above)" if summary.failed else ""))
-    return 1 if summary.failed else 0
+    if not summary.failed:
+        return 0
+    one_file = len(args.inputs) == 1 and args.inputs[0].is_file()
+    return 2 if one_file else 1  # one file given alone that fails is a usage error; a collection goes on
 
 
 def _separation_model(args: argparse.Namespace):

@@ -211,6 +211,9 @@ def test_separate_a_collection_skips_bad_files_and_says_so(tmp_path, capsys):
     assert any("short.wav" in line and "too short" in line for line in skipped)
     assert _run("separate", folder, "-o", tmp_path / "out2", "--strict", "--method", "nmf") == 2
     assert not (tmp_path / "out2").exists()
+    capsys.readouterr()
+    assert _run("separate", folder / "b.wav", "-o", tmp_path / "out3", "--method", "nmf") == 2  # one file alone
+    assert "b.wav" in capsys.readouterr().err and not list((tmp_path / "out3").rglob("*.wav"))
 
 
 def test_separate_jobs_equal_one_process(tmp_path):
