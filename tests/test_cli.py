@@ -456,3 +456,18 @@ def test_outputs_that_would_destroy_other_work_are_refused(dataset, tmp_path, ca
     assert _run("report", tmp_path / "r", "-o", tmp_path / "r" / "report.csv") == 2
     assert "name it .html" in capsys.readouterr().err
     assert (tmp_path / "r" / "report.csv").read_text() == "kept"
+
+
+def test_report_on_a_corrupt_run_folder_is_one_line(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _run("oracle", "--method", "mix", dataset, "-o", run / "mix") == 0
+    report_csv = next((run / "mix").rglob("report.csv"))
+    report_csv.write_text("a,b\n1,2\n")  # a CSV, but not an evaluation's long table
+    capsys.readouterr()
+    assert _run("report", run, "-o", tmp_path / "r.html") == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a report written by `audiosep evaluate` (no column track" in err and "\n" not in err
+    next((run / "mix").rglob("run.json")).write_text("[1, 2]")  # JSON, but not a run description
+    assert _run("report", run, "-o", tmp_path / "r.html") == 2
+    assert "not a run description" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()

@@ -36,6 +36,8 @@ from ..spectral.files import mel_picture
 from ..spectral.frontend import get_frontend
 from .report import MIXTURE_NAMES, RUN_FILE, summarize, wide_summary
 
+REPORT_COLUMNS = ("track", "method", "target", "metric", "score")  # what the report reads of report.csv
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -60,8 +62,12 @@ def find_evaluations(run_dir: str | os.PathLike) -> list[Evaluation]:
         try:
             run = json.loads(run_file.read_text())
             table = pd.read_csv(run_file.parent / run["report"])
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{run_file}: not a run description written by `audiosep evaluate` ({err})") from None
+        missing = [c for c in REPORT_COLUMNS if c not in table.columns]
+        if missing:
+            raise UserError(f"{run_file.parent / run['report']}: not a report written by `audiosep evaluate` "
+                            f"(no column {', '.join(missing)})")
         found.append(Evaluation(table, Path(run["references"]), Path(run["estimates"])))
     if not found:
         raise UserError(f"{run_dir}: no evaluations in it (folders with {RUN_FILE}, written by `audiosep evaluate` "
