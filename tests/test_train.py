@@ -248,9 +248,9 @@ def test_audio_training_sets_have_epoch_items_whatever_the_steps(tmp_path):
 def test_resume_refuses_another_model_or_domain(tmp_path):
     train(_tiny_model(), dsm_loss, _RandomCrops(8, 0), None, _config(steps=2), tmp_path / "p.pt", DOMAIN)
     other = NCSNv2(nf=6, ch_mult=(1, 2), sigmas=[1.0, 0.3, 0.1, 0.03])
-    with pytest.raises(UserError, match="another model config"):
+    with pytest.raises(UserError, match=r"another model config; choose a new output path \(-o\)$"):
         train(other, dsm_loss, _RandomCrops(8, 0), None, _config(steps=4), tmp_path / "p.pt", DOMAIN)
-    with pytest.raises(UserError, match="images 1×32×32"):
+    with pytest.raises(UserError, match=r"not images 1×32×32 .*; choose a new output path \(-o\)$"):
         train(_tiny_model(), dsm_loss, _RandomCrops(8, 0), None, _config(steps=4), tmp_path / "p.pt",
               Domain.image((1, 32, 32)))
     result = train(other, dsm_loss, _RandomCrops(8, 0), None, _config(steps=2), tmp_path / "p.pt", DOMAIN,

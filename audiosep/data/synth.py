@@ -626,7 +626,7 @@ def _write_index(out_dir: Path, index: dict) -> None:
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
     existing = [p for p in [out_dir / "index.json", *(out_dir / s for s in SPLITS)] if p.exists()]
     if existing and not overwrite:
-        raise UserError(f"{out_dir} already holds a dataset ({existing[0].name}); use --overwrite (overwrite=True) to replace it")
+        raise UserError(f"{out_dir} already holds a dataset ({existing[0].name}); use --overwrite to replace it")
     for path in existing:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -259,17 +259,18 @@ def _check_resumable(payload: Mapping[str, Any], model: Prior, domain: Domain, o
     config), domain and data (e.g. the same source; checkpoints from before `data` was
     stored are not checked for it)."""
     if payload.get("optimizer") is None:
-        raise UserError(f"{out_path} has no optimiser state to resume from; pass resume=False to overwrite it")
+        raise UserError(f"{out_path} has no optimiser state to resume from (a weights-only copy?); "
+                        "choose a new output path (-o) to train afresh")
     if payload["kind"] != model.kind or _stored_config(payload) != model.get_config():
         raise UserError(
             f"{out_path} holds a {payload['kind']} checkpoint of another model config; "
-            "choose a new output path or pass resume=False to overwrite it"
+            "choose a new output path (-o)"
         )
     stored = Domain.from_dict(payload["domain"])
     if stored != domain:
         raise UserError(
             f"{out_path} was trained on {stored.describe()}, not {domain.describe()}; "
-            "choose a new output path or pass resume=False"
+            "choose a new output path (-o)"
         )
     stored_data = payload.get("extra", {}).get("data")
     for key, value in data.items():
