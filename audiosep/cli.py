@@ -753,7 +753,7 @@ def _add_separate(sub) -> None:
                         "after the files (piano.pt violin.pt → piano, violin), or one VAE for vae-bss; default: the "
                         "bundled piano/violin mask network, the bundled NCSN priors with --method basis, the "
                         "bundled NMF model with --method nmf")
-    p.add_argument("--method", choices=["nmf", "basis", "latent", "vae-bss", "masknet"],
+    p.add_argument("--method", choices=["masknet", "basis", "nmf", "latent", "vae-bss"],
                    help="masknet, basis, nmf, latent or vae-bss (default: inferred from --model; masknet without "
                         "it). masknet: the supervised mask network (train masknet). basis: annealed Langevin over "
                         "one prior per source, started from the mask network's stems. latent: "

@@ -130,6 +130,8 @@ def test_oracle_then_evaluate(dataset, tmp_path):
         (["train", "nmf", "--data", "{data}", "--split", "test", "-o", "{tmp}/n.pt", "--sources", "src0"],
          "NMF separates a mixture into two or more sources; got src0"),
         (["oracle", "--method", "irm2", "{data}", "-o", "{tmp}/o", "--preset", "nope"], "unknown front end 'nope'"),
+        (["separate", "{data}/test/track0", "-o", "{data}/test/track0", "--method", "nmf"],
+         "is the output folder (-o) or inside it"),
     ],
     ids=["missing", "directory", "bad-preset", "missing-npy", "missing-estimates", "missing-data",
          "bad-device-basis", "bad-device-nmf", "separate-out-is-file", "separate-out-under-file",
@@ -139,7 +141,7 @@ def test_oracle_then_evaluate(dataset, tmp_path):
          "mel-out-under-file", "synth-out-under-file", "export-missing", "segment-nan", "segment-inf", "overlap-nan",
          "evaluate-win-nan", "oracle-win-inf", "train-lr-nan", "report-seconds-inf", "synth-tempo-nan",
          "threads-100000", "name-up", "name-absolute", "nmf-one-source",
-         "oracle-bad-preset"],
+         "oracle-bad-preset", "separate-into-input"],
 )
 def test_user_errors_are_one_line_and_exit_2(dataset, tmp_path, capsys, argv, message, monkeypatch):
     """The table of bad inputs: one line on stderr, exit status 2, nothing written. Add a row for

@@ -217,6 +217,8 @@ def _folder_inputs(folder: Path, exclude: str | os.PathLike | None) -> list[Inpu
     if any(_mixture_file(t) for d in folder.iterdir() if d.is_dir() for t in d.iterdir() if t.is_dir()):
         raise UserError(f"{folder}: a dataset with splits; give one split, e.g. {folder / 'test'}")
     skip = Path(exclude).resolve() if exclude is not None else None
+    if skip is not None and folder.resolve().is_relative_to(skip):
+        raise UserError(f"{folder}: is the output folder (-o) or inside it; separate into another folder")
     files = sorted(
         p for p in folder.rglob("*")
         if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
