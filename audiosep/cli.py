@@ -108,7 +108,7 @@ def _valid_text(valid_loss: float, label: str, unit: str = "") -> str:
 def _train_overrides(args: argparse.Namespace) -> dict:
     """The TrainConfig fields given on the command line."""
     return {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "checkpoint_every", "precision")
-            if getattr(args, k, None) is not None}
+            if getattr(args, k) is not None}
 
 
 def _run_settings(run_class, args: argparse.Namespace, model_keys: tuple[str, ...]):
@@ -344,8 +344,11 @@ def _separation_model(args: argparse.Namespace):
     priors = MelBasis.from_files(paths, device=args.device)
     start = args.init_model or (BUNDLED_NMF if args.init == "nmf" else BUNDLED_MASKNET)
     baseline = load_baseline(start, args.device) if from_model else None
-    fits = from_model and baseline_mismatch(baseline, priors.sources, priors.sample_rate) is None
-    init = "nmf" if args.init in ("model", "nmf") or (args.init is None and fits) else (args.init or "mixture")
+    if args.init is None:  # from the baseline when it separates the priors' sources, else from the mixture
+        fits = baseline_mismatch(baseline, priors.sources, priors.sample_rate) is None
+        init = "nmf" if fits else "mixture"
+    else:  # default_basis("nmf") is the schedule of any baseline's start
+        init = "nmf" if from_model else args.init
     config = default_basis(init, seed=args.seed, steps_per_level=args.steps, n_levels=args.levels,
                            likelihood=args.likelihood, corrections=args.corrections, n_chains=args.chains,
                            delta=args.delta)

@@ -6,6 +6,7 @@ Waveforms here are numpy float32 arrays of shape (channels, samples) in [-1, 1].
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 import warnings
@@ -202,6 +203,11 @@ def _wav_data_sizes(path: Path) -> tuple[int | None, int]:
             if chunk == b"data":
                 return (None, 0) if length in (0, 0xFFFFFFFF) else (length, size - f.tell())
             f.seek(length + (length & 1), os.SEEK_CUR)
+
+
+def rms_db(wav: np.ndarray) -> float:
+    """RMS of `wav` (any shape) in dBFS, in float64 (−200 dB for silence)."""
+    return 10.0 * math.log10(float(np.mean(np.square(wav, dtype=np.float64))) + 1e-20)
 
 
 def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

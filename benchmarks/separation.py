@@ -241,26 +241,22 @@ def default_row(args: argparse.Namespace) -> str:
 def build_methods(args: argparse.Namespace, sources: list[str], nmf: NMFModel) -> dict[str, SeparateFn]:
     """Every separation row `(mixture (C, N), rate) → estimates (K, C, N)`, in table order:
     per prior set (`--priors`, `--basis`) BASIS from the mixture (unless `--no-mixture-init`),
-    started from NMF and its `--variant`s, then NMF, BASIS started from the mask network (and its
-    `--variant`s) and the mask network alone (the default); `--only` keeps the rows it names. One more row is one more
-    entry here."""
+    started from NMF and from the mask network (each with its `--variant`s), then NMF and the
+    mask network alone (the default); `--only` keeps the rows it names. One more row is one
+    more entry here."""
     methods: dict[str, SeparateFn] = {}
     variants = parse_variants(args.variant)
+    baselines = {"nmf": nmf, "masknet": load_masknet(args.masknet)}
     for name, paths in {args.name: args.priors, **parse_basis(args.basis)}.items():
         if not args.no_mixture_init:
             methods[f"basis-{name}"] = basis_separator(paths, default_basis("mixture"), sources).separate
-        methods[f"basis-{name}+nmf"] = basis_separator(paths, default_basis("nmf"), sources, nmf).separate
-        for variant, (overrides, options) in variants.items():
-            methods[f"basis-{name}+nmf/{variant}"] = basis_separator(
-                paths, default_basis("nmf", **overrides), sources, nmf, **options).separate
-    methods["nmf"] = Separator(nmf, progress=False).separate
-    masknet = load_masknet(args.masknet)
-    for name, paths in {args.name: args.priors, **parse_basis(args.basis)}.items():
-        methods[f"basis-{name}+masknet"] = basis_separator(paths, default_basis("nmf"), sources, masknet).separate
-        for variant, (overrides, options) in variants.items():
-            methods[f"basis-{name}+masknet/{variant}"] = basis_separator(
-                paths, default_basis("nmf", **overrides), sources, masknet, **options).separate
-    methods["masknet"] = Separator(masknet, progress=False).separate
+        for start, baseline in baselines.items():
+            methods[f"basis-{name}+{start}"] = basis_separator(paths, default_basis("nmf"), sources, baseline).separate
+            for variant, (overrides, options) in variants.items():
+                methods[f"basis-{name}+{start}/{variant}"] = basis_separator(
+                    paths, default_basis("nmf", **overrides), sources, baseline, **options).separate
+    for start, baseline in baselines.items():
+        methods[start] = Separator(baseline, progress=False).separate
     if args.only:
         unknown = sorted(set(args.only) - set(methods))
         if unknown:

@@ -1,5 +1,6 @@
 """Argument parsing of `benchmarks/separation.py` (imported from its file; no separation runs)."""
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def _dataset(root, name, tracks):
     records = [{"track": f"t{k}", "split": split, "piece": piece, "composer": piece.split("/")[0],
                 "soundfont": "/fonts/A.sf2", "source_soundfonts": {"piano": "/fonts/A.sf2", "violin": "/fonts/A.sf2"}}
                for k, (split, piece) in enumerate(tracks)]
-    (folder / "index.json").write_text(__import__("json").dumps({"tracks": records}))
+    (folder / "index.json").write_text(json.dumps({"tracks": records}))
     return folder
 
 

@@ -447,7 +447,7 @@ def test_bf16_autocast_trains_in_bfloat16_and_keeps_float32_weights(tmp_path):
 
 
 def test_training_only_the_levels_inference_uses(tmp_path):
-    from audiosep.training.ncsn import LevelsDSM, trained_levels
+    from audiosep.training.ncsn import levels_loss, trained_levels
 
     sigmas = torch.tensor([1.0, 0.3, 0.1, 0.03])
     assert trained_levels(sigmas, 0.1).tolist() == pytest.approx([0.1, 0.03])
@@ -455,11 +455,11 @@ def test_training_only_the_levels_inference_uses(tmp_path):
         trained_levels(sigmas, 0.01)
     model, x = _tiny_model(), torch.rand(64, 1, 16, 16)
     torch.manual_seed(0)
-    restricted = LevelsDSM(0.1)(model, x)
+    restricted = levels_loss(model.sigmas, 0.1)(model, x)
     torch.manual_seed(0)
     assert restricted.item() == pytest.approx(dsm_loss(model, x, torch.tensor([0.1, 0.03])).item())
     torch.manual_seed(0)
-    every_level = LevelsDSM(None)(model, x)
+    every_level = levels_loss(model.sigmas, None)(model, x)
     torch.manual_seed(0)
     assert every_level.item() == pytest.approx(dsm_loss(model, x).item())
 

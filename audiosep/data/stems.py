@@ -80,6 +80,16 @@ def list_tracks(root: str | Path, split: str | None = None, layout: str | None =
     return tracks
 
 
+def dataset_roots(root: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One dataset folder or several, as a list (a str or path is one folder, not its characters)."""
+    return [Path(root)] if isinstance(root, (str, os.PathLike)) else [Path(r) for r in root]
+
+
+def pooled_tracks(roots: Sequence[str | Path], split: str | None = None, layout: str | None = None) -> list[Track]:
+    """The tracks of several datasets (`list_tracks` of each), in the order of `roots`."""
+    return [t for root in roots for t in list_tracks(root, split, layout)]
+
+
 def list_sources(tracks: Sequence[Track]) -> list[str]:
     """The sorted names of all sources present in any of the tracks."""
     return sorted({s for t in tracks for s in t.sources})
@@ -304,9 +314,9 @@ class SourceCrops(_TrackCrops):
                  layout: str | None = None, crop_samples: int = 32768, sample_rate: int = 16000,
                  channels: int = 1, length: int = 1000, seed: int = 0, min_rms_db: float = -50.0,
                  max_tries: int = 100) -> None:
-        roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
-        tracks = [t for r in roots for t in list_tracks(r, split, layout)]
-        root = ", ".join(str(r) for r in roots)
+        roots = dataset_roots(root)
+        tracks = pooled_tracks(roots, split, layout)
+        root = ", ".join(map(str, roots))
         with_source = [t for t in tracks if source in t.sources]
         if not with_source:
             raise UserError(f"{root}: no track has source '{source}' (sources: {', '.join(list_sources(tracks))})")

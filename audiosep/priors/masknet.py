@@ -1,4 +1,4 @@
-"""Supervised mask network: the discriminative baseline beside NMF, and a start for BASIS.
+"""Supervised mask network: the default separation (`audiosep separate`), and the start of BASIS.
 
 A `MaskNet` reads the channel-mean STFT magnitude of a mixture `(C, N)`, frame by frame:
 log-magnitude (so a gain on the input is an additive constant), layer-normalised over

@@ -22,7 +22,6 @@ one of the prior `Domain` kinds, so the model is written here rather than by
 """
 from __future__ import annotations
 
-import math
 import os
 import platform
 import warnings
@@ -39,7 +38,7 @@ from tqdm import tqdm
 
 from ..data.stems import list_sources, list_tracks, load_track
 from ..errors import UserError
-from ..io import atomic_output
+from ..io import atomic_output, rms_db
 from ..priors.base import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
 from ..spectral import functional as SF
 from ..spectral.inversion import wiener
@@ -387,7 +386,7 @@ def train_nmf(
             break
         mix, stems, _ = load_track(track, sample_rate, channels=1)
         mix = mix if mix is not None else np.sum(list(stems.values()), axis=0)
-        levels.append(10.0 * math.log10(float(np.mean(np.square(mix, dtype=np.float64))) + 1e-20))
+        levels.append(rms_db(mix))
         seconds += mix.shape[-1] / sample_rate
         for s in sources:
             if s in stems:

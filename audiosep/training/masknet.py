@@ -1,5 +1,5 @@
-"""Mask network training (`audiosep train masknet`): the supervised baseline of
-`separation.masknet`, on the stems of a dataset.
+"""Mask network training (`audiosep train masknet`): the supervised model of
+`priors.masknet` (the default separation), on the stems of one or several datasets.
 
 Items are K independent random crops, one per source (`data.stems.SourceCrops`, seed + k for
 source k), so every batch mixes sources of different tracks: the remixing that
@@ -14,7 +14,6 @@ import dataclasses
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +21,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..config import TrainConfig
-from ..data.stems import SourceCrops, list_sources, list_tracks, load_track
+from ..data.stems import SourceCrops, dataset_roots, list_sources, list_tracks, load_track, pooled_tracks
 from ..errors import UserError
+from ..io import rms_db
 from ..priors.base import Domain
 from ..priors.masknet import MaskNet, masknet_loss
 from .loop import seed_everything, train
@@ -62,8 +62,7 @@ class StemCrops(Dataset):
     tracks of `root` (one dataset folder or several, pooled)."""
 
     def __init__(self, root: str | os.PathLike | Sequence[str | os.PathLike], sources: Sequence[str], split: str,
-                 crop_samples: int,
-                 sample_rate: int, length: int, seed: int) -> None:
+                 crop_samples: int, sample_rate: int, length: int, seed: int) -> None:
         self.crops = [SourceCrops(root, s, split=split, crop_samples=crop_samples, sample_rate=sample_rate,
                                   length=length, seed=seed + k) for k, s in enumerate(sources)]
 
@@ -96,8 +95,7 @@ def median_mixture_db(data: Sequence[str | os.PathLike], sources: Sequence[str],
     levels = []
     for track in [t for root in data for t in list_tracks(root, "train")[:tracks]]:
         _, stems, _ = load_track(track, sample_rate, channels=1)
-        mix = np.sum([stems[s] for s in sources if s in stems], axis=0)
-        levels.append(10.0 * math.log10(float(np.mean(np.square(mix, dtype=np.float64))) + 1e-20))
+        levels.append(rms_db(np.sum([stems[s] for s in sources if s in stems], axis=0)))
     return float(np.median(levels))
 
 
@@ -117,8 +115,8 @@ def train_masknet(data: str | os.PathLike | Sequence[str | os.PathLike], out_pat
         UserError: a missing split or source, fewer than 2 sources, and as `train`.
     """
     run = run or MaskNetRun()
-    data = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    have = list_sources([t for root in data for t in list_tracks(root, "train")])
+    data = dataset_roots(data)
+    have = list_sources(pooled_tracks(data, "train"))
     sources = list(sources) if sources else have
     unknown = [s for s in sources if s not in have]
     if unknown:
@@ -131,8 +129,7 @@ def train_masknet(data: str | os.PathLike | Sequence[str | os.PathLike], out_pat
     seed_everything(c.seed)
     model = MaskNet(sources, run.sample_rate, **dataclasses.asdict(run.model),
                     level_db=median_mixture_db(data, sources, run.sample_rate))
-    stored = {"data": ",".join(Path(d).name for d in data), "sources": ",".join(sources),
-              "crop_seconds": run.crop_seconds,
-              "gain_db": run.gain_db}
+    stored = {"data": ",".join(d.name for d in data), "sources": ",".join(sources),
+              "crop_seconds": run.crop_seconds, "gain_db": run.gain_db}
     return train(model, RemixLoss(run.gain_db), train_ds, valid_ds, c, out_path,
                  Domain.waveform(run.sample_rate), device, data=stored)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -31,16 +33,10 @@ class NCSNRun:
             raise UserError(f"train_sigma_max must be > 0 or null, got {self.train_sigma_max}")
 
 
-class LevelsDSM:
-    """`dsm_loss` over the model's levels σ ≤ `sigma_max` only (None: every level)."""
-
-    def __init__(self, sigma_max: float | None) -> None:
-        self.sigma_max = sigma_max
-
-    def __call__(self, model: Prior, x: torch.Tensor) -> torch.Tensor:
-        if self.sigma_max is None:
-            return dsm_loss(model, x)
-        return dsm_loss(model, x, trained_levels(model.sigmas, self.sigma_max))
+def levels_loss(sigmas: torch.Tensor, sigma_max: float | None) -> Callable[[Prior, torch.Tensor], torch.Tensor]:
+    """`dsm_loss` over the levels of `sigmas (L,)` at or below `sigma_max` (None: every level),
+    the levels chosen once here rather than at every step."""
+    return functools.partial(dsm_loss, sigmas=None if sigma_max is None else trained_levels(sigmas, sigma_max))
 
 
 def trained_levels(sigmas: torch.Tensor, sigma_max: float) -> torch.Tensor:
@@ -83,12 +79,11 @@ def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike
         model = initial_prior(init_from, Domain.mel(frontend), "ncsn")
     else:
         model = _fresh_ncsn(model_config, config, train_ds)
+    loss = levels_loss(model.sigmas, train_sigma_max)  # refuses a bound below every level
     data_spec = {"source": source}
     if train_sigma_max is not None:
-        trained_levels(model.sigmas, train_sigma_max)  # refuse a bound below every level now
         data_spec["train_sigma_max"] = train_sigma_max
-    return train(model, LevelsDSM(train_sigma_max), train_ds, valid_ds, config, out_path, Domain.mel(frontend),
-                 device, data=data_spec)
+    return train(model, loss, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device, data=data_spec)
 
 
 def train_ncsn_images(images: str, out_path: str | os.PathLike, model_config: NCSNConfig | None = None,
