@@ -35,7 +35,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
         timeout=args.timeout, overwrite=args.overwrite, font_per_source=args.font_per_source,
         augmentation=Augmentation(tempo=args.tempo, detune_cents=args.detune_cents, velocity=args.velocity,
                                   expression=args.expression, eq_db=args.eq_db, reverb=args.reverb,
-                                  timbre_semitones=args.timbre_shift),
+                                  timbre_semitones=args.timbre_shift, transpose=args.transpose),
     )
     by_split: dict[str, int] = {}
     for record in index["tracks"]:
@@ -521,6 +521,9 @@ def _add_synth(sub) -> None:
     aug.add_argument("--timbre-shift", type=_finite_float, default=0.0, metavar="SEMITONES",
                      help="each pitched source played up to ± this many semitones higher and faster, then "
                           "resampled back: same notes and timing, formants moved (e.g. 3)")
+    aug.add_argument("--transpose", type=_finite_float, default=0.0, metavar="SEMITONES",
+                     help="each pitched source transposed by up to ± this many whole semitones, kept within "
+                          "its instrument's range: registers the corpus does not reach (e.g. 12)")
     aug.add_argument("--eq-db", type=_finite_float, default=0.0,
                      help="random low/high-shelf and peak EQ per source in ± dB")
     aug.add_argument("--reverb", type=_finite_float, default=0.0,

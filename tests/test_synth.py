@@ -307,6 +307,33 @@ def test_timbre_shift_transposes_speeds_up_and_shares_the_bend_with_detuning():
     assert drums.notes[0].pitch == 36 and drums.notes[0].end == 0.1
 
 
+def test_transpose_moves_each_source_by_whole_semitones_within_its_range():
+    def violin():
+        inst = pretty_midi.Instrument(program=synth.GM_VIOLIN)
+        inst.notes = [pretty_midi.Note(90, p, 0.5 * i, 0.5 * i + 0.4) for i, p in enumerate([60, 67, 72, 79])]
+        return inst
+
+    shifts = []
+    for seed in range(60):
+        inst = violin()
+        drawn = augment_midi({"violin": inst}, Augmentation(transpose=12), np.random.default_rng(seed),
+                             {"violin": synth.PLAYABLE[synth.GM_VIOLIN]})
+        shift = drawn["violin"]["transpose"]
+        assert isinstance(shift, int) and [n.pitch for n in inst.notes] == [p + shift for p in (60, 67, 72, 79)]
+        assert [n.start for n in inst.notes] == [0.5 * i for i in range(4)] and not inst.pitch_bends
+        shifts.append(shift)
+    # the violin's G3 (55) bounds the shift below, G7 (103) above: −5 ≤ shift ≤ 12
+    assert min(shifts) == -5 and max(shifts) == 12 and len(set(shifts)) > 10
+    wide = pretty_midi.Instrument(program=synth.GM_VIOLIN)
+    wide.notes = [pretty_midi.Note(90, p, 0.0, 0.4) for p in (50, 110)]  # wider than the range
+    augment_midi({"violin": wide}, Augmentation(transpose=12), np.random.default_rng(0), {"violin": (55, 103)})
+    assert wide.notes[0].pitch == 55  # the lowest note is kept playable
+    drums = pretty_midi.Instrument(program=0, is_drum=True)
+    drums.notes = [pretty_midi.Note(90, 36, 0.0, 0.1)]
+    assert augment_midi({"drums": drums}, Augmentation(transpose=12), np.random.default_rng(0)) == {}
+    assert drums.notes[0].pitch == 36
+
+
 def test_restore_timbre_shift_brings_pitch_and_duration_back():
     shift, f0, seconds = 2.5, 440.0, 1.0
     ratio = 2 ** (shift / 12)

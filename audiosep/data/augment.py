@@ -24,6 +24,7 @@ Levels between sources are set later by `synth.balance` (``gain_db``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -35,7 +36,7 @@ REVERB_TAIL = 2.0  # seconds of silence appended before the reverb, so tails are
 EXPRESSION_INTERVAL = (1.0, 3.0)  # seconds between two CC 11 values
 LIMITS = {"tempo": (0.0, 0.5), "detune_cents": (0.0, PITCH_BEND_RANGE_CENTS), "velocity": (0.0, 64.0),
           "expression": (0.0, 1.0), "eq_db": (0.0, 24.0), "reverb": (0.0, 1.0),
-          "timbre_semitones": (0.0, 12.0)}  # allowed range of each field
+          "timbre_semitones": (0.0, 12.0), "transpose": (0.0, 24.0)}  # allowed range of each field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,9 @@ class Augmentation:
         timbre_semitones: each pitched source rendered s ~ U(−t, t) semitones higher and
             2^(s/12) times faster, then resampled back (`restore_timbre_shift`): its formants
             move by 2^(−s/12) (e.g. 3).
+        transpose: each pitched source transposed by a whole number of semitones drawn
+            uniformly in [−t, t], then clamped so its notes stay in the instrument's range
+            (`augment_midi`'s ranges; e.g. 12).
     """
 
     tempo: float = 0.0
@@ -64,6 +68,7 @@ class Augmentation:
     eq_db: float = 0.0
     reverb: float = 0.0
     timbre_semitones: float = 0.0
+    transpose: float = 0.0
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in LIMITS.items():
@@ -77,11 +82,14 @@ class Augmentation:
         return any(dataclasses.astuple(self))
 
 
-def augment_midi(instruments: Mapping, aug: Augmentation, rng: np.random.Generator) -> dict:
+def augment_midi(instruments: Mapping, aug: Augmentation, rng: np.random.Generator,
+                 ranges: Mapping[str, tuple[int, int]] | None = None) -> dict:
     """Apply the performance variations in place to `{source: pretty_midi.Instrument}`.
 
-    Returns the drawn values `{"tempo": factor, "<source>": {"detune_cents", "timbre_semitones",
-    "velocity"}}` (only those switched on), for the dataset index; a timbre shift must then be
+    `ranges` gives each source's playable MIDI notes `(lowest, highest)` that a transposition
+    keeps its notes in (default and missing sources: 0–127).
+    Returns the drawn values `{"tempo": factor, "<source>": {"transpose", "detune_cents",
+    "timbre_semitones", "velocity"}}` (only those switched on), for the dataset index; a timbre shift must then be
     undone on the renders by `restore_timbre_shift`. Detuning and the fraction of a semitone of
     the timbre shift share one pitch bend (clipped to the ±200-cent bend range).
     """
@@ -97,6 +105,8 @@ def augment_midi(instruments: Mapping, aug: Augmentation, rng: np.random.Generat
     for source, instrument in instruments.items():
         values: dict[str, float] = {}
         bend_cents = 0.0
+        if aug.transpose > 0 and not instrument.is_drum and instrument.notes:
+            values["transpose"] = _transpose_within(instrument, aug.transpose, (ranges or {}).get(source, (0, 127)), rng)
         if aug.detune_cents > 0 and not instrument.is_drum:
             bend_cents = values["detune_cents"] = float(rng.uniform(-aug.detune_cents, aug.detune_cents))
         if aug.timbre_semitones > 0 and not instrument.is_drum:
@@ -117,6 +127,20 @@ def augment_midi(instruments: Mapping, aug: Augmentation, rng: np.random.Generat
         if values:
             drawn[source] = values
     return drawn
+
+
+def _transpose_within(instrument, semitones: float, playable: tuple[int, int], rng: np.random.Generator) -> int:
+    """Transpose `instrument`'s notes in place by a whole number of semitones drawn uniformly in
+    [−semitones, semitones], clamped so its notes stay within `playable` (lowest, highest MIDI
+    note; a part wider than the range keeps its lowest note in range); returns the shift."""
+    bound = int(math.floor(semitones))
+    shift = int(rng.integers(-bound, bound + 1))
+    pitches = [note.pitch for note in instrument.notes]
+    lowest, highest = playable
+    shift = max(min(shift, highest - max(pitches)), lowest - min(pitches))
+    for note in instrument.notes:
+        note.pitch = int(np.clip(note.pitch + shift, 0, 127))
+    return shift
 
 
 def _transpose_and_speed_up(instrument, semitones: float) -> float:

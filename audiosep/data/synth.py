@@ -62,6 +62,9 @@ PEAK = 0.9  # all stems are scaled down together until the mix and every stem pe
 GM_PIANO, GM_VIOLIN = 0, 40
 GM_BASSES = (32, 33, 34, 35)  # acoustic, finger, pick, fretless
 VIOLIN_LOWEST, BASS_LOWEST = 55, 28  # G3, E1 (MIDI note numbers)
+# playable notes (lowest, highest) per GM program, that the transposition augmentation keeps to:
+# the piano's 88 keys, the violin's G3–G7, a four-string bass's E1–G4
+PLAYABLE = {GM_PIANO: (21, 108), GM_VIOLIN: (VIOLIN_LOWEST, 103), **{b: (BASS_LOWEST, 67) for b in GM_BASSES}}
 KICK, SNARE, CRASH = 36, 38, 49
 HATS = (42, 42, 44, 51)  # closed hi-hat (twice as likely), pedal hi-hat, ride
 TOMS = (50, 48, 47, 45, 43)  # high to low
@@ -585,7 +588,8 @@ def _make_piece(piece: Piece, preset: Preset, out_dir: Path, wanted: int, durati
     soundfont = fonts[int(rng.integers(len(fonts)))]
     instruments = preset.arrange(_parse(piece.path), rng)
     source_fonts = {s: fonts[int(rng.integers(len(fonts)))] if font_per_source else soundfont for s in instruments}
-    performance = augment_midi(instruments, augmentation, rng)
+    ranges = {s: PLAYABLE.get(inst.program, (0, 127)) for s, inst in instruments.items()}
+    performance = augment_midi(instruments, augmentation, rng, ranges)
     renders = _render_piece(instruments, source_fonts, sample_rate, timeout)
     renders = restore_timbre_shift(renders, performance, sample_rate)
     renders, recording = augment_audio(renders, sample_rate, augmentation, rng)
