@@ -473,3 +473,14 @@ def test_report_on_a_corrupt_run_folder_is_one_line(dataset, tmp_path, capsys):
     assert _run("report", run, "-o", tmp_path / "r.html") == 2
     assert "not a run description" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_oracle_refuses_a_track_without_a_stem_of_the_other_source(dataset, tmp_path, capsys):
+    (dataset / "test" / "track1" / "src1.wav").unlink()
+    assert _run("oracle", "--method", "irm2", dataset, "-o", tmp_path / "o") == 2
+    err = capsys.readouterr().err.strip()
+    assert "track 'track1' of split 'test' has no stem for 'src1'" in err and "\n" not in err
+    (dataset / "test" / "track0" / "src1.wav").unlink()  # every track of one source: the mixture is the source
+    assert _run("oracle", "--method", "irm2", dataset, "-o", tmp_path / "o") == 2
+    assert "have one source (src0)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

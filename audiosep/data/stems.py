@@ -95,6 +95,24 @@ def list_sources(tracks: Sequence[Track]) -> list[str]:
     return sorted({s for t in tracks for s in t.sources})
 
 
+def check_complete(tracks: Sequence[Track]) -> list[str]:
+    """The sources of the tracks (`list_sources`), each present in every stems or MUSDB18 track
+    (a Slakh2100 track has only the instruments its song plays, so none is missing there).
+
+    Raises:
+        UserError: a track that lacks a stem some other track has (naming the track and the
+            source), so a method scored on the tracks is not scored on half of one silently.
+    """
+    sources = list_sources(tracks)
+    for track in tracks:
+        missing = [s for s in sources if s not in track.sources and track.layout != "slakh"]
+        if missing:
+            raise UserError(f"track '{track.name}' of split '{track.split}' has no stem for "
+                            f"{', '.join(repr(s) for s in missing)} (the split's tracks have {', '.join(sources)}); "
+                            "add it or move the track out of the split")
+    return sources
+
+
 def _existing_dir(root: str | Path) -> Path:
     root = Path(root)
     if not root.is_dir():

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..data.stems import list_tracks, load_track
+from ..data.stems import check_complete, list_tracks, load_track
+from ..errors import UserError
 from ..eval.report import score_track, write_reports
 from ..io import write_audio
 from ..spectral.frontend import get_frontend
@@ -32,12 +33,19 @@ def oracle_dataset(
 
     Returns:
         (the long table of all tracks, the paths of the reports).
+    Raises:
+        UserError: (before any work) a track lacking a source the others have, or a single source
+            (the mixture would be that source).
     """
     check_oracle(name)
     output = Path(output)
     opts = {"frontend": get_frontend(preset)} if name == "mel-ideal" else {}
     tables = []
     tracks = list_tracks(data, split)
+    sources = check_complete(tracks)
+    if len(sources) < 2:
+        raise UserError(f"{data}: the tracks of split '{split}' have one source ({sources[0]}); an oracle "
+                        "separates a mixture of two or more")
     for track in tqdm(tracks, desc=f"oracle {name}", unit="track", disable=not progress):
         _, stems, rate = load_track(track)
         targets = sorted(stems)
