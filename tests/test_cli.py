@@ -484,3 +484,17 @@ def test_oracle_refuses_a_track_without_a_stem_of_the_other_source(dataset, tmp_
     assert _run("oracle", "--method", "irm2", dataset, "-o", tmp_path / "o") == 2
     assert "have one source (src0)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_names_the_estimates_it_did_not_score(dataset, tmp_path, capsys):
+    est = tmp_path / "est"
+    assert _run("oracle", "--method", "irm2", dataset, "-o", est) == 0
+    sf.write(est / "track0" / "drums.flac", _tones()["src0"], SR)
+    (est / "track9").mkdir()
+    sf.write(est / "track9" / "src0.wav", _tones()["src0"], SR)
+    capsys.readouterr()
+    assert _run("evaluate", dataset / "test", est, "-o", tmp_path / "report") == 0
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert f"audiosep evaluate: warning: {est / 'track0'}: not scored (no reference stem in " \
+           f"{dataset / 'test' / 'track0'}): drums.flac" in lines
+    assert f"audiosep evaluate: warning: {est}: not scored (no reference track in {dataset / 'test'}): track9" in lines

@@ -291,6 +291,20 @@ def _load_estimates(est_dir: Path, targets: list[str], refs: np.ndarray, rate: i
     return ests
 
 
+def _audio_files(folder: Path) -> list[Path]:
+    """The audio files directly in `folder` (hidden ones, e.g. a writer's temporary files, left out), sorted."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("."))
+
+
+def _warn_unscored(where: Path, names: Sequence[str], why: str) -> None:
+    """Warn that `names` in `where` were not scored (the first ten named), so that a stem or track
+    the user meant to evaluate is not left out without a word."""
+    if names:
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        warnings.warn(f"{where}: not scored ({why}): {shown}", stacklevel=3)
+
+
 def _window_samples(seconds: float, rate: int, what: str) -> int:
     samples = round(seconds * rate)
     if samples < 1:
@@ -311,7 +325,7 @@ def evaluate_track(
         ref_track: folder of reference stems `<source>.wav` (a `mix.wav`/`mixture.wav` in it
             is not a target).
         est_track: folder with one `<source>` audio file (.wav, .flac, .mp3, ...) per reference target
-            (other files are ignored).
+            (other audio files are not scored, with a warning naming them).
         win_seconds, hop_seconds: BSSEval window and hop (hop defaults to the window),
             rounded to samples at the track's rate.
         method: value of the `method` column.
@@ -327,6 +341,8 @@ def evaluate_track(
     ref_track, est_track = Path(ref_track), Path(est_track)
     targets, refs, rate = _load_references(ref_track)
     ests = _load_estimates(est_track, targets, refs, rate)
+    _warn_unscored(est_track, [p.name for p in _audio_files(est_track) if p.stem not in targets],
+                   f"no reference stem in {ref_track}")
     return score_track(ref_track.name, targets, refs, ests, rate, win_seconds, hop_seconds, method)
 
 
@@ -377,7 +393,8 @@ def evaluate_dirs(
     """BSSEval v4 of every track `ref_dir/<track>/` against `est_dir/<track>/`.
 
     A track is a sub-folder of `ref_dir` holding `.wav` files; see `evaluate_track` for
-    what it must contain and the errors.
+    what it must contain and the errors. Estimate track folders with audio but no reference
+    are not scored, with a warning naming them.
 
     Args:
         ref_dir: folder of reference track folders. est_dir: folder of estimate track folders.
@@ -394,6 +411,10 @@ def evaluate_dirs(
     tracks = sorted(p for p in ref_dir.iterdir() if p.is_dir() and any(p.glob("*.wav")))
     if not tracks:
         raise UserError(f"{ref_dir}: no track folders with .wav stems (expected {ref_dir}/<track>/<source>.wav)")
+    names = {track.name for track in tracks}
+    _warn_unscored(est_dir, [p.name for p in sorted(est_dir.iterdir())
+                             if p.is_dir() and p.name not in names and _audio_files(p)],
+                   f"no reference track in {ref_dir}")
     tables = [
         evaluate_track(track, est_dir / track.name, win_seconds, hop_seconds, method)
         for track in tqdm(tracks, desc="evaluate", unit="track", disable=not progress)
