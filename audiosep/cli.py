@@ -874,33 +874,47 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except UserError as err:
-        print(f"audiosep {args.command}: error: {err}", file=sys.stderr)
+        _print_ending(f"audiosep {args.command}: error: {err}")
         return 2
     except Terminated:
-        print("audiosep: terminated", file=sys.stderr)
+        _print_ending("audiosep: terminated")
         return 143
     except KeyboardInterrupt:
-        print("audiosep: interrupted", file=sys.stderr)
+        _print_ending("audiosep: interrupted")
         return 130
     except BrokenPipeError:  # e.g. `audiosep synth --list | head`: the reader left
         _silence_stdout()
         return 0
     except OSError as err:  # a full disk, a vanished folder: what the checks before the work cannot see
         where = f" ({err.filename})" if err.filename else ""
-        print(f"audiosep {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        _print_ending(f"audiosep {args.command}: error: {err.strerror or err}{where}")
         return 2
     finally:
         _restore_signal(previous)
 
 
 def _one_line_warnings(command: str) -> None:
-    """Show warnings as "audiosep COMMAND: warning: ..." on stderr, without source lines."""
+    """Show warnings as "audiosep COMMAND: warning: ..." on stderr, without source lines, each
+    on its own line above any progress bar (tqdm.write clears the bars and draws them again)."""
     import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"audiosep {command}: warning: {message}", file=sys.stderr)
+        text = f"audiosep {command}: warning: {message}"
+        if "tqdm" in sys.modules:
+            sys.modules["tqdm"].tqdm.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
 
     warnings.showwarning = show
+
+
+def _print_ending(message: str) -> None:
+    """Print the line that ends the command on stderr after closing the progress bars still open
+    (the exception left them mid-line), so the message starts on a line of its own."""
+    if "tqdm" in sys.modules:
+        for bar in list(sys.modules["tqdm"].tqdm._instances):
+            bar.close()
+    print(message, file=sys.stderr)
 
 
 def _terminate_as_interrupt():

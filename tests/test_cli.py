@@ -498,3 +498,14 @@ def test_evaluate_names_the_estimates_it_did_not_score(dataset, tmp_path, capsys
     assert f"audiosep evaluate: warning: {est / 'track0'}: not scored (no reference stem in " \
            f"{dataset / 'test' / 'track0'}): drums.flac" in lines
     assert f"audiosep evaluate: warning: {est}: not scored (no reference track in {dataset / 'test'}): track9" in lines
+
+
+def test_an_error_during_a_progress_bar_starts_on_its_own_line(dataset, tmp_path, capsys):
+    est = tmp_path / "est"
+    assert _run("oracle", "--method", "irm2", dataset, "-o", est) == 0
+    (est / "track1" / "src1.wav").unlink()  # the second track fails, with the bar drawn
+    capsys.readouterr()
+    assert _run("evaluate", dataset / "test", est, "-o", tmp_path / "report") == 2
+    err = capsys.readouterr().err
+    assert "evaluate:" in err  # the bar was drawn
+    assert "\naudiosep evaluate: error: " in err and "missing estimate for target 'src1'" in err.splitlines()[-1]
