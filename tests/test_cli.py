@@ -13,6 +13,7 @@ import soundfile as sf
 from audiosep.cli import main
 
 SR = 16000
+BUNDLED_PRIOR = str(Path(__file__).parents[1] / "audiosep" / "pretrained" / "ncsn_piano_violin" / "piano.pt")
 
 
 def _tones(seconds=2.0, freqs=(220.0, 1760.0)):
@@ -132,6 +133,8 @@ def test_oracle_then_evaluate(dataset, tmp_path):
         (["oracle", "--method", "irm2", "{data}", "-o", "{tmp}/o", "--preset", "nope"], "unknown front end 'nope'"),
         (["separate", "{data}/test/track0", "-o", "{data}/test/track0", "--method", "nmf"],
          "is the output folder (-o) or inside it"),
+        (["separate", "{mix}", "-o", "{tmp}/sep", "--method", "nmf", "--model", BUNDLED_PRIOR],
+         "is a prior checkpoint (basis); nmf takes one NMF model"),
     ],
     ids=["missing", "directory", "bad-preset", "missing-npy", "missing-estimates", "missing-data",
          "bad-device-basis", "bad-device-nmf", "separate-out-is-file", "separate-out-under-file",
@@ -141,7 +144,7 @@ def test_oracle_then_evaluate(dataset, tmp_path):
          "mel-out-under-file", "synth-out-under-file", "export-missing", "segment-nan", "segment-inf", "overlap-nan",
          "evaluate-win-nan", "oracle-win-inf", "train-lr-nan", "report-seconds-inf", "synth-tempo-nan",
          "threads-100000", "name-up", "name-absolute", "nmf-one-source",
-         "oracle-bad-preset", "separate-into-input"],
+         "oracle-bad-preset", "separate-into-input", "nmf-given-a-prior"],
 )
 def test_user_errors_are_one_line_and_exit_2(dataset, tmp_path, capsys, argv, message, monkeypatch):
     """The table of bad inputs: one line on stderr, exit status 2, nothing written. Add a row for

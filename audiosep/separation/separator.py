@@ -333,12 +333,30 @@ def model_set_name(paths: Sequence[str | os.PathLike], method: str = "basis") ->
 
 
 SEPARATION_METHODS = ("nmf", "basis", "latent", "vae-bss", "masknet")
-_METHOD_FILES = {"nmf": "an NMF model", "basis": "prior checkpoints (BASIS)",
-                 "latent": "an LQ-VAE and its code priors (latent)", "vae-bss": "a VAE (vae-bss)",
-                 "masknet": "a mask network (masknet)"}
 _SINGLE_FILE_METHODS = {"vae": "vae-bss", "masknet": "masknet"}  # checkpoint kinds that hold every source
 _SINGLE_FILE_USAGE = {"vae-bss": "one VAE checkpoint, which decodes every source: --model VAE.pt",
                       "masknet": "one mask network checkpoint, which masks every source: --model MASKNET.pt"}
+_METHOD_KINDS = {"nmf": ("nmf",), "masknet": ("masknet",), "vae-bss": ("vae",),
+                 "latent": ("lqvae", "code_transformer")}  # basis: every other kind (the priors)
+_METHOD_USAGE = {"nmf": "one NMF model (audiosep train nmf)",
+                 "masknet": "one mask network (audiosep train masknet)",
+                 "vae-bss": "one VAE (audiosep train vae --data)",
+                 "latent": "an LQ-VAE and one code prior per source (--model LQVAE.pt A.pt B.pt)",
+                 "basis": "one prior checkpoint per source (--model A.pt B.pt ...)"}
+_KIND_NAMES = {"nmf": "an NMF model (nmf)", "masknet": "a mask network (masknet)", "vae": "a VAE (vae-bss)",
+               "lqvae": "an LQ-VAE (latent)", "code_transformer": "a code prior (latent)"}
+
+
+def _refuse_unsuited_files(method: str, kinds: Sequence[tuple[Path, str]]) -> None:
+    """UserError naming the first model file that `method` cannot use (checked before counting the
+    files, so that the message is about the method asked for, not the one the files suggest)."""
+    for path, kind in kinds:
+        fits = kind in _METHOD_KINDS[method] if method in _METHOD_KINDS else \
+            not any(kind in group for group in _METHOD_KINDS.values())
+        if not fits:
+            what = _KIND_NAMES.get(kind, "a prior checkpoint (basis)")
+            raise UserError(f"method '{method}' was asked for but {path} is {what}; {method} takes "
+                            f"{_METHOD_USAGE[method]}")
 
 
 def separation_method(paths: Sequence[str | os.PathLike],
@@ -367,13 +385,13 @@ def separation_method(paths: Sequence[str | os.PathLike],
             raise UserError("vae-bss has no bundled model: --model VAE.pt (audiosep train vae --data DIR)")
         return requested or "masknet"
     kinds = [(Path(p), load_checkpoint(p)["kind"]) for p in paths]
+    if requested is not None:
+        _refuse_unsuited_files(requested, kinds)
     single = [_SINGLE_FILE_METHODS[kind] for _, kind in kinds if kind in _SINGLE_FILE_METHODS]
     if single:
         method = single[0]
         if len(kinds) > 1:
             raise UserError(f"{method} takes {_SINGLE_FILE_USAGE[method]}")
-        if requested not in (None, method):
-            raise UserError(f"method '{requested}' was asked for but the model file is {_METHOD_FILES[method]}")
         return method
     nmf = [p for p, kind in kinds if kind == "nmf"]
     priors = [p for p, kind in kinds if kind != "nmf"]
@@ -382,15 +400,14 @@ def separation_method(paths: Sequence[str | os.PathLike],
                         "or one prior per source")
     if len(nmf) > 1:
         raise UserError(f"{len(nmf)} NMF models given; an NMF model holds all its sources, give one")
-    if len(priors) == 1:
+    method = "nmf" if nmf else ("latent" if requested == "latent" or any(kind == "lqvae" for _, kind in kinds)
+                                else "basis")
+    if method == "basis" and len(priors) == 1:
         raise UserError(f"{priors[0]}: one prior checkpoint given; BASIS needs one prior per source "
                         "(--model A.pt B.pt ...)")
-    method = "nmf" if nmf else ("latent" if any(kind == "lqvae" for _, kind in kinds) else "basis")
     if method == "latent":
         codes = [kind == "code_transformer" for _, kind in kinds[1:]]
         if kinds[0][1] != "lqvae" or len(codes) != 2 or not all(codes):
             raise UserError("latent separation takes the LQ-VAE first, then one code prior per source: "
                             "--model LQVAE.pt A.pt B.pt")
-    if requested is not None and requested != method:
-        raise UserError(f"method '{requested}' was asked for but the model files are {_METHOD_FILES[method]}")
     return method
