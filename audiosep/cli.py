@@ -5,7 +5,9 @@ A `UserError` (bad file, bad argument, wrong checkpoint) prints one line and exi
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -100,8 +102,6 @@ def _cmd_oracle(args: argparse.Namespace) -> None:
 
 def _valid_text(valid_loss: float, label: str, unit: str = "") -> str:
     """"<label> 0.1234<unit>", or "no validation run" where a training returned NaN (none ran)."""
-    import math
-
     return "no validation run" if math.isnan(valid_loss) else f"{label} {valid_loss:.4f}{unit}"
 
 
@@ -281,29 +281,43 @@ def _cmd_separate(args: argparse.Namespace) -> int:
     from .separation import Separator, find_inputs, separate_files
 
     fmt = OutputFormat(args.format, args.bits, args.clip_mode)
+    if args.jobs > 1 and args.shard is not None:
+        raise UserError("--jobs splits the inputs itself; do not combine it with --shard")
     shard = _shard(args.shard)
-    if args.jobs > 1:
-        return _run_jobs(args)
     _set_threads(args.threads)
     check_output_dir(args.output)
     inputs = find_inputs(args.inputs, exclude=args.output)  # checked before any model is loaded
     if args.name is not None and (not args.name or Path(args.name).name != args.name or args.name in (".", "..")):
         raise UserError(f"-n {args.name!r}: the model set's name is one folder under -o, not a path")
-    model, name = _separation_model(args)
+    model, name = _separation_model(args)  # with --jobs too: a bad model is one error, not one per worker
     out_dir = args.output / (args.name or name)
-    separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device, seed=args.seed)
-    summary = separate_files(inputs, out_dir, separator, fmt, strict=args.strict, shard=shard,
-                             on_track=lambda inp, out: print("wrote " + ", ".join(str(p) for p in out.values())))
-    for note in summary.notes:
-        print(f"note: {note}", file=sys.stderr)
-    for inp, reason in summary.failed:
-        print(f"audiosep separate: skipped: {reason}", file=sys.stderr)
-    print(f"{len(summary.written)} track(s) written to {out_dir}" +
-          (f", {len(summary.failed)} failed (listed above)" if summary.failed else ""))
-    if not summary.failed:
+    if args.jobs > 1:
+        del model  # each worker loads its own
+        status, written, failed = _run_jobs(args)
+    else:
+        separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device, seed=args.seed)
+        summary = separate_files(inputs, out_dir, separator, fmt, strict=args.strict, shard=shard,
+                                 on_track=lambda inp, out: print("wrote " + ", ".join(str(p) for p in out.values())))
+        for note in summary.notes:
+            print(f"note: {note}", file=sys.stderr)
+        for inp, reason in summary.failed:
+            print(f"audiosep separate: skipped: {reason}", file=sys.stderr)
+        written, failed = len(summary.written), len(summary.failed)
+        status = _separate_status(args, failed)
+        if _JOB_COUNTS in os.environ:  # a --jobs worker: the parent prints the total of all workers
+            Path(os.environ[_JOB_COUNTS]).write_text(json.dumps({"written": written, "failed": failed}))
+            return status
+    print(f"{written} track(s) written to {out_dir}" + (f", {failed} failed (listed above)" if failed else ""))
+    return status
+
+
+def _separate_status(args: argparse.Namespace, failed: int) -> int:
+    """0; with failures 1 (a collection goes on), or 2 when the input was one file given alone
+    (a usage error)."""
+    if not failed:
         return 0
     one_file = len(args.inputs) == 1 and args.inputs[0].is_file()
-    return 2 if one_file else 1  # one file given alone that fails is a usage error; a collection goes on
+    return 2 if one_file else 1
 
 
 def _separation_model(args: argparse.Namespace):
@@ -379,8 +393,6 @@ def _latent_model(args: argparse.Namespace, basis_options: dict):
 
 def _shard(text: str | None) -> tuple[int, int]:
     """--shard I/N, else the torchrun rank (RANK/WORLD_SIZE), else (0, 1)."""
-    import os
-
     if text is None:
         return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     index, _, count = text.partition("/")
@@ -389,19 +401,30 @@ def _shard(text: str | None) -> tuple[int, int]:
     return int(index), int(count)
 
 
-def _run_jobs(args: argparse.Namespace) -> int:
-    """`separate --jobs N`: the same command in N processes, one shard each (each input is
-    seeded on its own, so the stems equal one process's); the worst exit status."""
-    import os
-    import subprocess
+_JOB_COUNTS = "AUDIOSEP_JOB_COUNTS"  # environment: the file a `separate --jobs` worker writes its counts to
 
-    if args.shard is not None:
-        raise UserError("--jobs splits the inputs itself; do not combine it with --shard")
+
+def _run_jobs(args: argparse.Namespace) -> tuple[int, int, int]:
+    """`separate --jobs N`: the same command in N processes, one shard each (each input is
+    seeded on its own, so the stems equal one process's). Each worker writes its counts to a
+    file instead of printing a total, so that one total is printed, not N that contradict.
+
+    Returns:
+        (the worst exit status, tracks written, inputs failed) over the workers.
+    """
+    import subprocess
+    import tempfile
+
     argv = _strip_option(args.argv, "--jobs")
     threads = [] if args.threads else ["--threads", str(max(1, (os.cpu_count() or 1) // args.jobs))]
-    procs = [subprocess.Popen([sys.executable, "-m", "audiosep", *argv, *threads, "--shard", f"{i}/{args.jobs}"])
-             for i in range(args.jobs)]
-    return max(proc.wait() for proc in procs)
+    with tempfile.TemporaryDirectory(prefix="audiosep-jobs-") as tmp:
+        counts = [Path(tmp) / f"{i}.json" for i in range(args.jobs)]
+        procs = [subprocess.Popen([sys.executable, "-m", "audiosep", *argv, *threads, "--shard", f"{i}/{args.jobs}"],
+                                  env={**os.environ, _JOB_COUNTS: str(path)})
+                 for i, path in enumerate(counts)]
+        status = max(proc.wait() for proc in procs)
+        done = [json.loads(path.read_text()) for path in counts if path.exists()]  # none from a worker that failed
+    return status, sum(c["written"] for c in done), sum(c["failed"] for c in done)
 
 
 def _strip_option(argv: list[str], flag: str) -> list[str]:
@@ -421,8 +444,6 @@ def _set_threads(threads: int | None) -> None:
     """torch's CPU threads; more than 4 per CPU core is refused (each thread's pools cost memory,
     so 100000 threads end in a MemoryError instead of a speed-up)."""
     if threads:
-        import os
-
         import torch
 
         cores = os.cpu_count() or 1
@@ -940,8 +961,6 @@ def _restore_signal(previous) -> None:
 
 def _silence_stdout() -> None:
     """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
-    import os
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)

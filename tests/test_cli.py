@@ -221,13 +221,18 @@ def test_separate_a_collection_skips_bad_files_and_says_so(tmp_path, capsys):
     assert "b.wav" in capsys.readouterr().err and not list((tmp_path / "out3").rglob("*.wav"))
 
 
-def test_separate_jobs_equal_one_process(tmp_path):
+def test_separate_jobs_equal_one_process(tmp_path, capfd):
     example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
     for i in range(3):
         sf.write(tmp_path / f"m{i}.wav", sf.read(example)[0][i * 16000:(i + 2) * 16000], SR)
     inputs = [tmp_path / f"m{i}.wav" for i in range(3)]
     assert _run("separate", *inputs, "-o", tmp_path / "one", "--method", "nmf", "--threads", 1) == 0
+    capfd.readouterr()
     assert _run("separate", *inputs, "-o", tmp_path / "two", "--method", "nmf", "--threads", 1, "--jobs", 2) == 0
+    totals = [line for line in capfd.readouterr().out.splitlines() if "track(s) written" in line]
+    assert totals == [f"3 track(s) written to {tmp_path / 'two' / 'nmf_piano_violin'}"]  # one total, not one per worker
+    assert _run("separate", *inputs, "-o", tmp_path / "bad", "--model", tmp_path / "m0.wav", "--jobs", 2) == 2
+    assert capfd.readouterr().err.count("error:") == 1  # checked once, before the workers start
     one = sorted((tmp_path / "one").rglob("*.wav"))
     assert len(one) == 6
     for path in one:
