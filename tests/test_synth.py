@@ -164,6 +164,27 @@ def test_bad_arguments_are_user_errors(tmp_path):
     assert not synth.is_soundfont_file(riff)
 
 
+@needs_fluidsynth
+def test_a_soundfont_that_does_not_sound_is_refused_before_any_render(tmp_path):
+    """A font with a SoundFont header but a damaged body: FluidSynth fails to load it and (its
+    default font switched off) renders silence, refused before any piece; nothing written."""
+    broken = tmp_path / "broken.sf2"
+    broken.write_bytes(TIMGM.read_bytes()[:4096])
+    assert synth.is_soundfont_file(broken)
+    with pytest.raises(UserError, match=r"broken.sf2: FluidSynth renders no sound for piano \(GM program 0\)"):
+        _run(tmp_path / "out", soundfonts=[TIMGM, broken])
+    assert not (tmp_path / "out").exists()
+
+
+@needs_fluidsynth
+def test_the_index_names_the_soundfont_files_rendered(tmp_path):
+    link = tmp_path / "font.sf2"
+    link.symlink_to(TIMGM)
+    index = _run(tmp_path / "out", soundfonts=[link], n_tracks={"test": 1})
+    assert index["soundfonts"] == [str(TIMGM.resolve())]  # the file, not the link to it
+    assert {t["soundfont"] for t in index["tracks"]} == {str(TIMGM.resolve())}
+
+
 def test_missing_fluidsynth_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(UserError, match="apt-get install fluidsynth fluid-soundfont-gm"):
@@ -187,6 +208,7 @@ def test_hanging_render_is_killed_by_timeout(tmp_path, monkeypatch):
 
 @needs_fluidsynth
 def test_hanging_piece_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(synth, "check_soundfont_voices", lambda *args: None)  # the font's probe would hang first
     monkeypatch.setattr(synth, "_fluidsynth_command", lambda *args: ["sleep", "30"])
     piece = _chorales()[0]
     with pytest.warns(UserWarning, match=f"skipping {piece}.*timeout"):

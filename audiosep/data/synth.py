@@ -42,7 +42,7 @@ import numpy as np
 import soundfile as sf
 
 from ..errors import UserError
-from ..io import atomic_output, write_audio
+from ..io import atomic_output, rms_db, write_audio
 from .augment import Augmentation, augment_audio, augment_midi, pad_to_longest, restore_timbre_shift
 
 SPLITS = ("train", "valid", "test")
@@ -58,6 +58,8 @@ ACTIVITY_HOP = 0.5  # seconds: every window of an excerpt must be active in ever
 RENDER_GAIN = 0.5  # FluidSynth master gain; output is float, so nothing clips
 TARGET_RMS = 0.1  # every source of an excerpt is scaled to this RMS before the random offsets
 PEAK = 0.9  # all stems are scaled down together until the mix and every stem peak at ≤ PEAK
+PROBE_SECONDS = 0.3  # length of the note each soundfont must sound for every voice of the preset
+SILENT_DB = -60.0  # a probe render below this RMS (dBFS) is silence: the font lacks the voice
 
 GM_PIANO, GM_VIOLIN = 0, 40
 GM_BASSES = (32, 33, 34, 35)  # acoustic, finger, pick, fretless
@@ -95,6 +97,7 @@ class Preset:
     name: str
     sources: tuple[str, ...]
     arrange: Callable  # (music21 Score, np.random.Generator) -> dict[str, pretty_midi.Instrument]
+    voices: tuple[tuple[str, int, bool], ...]  # (source, GM program, is_drum) of every instrument it may use
 
 
 # ----------------------------------------------------------------------------- corpus selection
@@ -354,8 +357,10 @@ def _drum_bar(groove: dict, length: float, beat: float, crash: bool, fill: bool,
 
 
 PRESETS = {
-    "piano_violin": Preset("piano_violin", ("piano", "violin"), _arrange_piano_violin),
-    "drums_bass": Preset("drums_bass", ("bass", "drums"), _arrange_drums_bass),
+    "piano_violin": Preset("piano_violin", ("piano", "violin"), _arrange_piano_violin,
+                           (("piano", GM_PIANO, False), ("violin", GM_VIOLIN, False))),
+    "drums_bass": Preset("drums_bass", ("bass", "drums"), _arrange_drums_bass,
+                         (*(("bass", b, False) for b in GM_BASSES), ("drums", 0, True))),
 }
 
 
@@ -376,9 +381,11 @@ def default_soundfont() -> Path:
 
 
 def _fluidsynth_command(soundfont: Path, midi_path: Path, wav_path: Path, sample_rate: int) -> list[str]:
-    """Fast offline render (no shell, no audio driver) to a float wav at `sample_rate`."""
-    return ["fluidsynth", "-ni", "-q", "-F", str(wav_path), "-T", "wav", "-O", "float",
-            "-r", str(sample_rate), "-g", str(RENDER_GAIN), str(soundfont), str(midi_path)]
+    """Fast offline render (no shell, no audio driver) to a float wav at `sample_rate`. FluidSynth's
+    default soundfont is switched off: it stands in, without an error, for a font that fails to
+    load, so a broken font would render with FluidR3 instead of rendering silence."""
+    return ["fluidsynth", "-ni", "-q", "-o", "synth.default-soundfont=", "-F", str(wav_path), "-T", "wav",
+            "-O", "float", "-r", str(sample_rate), "-g", str(RENDER_GAIN), str(soundfont), str(midi_path)]
 
 
 def require_fluidsynth() -> None:
@@ -406,6 +413,33 @@ def render_midi(midi_path: Path, soundfont: Path, sample_rate: int, timeout: flo
     if audio.shape[0] == 0:
         raise RenderError("FluidSynth rendered no audio")
     return audio.mean(axis=1)
+
+
+def check_soundfont_voices(font: Path, preset: Preset, sample_rate: int, timeout: float) -> None:
+    """Render one note of every voice of `preset` with `font` (before any piece is rendered).
+
+    Raises:
+        UserError naming the font and the voice: FluidSynth fails or renders silence (a damaged
+            file, or a font without that instrument), which would skip every piece it is drawn
+            for, after the work, while index.json lists it among the fonts used.
+    """
+    import pretty_midi
+
+    for source, program, is_drum in preset.voices:
+        midi = pretty_midi.PrettyMIDI()
+        midi.instruments.append(pretty_midi.Instrument(program=program, is_drum=is_drum))
+        pitch = SNARE if is_drum else sum(PLAYABLE[program]) // 2
+        midi.instruments[0].notes.append(pretty_midi.Note(100, pitch, 0.0, PROBE_SECONDS))
+        voice = "the GM drum kit" if is_drum else f"GM program {program}"
+        with tempfile.TemporaryDirectory(prefix="audiosep-probe-") as tmp:
+            midi.write(str(Path(tmp) / "probe.mid"))
+            try:
+                audio = render_midi(Path(tmp) / "probe.mid", font, sample_rate, timeout)
+            except RenderError as err:
+                raise UserError(f"{font}: cannot render {source} ({voice}): {err}") from None
+        if rms_db(audio) < SILENT_DB:
+            raise UserError(f"{font}: FluidSynth renders no sound for {source} ({voice}) with this soundfont "
+                            "(a damaged file, or a font without that instrument)")
 
 
 def _render_piece(instruments: Mapping, soundfonts: Mapping[str, Path], sample_rate: int,
@@ -527,7 +561,10 @@ def synthesize(
         progress: show a tqdm bar over pieces.
     Raises:
         UserError: unknown preset, reserved or unknown composer/piece, bad argument, missing
-            fluidsynth or soundfont, or an `out_dir` already holding a dataset.
+            fluidsynth or soundfont, a soundfont that does not sound every voice of the preset
+            (`check_soundfont_voices`), or an `out_dir` already holding a dataset.
+
+    The index records each soundfont by its resolved path (links followed): the file rendered.
 
     A piece that fails to parse or render is skipped with a warning.
     """
@@ -541,6 +578,8 @@ def synthesize(
     targets = _split_targets(n_tracks, fractions)
     candidates = _select_pieces(preset, composers, pieces, fractions, seed)
     require_fluidsynth()
+    for font in fonts:
+        check_soundfont_voices(font, chosen, sample_rate, timeout)
     out_dir = _prepare_out_dir(Path(out_dir), overwrite)
 
     index = {"preset": preset, "sources": list(chosen.sources), "sample_rate": sample_rate,
@@ -677,6 +716,8 @@ def _check_numbers(duration, sample_rate, excerpts_per_piece, gain_db, timeout) 
 
 
 def _check_soundfonts(soundfonts: Sequence[str | Path] | None) -> list[Path]:
+    """The fonts as resolved paths (the index then names the files rendered, not a link or a path
+    relative to where synth ran), once each checked to exist, not reserved and a SoundFont."""
     fonts = [Path(f) for f in soundfonts] if soundfonts else [default_soundfont()]
     for font in fonts:
         if not font.is_file():
@@ -685,9 +726,8 @@ def _check_soundfonts(soundfonts: Sequence[str | Path] | None) -> list[Path]:
             raise UserError(f"{font}: the MuseScore General soundfonts are reserved for held-out evaluation "
                             "and are never rendered into a dataset")
         if not is_soundfont_file(font):
-            raise UserError(f"{font}: not a SoundFont (.sf2/.sf3 files start with a RIFF 'sfbk' header); "
-                            "FluidSynth would render with another font without a word")
-    return fonts
+            raise UserError(f"{font}: not a SoundFont (.sf2/.sf3 files start with a RIFF 'sfbk' header)")
+    return [font.resolve() for font in fonts]
 
 
 def is_soundfont_file(path: str | Path) -> bool:
