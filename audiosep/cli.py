@@ -441,14 +441,10 @@ def _strip_option(argv: list[str], flag: str) -> list[str]:
 
 
 def _set_threads(threads: int | None) -> None:
-    """torch's CPU threads; more than 4 per CPU core is refused (each thread's pools cost memory,
-    so 100000 threads end in a MemoryError instead of a speed-up)."""
+    """torch's CPU threads (bounded by `_thread_count` when parsed)."""
     if threads:
         import torch
 
-        cores = os.cpu_count() or 1
-        if threads > 4 * cores:
-            raise UserError(f"--threads {threads}: this machine has {cores} CPU(s); use at most {4 * cores}")
         torch.set_num_threads(threads)
 
 
@@ -490,6 +486,35 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    """argparse type: a finite number ≥ 0 (the ± ranges and the overlap: a negative one means nothing)."""
+    value = _finite_float(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: an integer in [0, 2**32 - 1], the seeds numpy and torch both take (numpy
+    refuses negative ones, torch ones past 64 bits, with a traceback)."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise ValueError(text)
+    return value
+
+
+_MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+
+def _thread_count(text: str) -> int:
+    """argparse type: threads or processes, 1 to 4 per CPU core (each thread's pools cost memory,
+    so 100000 threads end in a MemoryError, 100000 processes worse, instead of a speed-up)."""
+    value = _positive_int(text)
+    if value > _MAX_THREADS:
+        raise ValueError(text)
+    return value
+
+
 def _fraction(text: str) -> float:
     """argparse type: a number in [0, 1]."""
     value = float(text)
@@ -499,6 +524,9 @@ def _fraction(text: str) -> float:
 
 
 _finite_float.__name__ = "finite number"
+_non_negative_float.__name__ = "finite number >= 0"
+_seed.__name__ = "integer in [0, 2**32 - 1]"
+_thread_count.__name__ = f"integer in [1, {_MAX_THREADS}] (4 per CPU core of this machine)"
 _positive_float.__name__ = "finite number > 0"
 _fraction.__name__ = "number in [0, 1]"
 _positive_int.__name__ = "integer >= 1"  # argparse names the type in its error: "invalid integer >= 1 value: '0'"
@@ -517,8 +545,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--excerpts-per-piece", type=_positive_int, default=4)
     p.add_argument("--duration", type=_positive_float, default=10.0, help="excerpt length in seconds (default 10)")
     p.add_argument("--sample-rate", type=_positive_int, default=16000, help="Hz (default 16000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--soundfont", nargs="+", help="one or more .sf2/.sf3 files (one drawn per piece; "
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--soundfont", type=Path, nargs="+", help="one or more .sf2/.sf3 files (one drawn per piece; "
                    "the MuseScore General ones are reserved for evaluation and refused)")
     p.add_argument("--font-per-source", action="store_true", help="draw a soundfont for every source of a piece")
     p.add_argument("--piece", nargs="+", help="restrict to these corpus paths (e.g. bach/bwv66.6.mxl)")
@@ -528,26 +556,26 @@ def _add_synth(sub) -> None:
     p.add_argument("--splits", nargs=3, type=_fraction, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VALID", "TEST"),
                    help="fractions of the pieces in train/valid/test, by a hash of each piece's path "
                         "(default 0.8 0.1 0.1; 0 0 1 puts every piece in test, as the honest folds do)")
-    p.add_argument("--gain-db", type=_finite_float, default=0.0,
+    p.add_argument("--gain-db", type=_non_negative_float, default=0.0,
                    help="random gain per source in ±dB around equal loudness (sources then differ by up to 2x)")
     aug = p.add_argument_group("augmentation (random per piece/source, drawn from --seed; all off by default)")
-    aug.add_argument("--tempo", type=_finite_float, default=0.0,
+    aug.add_argument("--tempo", type=_non_negative_float, default=0.0,
                      help="note times scaled by 1 ± this fraction (e.g. 0.1)")
-    aug.add_argument("--detune-cents", type=_finite_float, default=0.0,
+    aug.add_argument("--detune-cents", type=_non_negative_float, default=0.0,
                      help="pitch bend per source in ± cents (e.g. 30)")
-    aug.add_argument("--velocity", type=_finite_float, default=0.0,
+    aug.add_argument("--velocity", type=_non_negative_float, default=0.0,
                      help="velocity offset per source in ± MIDI units, half of it again per note (e.g. 20)")
-    aug.add_argument("--expression", type=_finite_float, default=0.0,
+    aug.add_argument("--expression", type=_non_negative_float, default=0.0,
                      help="depth (0-1) of a slow random expression (CC 11) curve per source (e.g. 0.4)")
-    aug.add_argument("--timbre-shift", type=_finite_float, default=0.0, metavar="SEMITONES",
+    aug.add_argument("--timbre-shift", type=_non_negative_float, default=0.0, metavar="SEMITONES",
                      help="each pitched source played up to ± this many semitones higher and faster, then "
                           "resampled back: same notes and timing, formants moved (e.g. 3)")
-    aug.add_argument("--transpose", type=_finite_float, default=0.0, metavar="SEMITONES",
+    aug.add_argument("--transpose", type=_non_negative_float, default=0.0, metavar="SEMITONES",
                      help="each pitched source transposed by up to ± this many whole semitones, kept within "
                           "its instrument's range: registers the corpus does not reach (e.g. 12)")
-    aug.add_argument("--eq-db", type=_finite_float, default=0.0,
+    aug.add_argument("--eq-db", type=_non_negative_float, default=0.0,
                      help="random low/high-shelf and peak EQ per source in ± dB")
-    aug.add_argument("--reverb", type=_finite_float, default=0.0,
+    aug.add_argument("--reverb", type=_non_negative_float, default=0.0,
                      help="probability that a piece is played in a (random) room, one per piece (e.g. 0.7)")
     p.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds allowed per FluidSynth render")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in the folder")
@@ -571,7 +599,7 @@ def _add_invert(sub) -> None:
                    help="phase from Griffin-Lim, or from --mix")
     p.add_argument("--mix", type=Path, help="audio whose STFT phase to use (with --method phase)")
     p.add_argument("--iters", type=_positive_int, default=64, help="Griffin-Lim iterations (fast variant)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(run=_cmd_invert)
 
 
@@ -630,12 +658,12 @@ def _add_prior_run(p) -> None:
     """The optimiser and machine options every `train PRIOR` command shares."""
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=_positive_float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_seed)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="bf16: forward pass and loss under bfloat16 autocast (weights, optimiser, EMA and "
                         "validation stay float32); default: the config's, fp32")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_thread_count, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
                    help="write the checkpoint every STEPS steps (default: the config's, 100); it is also written "
                         "at the end and on Ctrl-C / SIGTERM")
@@ -734,7 +762,7 @@ def _add_train(sub) -> None:
     nmf.add_argument("--sample-rate", type=_positive_int, default=16000, help="Hz (default 16000)")
     nmf.add_argument("--n-fft", type=_positive_int, default=4096, help="STFT size in samples (default 4096)")
     nmf.add_argument("--hop", type=_positive_int, default=1024, help="STFT hop in samples (default 1024)")
-    nmf.add_argument("--seed", type=int, default=0)
+    nmf.add_argument("--seed", type=_seed, default=0)
     nmf.set_defaults(run=_cmd_train_nmf)
 
 
@@ -832,11 +860,11 @@ def _add_separate(sub) -> None:
                    help="BASIS: mel → audio by Wiener masks on the mixture (default), the multichannel Wiener filter "
                         "(a stereo image per source), mixture phase, or Griffin-Lim")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--threads", type=_positive_int,
+    p.add_argument("--threads", type=_thread_count,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--segment", type=_positive_float, default=30.0, help="chunk length in seconds (default 30)")
-    p.add_argument("--overlap", type=_finite_float, default=1.0, help="seconds cross-faded between chunks (default 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overlap", type=_non_negative_float, default=1.0, help="seconds cross-faded between chunks (default 1)")
+    p.add_argument("--seed", type=_seed, default=0)
     out = p.add_argument_group("output files")
     out.add_argument("--format", choices=["wav", "flac", "mp3"], default="wav", help="container (default wav)")
     out.add_argument("--bits", choices=["16", "24", "32f"],
@@ -848,7 +876,7 @@ def _add_separate(sub) -> None:
     runs = p.add_argument_group("collections")
     runs.add_argument("--strict", action="store_true",
                       help="stop at the first input that fails (default: report it, skip it, go on; exit status 1)")
-    runs.add_argument("--jobs", type=_positive_int, default=1,
+    runs.add_argument("--jobs", type=_thread_count, default=1,
                       help="processes, each separating every N-th input (results equal one process's)")
     runs.add_argument("--shard", metavar="I/N", help="separate only inputs I, I+N, I+2N, ... (default: the torchrun "
                                                      "RANK/WORLD_SIZE, if set)")

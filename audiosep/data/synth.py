@@ -58,6 +58,7 @@ ACTIVITY_HOP = 0.5  # seconds: every window of an excerpt must be active in ever
 RENDER_GAIN = 0.5  # FluidSynth master gain; output is float, so nothing clips
 TARGET_RMS = 0.1  # every source of an excerpt is scaled to this RMS before the random offsets
 PEAK = 0.9  # all stems are scaled down together until the mix and every stem peak at ≤ PEAK
+MAX_GAIN_DB = 40.0  # beyond ±40 dB a source is inaudible in the mix (and 10**(dB/20) overflows to 0 or inf)
 PROBE_SECONDS = 0.3  # length of the note each soundfont must sound for every voice of the preset
 SILENT_DB = -60.0  # a probe render below this RMS (dBFS) is silence: the font lacks the voice
 
@@ -709,8 +710,8 @@ def _check_numbers(duration, sample_rate, excerpts_per_piece, gain_db, timeout) 
         raise UserError(f"sample rate must be within FluidSynth's 8000–96000 Hz, got {sample_rate}")
     if excerpts_per_piece < 1:
         raise UserError(f"excerpts per piece must be at least 1, got {excerpts_per_piece}")
-    if gain_db < 0:
-        raise UserError(f"gain range must be non-negative dB, got {gain_db}")
+    if not 0 <= gain_db <= MAX_GAIN_DB:
+        raise UserError(f"gain range must lie in [0, {MAX_GAIN_DB:g}] dB, got {gain_db}")
     if not timeout > 0:
         raise UserError(f"render timeout must be positive seconds, got {timeout}")
 
