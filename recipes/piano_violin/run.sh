@@ -27,6 +27,9 @@ data=${data:-data/piano_violin}
 data_real=${data_real:-data/piano_violin_real}
 data_unseen=${data_unseen:-data/piano_violin_timgm}
 data_poly=${data_poly:-data/piano_violin_poly}
+data_real_tr=${data_real_tr:-data/piano_violin_real_tr}  # the same pieces transposed (every register)
+data_poly_tr=${data_poly_tr:-data/piano_violin_poly_tr}
+data_misc=${data_misc:-data/piano_violin_misc}  # the corpus's other non-fold composers
 folds=${folds:-data/piano_violin_folds}
 exp=${exp:-exp/piano_violin}
 stage=${stage:-0}
@@ -62,6 +65,22 @@ if run_stage 0; then
     $audiosep synth piano_violin -o "$data_poly" --composers trecento palestrina --train 300 --valid 30 --test 0 \
         --excerpts-per-piece 2 --duration 10 --seed 1 --soundfont $fonts_real --font-per-source --gain-db 8 \
         --tempo 0.1 --detune-cents 30 --velocity 20 --expression 0.4 --eq-db 6 --reverb 0.7
+    # transposed (--transpose 12) and timbre-shifted renders, and more composers, for the mask network
+    tr="--transpose 12 --timbre-shift 2"
+    # shellcheck disable=SC2086
+    $audiosep synth piano_violin -o "$data_real_tr" --train 400 --valid 40 --test 0 --excerpts-per-piece 2 \
+        --duration 10 --seed 2 --soundfont $fonts_real --font-per-source --gain-db 8 --tempo 0.1 \
+        --detune-cents 30 --velocity 20 --expression 0.4 --eq-db 6 --reverb 0.7 $tr
+    # shellcheck disable=SC2086
+    $audiosep synth piano_violin -o "$data_poly_tr" --composers trecento palestrina --train 300 --valid 30 --test 0 \
+        --excerpts-per-piece 2 --duration 10 --seed 3 --soundfont $fonts_real --font-per-source --gain-db 8 \
+        --tempo 0.1 --detune-cents 30 --velocity 20 --expression 0.4 --eq-db 6 --reverb 0.7 $tr
+    # shellcheck disable=SC2086
+    $audiosep synth piano_violin -o "$data_misc" --composers schumann_robert schumann_clara beach corelli cpebach \
+        handel johnson_j_r liliuokalani verdi webern schoenberg lusitano luca --splits 0.85 0.15 0 --train 200 \
+        --valid 30 --test 0 --excerpts-per-piece 10 --duration 10 --seed 4 --soundfont $fonts_real \
+        --font-per-source --gain-db 8 --tempo 0.1 --detune-cents 30 --velocity 20 --expression 0.4 --eq-db 6 \
+        --reverb 0.7 $tr
     # the test (and valid, for tuning) excerpts of $data, rendered with a soundfont no model saw
     $audiosep synth piano_violin -o "$data_unseen" --train 0 --valid 20 --test 20 --duration 10 --seed 0 \
         --soundfont "$timgm"
@@ -74,7 +93,8 @@ if run_stage 1; then
     $audiosep train nmf --data "$data_real" -o "$exp/nmf_piano_violin_real.pt" --atoms 64 --seed 0
     # the bundled mask network (audiosep/pretrained/masknet_piano_violin.pt, the default separation
     # and the start of BASIS): both augmented sets, then its weights-only copy
-    $audiosep train masknet --data "$data_real" "$data_poly" --sources piano violin \
+    $audiosep train masknet --data "$data_real" "$data_poly" "$data_real_tr" "$data_poly_tr" "$data_misc" \
+        --sources piano violin \
         --config recipes/piano_violin/masknet.yaml --threads 1 --device "$device" -o "$exp/masknet.pt"
     $audiosep export "$exp/masknet.pt" -o "$exp/masknet_piano_violin.pt"
     # NCSN priors for BASIS: opt in with train_ncsn=1 (hours on a CPU; resumes where it stopped)
