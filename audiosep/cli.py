@@ -5,6 +5,7 @@ A `UserError` (bad file, bad argument, wrong checkpoint) prints one line and exi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -47,19 +48,23 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_mel(args: argparse.Namespace) -> None:
-    from .io import check_output_file
+    from .io import check_output_file, check_output_kind
     from .spectral.files import save_mel
 
     check_output_file(args.output)
+    check_output_kind(args.output, "a NumPy .npy file")
     paths = save_mel(args.input, args.output, args.preset, picture=not args.no_png)
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
 def _cmd_invert(args: argparse.Namespace) -> None:
-    from .io import check_output_file
+    from .io import check_output_file, check_output_kind
     from .spectral.files import invert_mel_file
 
     check_output_file(args.output)
+    check_output_kind(args.output, "audio")
+    if args.mix is not None and args.method != "phase":
+        raise UserError(f"--mix is the phase source of --method phase; the method is {args.method}")
     path = invert_mel_file(args.input, args.output, method=args.method, mix=args.mix,
                            n_iter=args.iters, seed=args.seed)
     print(f"wrote {path}")
@@ -77,11 +82,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _cmd_report(args: argparse.Namespace) -> None:
     from .eval.listening import write_listening_report
-    from .io import check_output_file
+    from .io import check_output_file, check_output_kind
 
     check_output_file(args.output)
     if args.output.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"{args.output}: the listening report is an HTML page; name it .html")
+    check_output_kind(args.output, "an HTML page")
     path = write_listening_report(args.run_dir, args.output, max_tracks=args.max_tracks, seconds=args.seconds,
                                   preset=args.preset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -142,11 +148,19 @@ def _trains_on_images(args: argparse.Namespace, *data_only: str) -> bool:
     return False
 
 
+def _check_checkpoint_output(path: Path) -> None:
+    """The checkpoint a training writes (and resumes from) can be written, and an existing file
+    there is a checkpoint: checked before the data is read, so nothing runs on a doomed output."""
+    from .io import check_output_file, check_output_kind
+
+    check_output_file(path)
+    check_output_kind(path, "a checkpoint (torch.save)")
+
+
 def _cmd_train_ncsn(args: argparse.Namespace) -> None:
-    from .io import check_output_file
     from .training.ncsn import NCSNRun, train_ncsn, train_ncsn_images
 
-    check_output_file(args.output)
+    _check_checkpoint_output(args.output)
     if args.init_from is not None and (args.version is not None or args.nf is not None):
         raise UserError("--version/--nf: the network of --init-from is fine-tuned as it is; give one or the other")
     run = _run_settings(NCSNRun, args, ("version", "nf"))
@@ -164,10 +178,9 @@ def _cmd_train_ncsn(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_flow(args: argparse.Namespace) -> None:
-    from .io import check_output_file
     from .training.flow import FlowRun, train_flow, train_flow_images
 
-    check_output_file(args.output)
+    _check_checkpoint_output(args.output)
     run = _run_settings(FlowRun, args, ("conditioning", "levels", "depth", "hidden"))
     finetune_steps = args.finetune_steps if args.finetune_steps is not None else run.finetune_steps
     model_config, config = run.model, run.train
@@ -193,10 +206,9 @@ def _cmd_train_flow(args: argparse.Namespace) -> None:
 def _cmd_train_vae(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from .io import check_output_file
     from .training.vae import VAERun, train_vae, train_vae_mixtures
 
-    check_output_file(args.output)
+    _check_checkpoint_output(args.output)
     run = _run_settings(VAERun, args, ("n_sources", "arch", "latent_dim"))
     if args.autoencoder:
         run = dataclasses.replace(run, model=dataclasses.replace(run.model, variational=False))
@@ -215,10 +227,9 @@ def _cmd_train_vae(args: argparse.Namespace) -> None:
 
 def _cmd_train_lqvae(args: argparse.Namespace) -> None:
     from .data.stems import list_sources, list_tracks
-    from .io import check_output_file
     from .training.lqvae import LQVAERun, train_lqvae
 
-    check_output_file(args.output)
+    _check_checkpoint_output(args.output)
     run = _run_settings(LQVAERun, args, ("n_codes", "width"))
     sources = args.sources or list_sources(list_tracks(args.data, "train"))
     _set_threads(args.threads)
@@ -228,10 +239,9 @@ def _cmd_train_lqvae(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_transformer(args: argparse.Namespace) -> None:
-    from .io import check_output_file
     from .training.codes import CodePriorRun, train_code_prior
 
-    check_output_file(args.output)
+    _check_checkpoint_output(args.output)
     run = _run_settings(CodePriorRun, args, ("context", "width", "layers"))
     _set_threads(args.threads)
     result = train_code_prior(args.data, args.source, args.lqvae, args.output, run, device=args.device)
@@ -240,10 +250,9 @@ def _cmd_train_transformer(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_masknet(args: argparse.Namespace) -> None:
-    from .io import check_output_file
     from .training.masknet import MaskNetRun, train_masknet
 
-    check_output_file(args.output)
+    _check_checkpoint_output(args.output)
     run = _run_settings(MaskNetRun, args, ("hidden", "layers"))
     _set_threads(args.threads)
     result = train_masknet(args.data, args.output, args.sources, run, device=args.device)
@@ -252,11 +261,10 @@ def _cmd_train_masknet(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_nmf(args: argparse.Namespace) -> None:
-    from .io import check_output_file
     from .priors.base import refuse_training_checkpoint
     from .separation.nmf import train_nmf
 
-    check_output_file(args.output)
+    _check_checkpoint_output(args.output)
     refuse_training_checkpoint(args.output)
     model = train_nmf(args.data, args.output, args.sources, n_atoms=args.atoms, split=args.split,
                       max_minutes=args.max_minutes, max_frames=args.max_frames, n_iter=args.iters,
@@ -266,11 +274,10 @@ def _cmd_train_nmf(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from .io import check_output_file
     from .priors import export_prior
     from .priors.base import refuse_training_checkpoint
 
-    check_output_file(args.output)
+    _check_checkpoint_output(args.output)
     refuse_training_checkpoint(args.output)
     path = export_prior(args.checkpoint, args.output)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -321,74 +328,52 @@ def _separate_status(args: argparse.Namespace, failed: int) -> int:
 
 
 def _separation_model(args: argparse.Namespace):
-    """(the Separator method the options ask for, the model set's name for OUT/<name>/)."""
-    from .separation import BUNDLED_NMF, BUNDLED_PRIORS, MelBasis, NMFModel, model_set_name, separation_method
-    from .priors.masknet import BUNDLED_MASKNET, load_masknet
-    from .separation.mel_basis import baseline_mismatch, default_basis, load_baseline
+    """(the Separator method the options ask for, the name of its folder OUT/<name>/): a bundled
+    set (-n NAME, default the default set) or the user's --model files (-n names their folder)."""
+    from .separation import build_method, model_set_name, separation_method
+    from .methods import method_options, option_names
+    from .zoo import DEFAULT_SET, model_set
 
-    models = args.model or []
-    basis_options = {"--steps": args.steps, "--levels": args.levels, "--inversion": args.inversion,
-                     "--init": args.init, "--init-model": args.init_model, "--likelihood": args.likelihood,
-                     "--corrections": args.corrections, "--chains": args.chains, "--delta": args.delta,
-                     "--patch-hop": args.patch_hop}
-    latent_options = {"--sigma": args.sigma, "--window": args.window, "--postfilter": args.postfilter,
-                      "--resample": args.resample}
-    method = separation_method(models, args.method)
-    if method != "latent":
-        _refuse_options(latent_options, "latent separation option(s)", f"the method is {method}")
-    if method == "vae-bss":
-        from .separation.vae_bss import VAEBSS
-
-        _refuse_options(basis_options, "BASIS option(s)", "the method is vae-bss")
-        return VAEBSS.from_file(models[0], device=args.device), model_set_name(models)
-    if method == "nmf":
-        _refuse_options(basis_options, "BASIS option(s)", "the model is NMF; give prior checkpoints")
-        path = models[0] if models else BUNDLED_NMF
-        return NMFModel.load(path), model_set_name([path])
-    if method == "latent":
-        return _latent_model(args, basis_options), model_set_name(models, "latent")
-    if method == "masknet":
-        _refuse_options(basis_options, "BASIS option(s)", "the model is a mask network; give prior checkpoints")
-        path = models[0] if models else BUNDLED_MASKNET
-        return load_masknet(path, device=args.device), model_set_name([path])
-    from_model = args.init in (None, "model", "nmf")
-    if args.init_model and not from_model:
-        raise UserError(f"--init-model is the starting model of --init model, not of --init {args.init}")
-    paths = models or BUNDLED_PRIORS
-    priors = MelBasis.from_files(paths, device=args.device)
-    start = args.init_model or (BUNDLED_NMF if args.init == "nmf" else BUNDLED_MASKNET)
-    baseline = load_baseline(start, args.device) if from_model else None
-    if args.init is None:  # from the baseline when it separates the priors' sources, else from the mixture
-        fits = baseline_mismatch(baseline, priors.sources, priors.sample_rate) is None
-        init = "nmf" if fits else "mixture"
-    else:  # default_basis("nmf") is the schedule of any baseline's start
-        init = "nmf" if from_model else args.init
-    config = default_basis(init, seed=args.seed, steps_per_level=args.steps, n_levels=args.levels,
-                           likelihood=args.likelihood, corrections=args.corrections, n_chains=args.chains,
-                           delta=args.delta)
-    model = MelBasis(priors.priors, config, priors.sources, inversion=args.inversion or "wiener",
-                     hop_frames=args.patch_hop, init_from=baseline if init == "nmf" else None)
-    return model, model_set_name(paths)
+    given = {name: getattr(args, name) for name in _method_option_names()}
+    if args.model:
+        method = separation_method(args.model, args.method)
+        options = method_options(method, given)
+        model = build_method(method, args.model, options, device=args.device, seed=args.seed)
+        return model, args.name or model_set_name(args.model, method)
+    bundled = model_set(args.name or DEFAULT_SET)
+    method = separation_method([], args.method or bundled.default)
+    options = method_options(method, given)
+    if method == "basis" and "init_model" in option_names(method) and options.init_model is None:
+        options = dataclasses.replace(options, init_model=bundled.init_model(method))
+    model = build_method(method, bundled.files(method), options, device=args.device, seed=args.seed,
+                         defaults=bundled)
+    return model, bundled.output_name(method)
 
 
-def _refuse_options(options: dict, what: str, why: str) -> None:
-    """UserError naming the options of `options` that were given (not None)."""
-    given = [flag for flag, value in options.items() if value is not None]
-    if given:
-        raise UserError(f"{', '.join(given)}: {what}, but {why}")
+def _method_option_names() -> list[str]:
+    """Every option of every separation method, once (shared ones: --chains, --likelihood)."""
+    from .methods import METHODS, option_names
+
+    return list(dict.fromkeys(name for method in METHODS for name in option_names(method)))
 
 
-def _latent_model(args: argparse.Namespace, basis_options: dict):
-    """The LatentSeparator of `--model LQVAE.pt A.pt B.pt` and the latent options."""
-    from .separation.latent import LatentConfig, LatentSeparator
+def _cmd_models(args: argparse.Namespace) -> None:
+    from .zoo import model_sets
 
-    shared = ("--chains", "--likelihood")
-    _refuse_options({k: v for k, v in basis_options.items() if k not in shared}, "BASIS option(s)",
-                    "the method is latent")
-    given = {"n_chains": args.chains, "sigma": args.sigma, "likelihood": args.likelihood, "window": args.window,
-             "postfilter": args.postfilter, "resample": args.resample}
-    config = LatentConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
-    return LatentSeparator.from_files(args.model[0], args.model[1:], config, device=args.device)
+    rows = [("name", "sources", "methods (default first)", "size", "SDR (dB) by method", "rate")]
+    for name, bundled in model_sets().items():
+        methods = [bundled.default, *[m for m in bundled.methods if m != bundled.default]]
+        sdr = bundled.scores.get("sdr", {})
+        scores = "; ".join(f"{m} " + " / ".join(f"{v:.2f}" for v in sdr[m].values()) for m in methods if m in sdr)
+        rows.append((name, ", ".join(bundled.sources), ", ".join(methods), f"{bundled.size_bytes() / 1e6:.1f} MB",
+                     scores or "-", f"{bundled.sample_rate} Hz"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for name, bundled in model_sets().items():
+        if bundled.scores:
+            print(f"\n{name}: {bundled.description}. Scores: {bundled.scores['material']}; "
+                  f"by `{bundled.scores['command']}`")
 
 
 def _shard(text: str | None) -> tuple[int, int]:
@@ -792,6 +777,34 @@ def _add_export(sub) -> None:
     p.set_defaults(run=_cmd_export)
 
 
+def _add_method_options(p) -> None:
+    """--method and every method's options, generated from the registry's options dataclasses
+    (an option two methods share, e.g. --chains, is one flag whose help names both)."""
+    from .methods import METHODS
+
+    p.add_argument("--method", choices=list(METHODS),
+                   help="; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items())
+                        + " (default: the model set's, or inferred from --model)")
+    types = {"positive_int": _positive_int, "count": _count, "positive_float": _positive_float,
+             "fraction": _fraction, "path": Path, None: None}
+    group = p.add_argument_group("method options (default: the method's own)")
+    fields: dict[str, list] = {}
+    for spec in METHODS.values():
+        for f in dataclasses.fields(spec.options):
+            fields.setdefault(f.name, []).append((spec.label, f.metadata))
+    for name, owners in fields.items():
+        meta = owners[0][1]
+        kwargs = {"type": types[meta["kind"]], "choices": meta["choices"], "metavar": meta["metavar"]}
+        group.add_argument("--" + name.replace("_", "-"), dest=name,
+                           help="; ".join(f"{label}: {m['help']}" for label, m in owners),
+                           **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the bundled model sets: sources, methods, size and scores")
+    p.set_defaults(run=_cmd_models)
+
+
 def _add_separate(sub) -> None:
     p = sub.add_parser("separate", help="separate audio files, folders or dataset splits into OUT/<name>/<track>/<source>.wav")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
@@ -799,66 +812,17 @@ def _add_separate(sub) -> None:
                         "tracks named by their relative paths) or dataset splits DATA/<split> (stems, MUSDB18 or "
                         "Slakh2100 layout: each track's mixture, named after its folder)")
     p.add_argument("-o", "--output", type=Path, default=Path("separated"), help="output folder (default: separated)")
-    p.add_argument("-n", "--name", help="sub-folder of the model set, OUT/<name>/<track>/ (default: the model's "
-                                        "name: masknet_piano_violin for the bundled mask network, "
-                                        "ncsn_piano_violin for the bundled priors, the NMF or mask network file's "
-                                        "stem, the folder the --model priors share)")
+    p.add_argument("-n", "--name", metavar="NAME",
+                   help="the bundled model set to run (audiosep models lists them; default piano_violin), its "
+                        "stems in OUT/<NAME>/<track>/ (OUT/<NAME>_<method>/ for a method other than the set's "
+                        "default); with --model, the name of the output folder instead (default: the file's stem, "
+                        "or the folder the --model files share)")
     p.add_argument("--model", type=Path, nargs="+", metavar="PATH",
-                   help="one NMF model or mask network file, or one prior checkpoint per source for BASIS, named "
-                        "after the files (piano.pt violin.pt → piano, violin), or one VAE for vae-bss; default: the "
-                        "bundled piano/violin mask network, the bundled NCSN priors with --method basis, the "
-                        "bundled NMF model with --method nmf")
-    p.add_argument("--method", choices=["masknet", "basis", "nmf", "latent", "vae-bss"],
-                   help="masknet, basis, nmf, latent or vae-bss (default: inferred from --model; masknet without "
-                        "it). masknet: the supervised mask network (train masknet). basis: annealed Langevin over "
-                        "one prior per source, started from the mask network's stems. latent: "
-                        "--model LQVAE.pt A.pt B.pt, Bayesian search over the LQ-VAE's codes with one code "
-                        "prior per source. vae-bss: --model VAE.pt (train vae --data), unsupervised: stems "
-                        "source0 ... source{K-1}, masks that sum to the mixture")
-    p.add_argument("--steps", type=_positive_int, help="BASIS: Langevin steps per noise level (default 10)")
-    p.add_argument("--levels", type=_positive_int,
-                   help="BASIS: noise levels, σ geometric down to 0.01 (default: 4 from σ 0.05 for --init model, "
-                        "7 from 0.3 for mixture, 10 from 1 for uniform)")
-    p.add_argument("--init", choices=["model", "nmf", "mixture", "uniform"],
-                   help="BASIS: start from the stems of a baseline model, --init-model (then annealed from a low "
-                        "σ; nmf: the same, the bundled NMF model by default), an equal split of the mixture, or "
-                        "U(0, 1) noise; default: model when the baseline separates the priors' sources at their "
-                        "rate (the bundled mask network: piano, violin at 16 kHz), else mixture")
-    p.add_argument("--init-model", type=Path, metavar="PATH",
-                   help="BASIS --init model/nmf: the model whose stems start the chains, a mask network (train "
-                        "masknet) or an NMF model; default: the bundled mask network (--init nmf: the bundled NMF)")
-    p.add_argument("--likelihood", choices=["gaussian", "dirac"],
-                   help="BASIS: the mixture as a Gaussian constraint in the drift, or exactly (dirac: every step "
-                        "projected back onto the mixture); latent: a Gaussian on the codebook distance of the pair's "
-                        "sum code to the mixture code (default), or dirac (the sum code must equal it)")
-    p.add_argument("--delta", type=_positive_float,
-                   help="BASIS: the Langevin step δ (step σ²/σ_min²·δ at noise σ); default 1e-4 with the dirac "
-                        "likelihood, 2e-5 with gaussian (larger steps make the gaussian constraint diverge)")
-    p.add_argument("--patch-hop", type=_positive_int, metavar="FRAMES",
-                   help="BASIS: frames between the starts of the mel patches the priors see (default: half a "
-                        "patch, 32 of the bundled priors' 64 frames); every frame is the Hann-weighted average of "
-                        "the patches over it, and the cost grows as 1/hop")
-    p.add_argument("--corrections", type=_count, metavar="N",
-                   help="BASIS: re-noising correction rounds per noise level (denoise, re-noise, run the level again)")
-    p.add_argument("--chains", type=_positive_int, metavar="N",
-                   help="BASIS: independent chains, averaged as powers (default 1); latent: parallel chains "
-                        "whose best pair is kept (default 64)")
-    p.add_argument("--sigma", type=_positive_float,
-                   help="latent: sigma of the Gaussian likelihood in codebook units (default 0.4)")
-    p.add_argument("--postfilter", choices=["none", "wiener"],
-                   help="latent: the decoded waveforms' STFT powers as Wiener masks on the mixture (wiener, "
-                        "default: the mixture's phase, the stems sum to it), or the decoded waveforms as they are "
-                        "(none, the paper's output)")
-    p.add_argument("--window", type=_positive_int, metavar="TOKENS",
-                   help="latent: tokens sampled between two choices of the best pair (default: half the "
-                        "priors' context)")
-    p.add_argument("--resample", type=_fraction, metavar="ESS",
-                   help="latent: resample the chains (sequential Monte Carlo, weights: each pair's evidence of the "
-                        "mixture code) when their effective sample size falls below ESS x chains (0 to 1; default "
-                        "0.25; 0: independent chains, as in the paper)")
-    p.add_argument("--inversion", choices=["wiener", "wiener-mc", "phase", "griffinlim"],
-                   help="BASIS: mel → audio by Wiener masks on the mixture (default), the multichannel Wiener filter "
-                        "(a stereo image per source), mixture phase, or Griffin-Lim")
+                   help="your own model files instead of a bundled set: one NMF model or mask network file, one "
+                        "prior checkpoint per source for BASIS (named after the files: piano.pt violin.pt → "
+                        "piano, violin), an LQ-VAE and one code prior per source for latent, or one VAE for "
+                        "vae-bss")
+    _add_method_options(p)
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--threads", type=_thread_count,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
@@ -896,8 +860,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"audiosep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_separate, _add_synth, _add_mel, _add_invert, _add_evaluate, _add_oracle, _add_report,
-                _add_train, _add_export):
+    for add in (_add_separate, _add_models, _add_synth, _add_mel, _add_invert, _add_evaluate, _add_oracle,
+                _add_report, _add_train, _add_export):
         add(sub)
     return parser
 

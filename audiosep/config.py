@@ -104,7 +104,7 @@ def load_yaml(cls: type[T], path: str | os.PathLike) -> T:
     """Read a YAML mapping from `path` and build `cls` from it with `from_dict`.
 
     Raises:
-        UserError: missing or unreadable file, invalid YAML, a top level that is not a
+        UserError: missing or unreadable file, a binary file, invalid YAML, a top level that is not a
             mapping, or any `from_dict` error (prefixed with the file name).
     """
     path = Path(path)
@@ -112,6 +112,8 @@ def load_yaml(cls: type[T], path: str | os.PathLike) -> T:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a YAML config (not UTF-8 text)") from None
     except OSError as err:
         raise UserError(f"cannot read config file {path}: {err.strerror or err}") from None
     try:

@@ -108,6 +108,33 @@ def check_output_file(path: str | os.PathLike) -> Path:
     return path
 
 
+# the first bytes of the files the CLI writes, by the kind `check_output_file` is told
+OUTPUT_MAGIC = {"a NumPy .npy file": (b"\x93NUMPY",), "a checkpoint (torch.save)": (b"PK\x03\x04",),
+                "an HTML page": (b"<!DOCTYPE html", b"<!doctype html", b"<html")}
+
+
+def check_output_kind(path: str | os.PathLike, kind: str) -> None:
+    """UserError if `path` is an existing file that is not of `kind` (a key of `OUTPUT_MAGIC`, or
+    "audio"): a file of another kind is someone's data, not an earlier output, so it is never
+    replaced."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    if kind == "audio":
+        try:
+            sf.info(str(path))
+            return
+        except (sf.LibsndfileError, RuntimeError):
+            pass
+    else:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if head.startswith(OUTPUT_MAGIC[kind]):
+            return
+    raise UserError(f"{path}: exists and is not {'an audio file' if kind == 'audio' else kind}; it is not "
+                    "replaced (move it, or name another output)")
+
+
 def _unwritable(folder: Path) -> str | None:
     """Why `folder` cannot be used (or made) for writing, or None."""
     existing = next(p for p in (folder, *folder.parents, Path(".")) if p.exists())

@@ -61,11 +61,12 @@ from audiosep.data.stems import Track, list_tracks, load_track
 from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.report import score_track, summarize, write_csv, write_reports
 from audiosep.oracle import run_oracle
-from audiosep.separation.mel_basis import BUNDLED_PRIORS, MelBasis, baseline_powers, default_basis
-from audiosep.separation.nmf import BUNDLED_NMF, NMFModel
+from audiosep.separation.mel_basis import MelBasis, baseline_powers, default_basis
+from audiosep.separation.nmf import NMFModel
 from audiosep.separation.separator import level_gain
 from audiosep.spectral.frontend import Frontend
 from audiosep.spectral.inversion import invert_mel_powers
+from audiosep.zoo import bundled
 
 from separation import median_table  # benchmarks/separation.py (this folder is on sys.path when run as a script)
 
@@ -172,10 +173,10 @@ def main() -> None:
                         help="stems dataset folders, one table each (default: /work/data/pv /work/data/pv_timgm)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--tracks", type=int, help="only the first N tracks of each split")
-    parser.add_argument("--priors", type=Path, nargs="+", default=list(BUNDLED_PRIORS),
+    parser.add_argument("--priors", type=Path, nargs="+", default=bundled("basis"),
                         help="one prior checkpoint per source, named after the files (piano.pt → piano); "
                              "default: the bundled piano/violin NCSN priors")
-    parser.add_argument("--nmf", type=Path, default=BUNDLED_NMF, help="NMF model BASIS starts from (default: bundled)")
+    parser.add_argument("--nmf", type=Path, default=bundled("nmf")[0], help="NMF model BASIS starts from (default: bundled)")
     parser.add_argument("--true-start", choices=("nmf", "pinv"), default="nmf",
                         help="NNLS start of the true-mel rows: the NMF model's spectra (as the basis rows) "
                              "or the pseudo-inverse (as the mel-ideal oracle)")

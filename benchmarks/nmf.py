@@ -28,7 +28,8 @@ from audiosep.data.stems import list_tracks, load_track
 from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.report import score_track, summarize, write_reports
 from audiosep.oracle import run_oracle
-from audiosep.separation.nmf import BUNDLED_NMF, NMFModel
+from audiosep.separation.nmf import NMFModel
+from audiosep.zoo import bundled
 from audiosep.separation.separator import Separator
 
 ORACLES = ("irm2", "mix")
@@ -67,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("/work/data/pv"), help="stems dataset folder")
     parser.add_argument("--splits", nargs="+", default=["test", "valid"])
-    parser.add_argument("--model", type=Path, default=BUNDLED_NMF, help="NMF model file (default: the bundled one)")
+    parser.add_argument("--model", type=Path, default=bundled("nmf")[0], help="NMF model file (default: the bundled one)")
     parser.add_argument("--win", type=float, default=1.0, help="BSSEval window in seconds")
     parser.add_argument("-o", "--output", type=Path, help="also write the reports to OUTPUT/<split>/")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the separation (default 1)")

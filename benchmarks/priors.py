@@ -34,9 +34,9 @@ from tqdm import tqdm
 from audiosep.errors import UserError, run_reporting_user_errors
 from audiosep.priors.base import load_prior
 from audiosep.priors.denoising import tweedie_denoise
-from audiosep.separation.mel_basis import BUNDLED_PRIORS
 from audiosep.spectral.frontend import Frontend
 from audiosep.training.mel import mel_patches
+from audiosep.zoo import bundled
 
 
 def denoising_gains(prior, patches: torch.Tensor, sigmas: list[float], seed: int, batch: int = 32) -> list[float]:
@@ -58,7 +58,7 @@ def denoising_gains(prior, patches: torch.Tensor, sigmas: list[float], seed: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--priors", type=Path, nargs="+", default=list(BUNDLED_PRIORS),
+    parser.add_argument("--priors", type=Path, nargs="+", default=bundled("basis"),
                         help="one mel prior per source, named after the files (default: the bundled NCSN priors)")
     parser.add_argument("--sources", nargs="+", help="the priors' source names, in order (default: the files' stems)")
     parser.add_argument("--data", nargs="+", required=True, metavar="TAG:FOLDER", help="stems datasets")

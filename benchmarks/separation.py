@@ -80,6 +80,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -101,12 +102,13 @@ from audiosep.eval.report import score_track, summarize, write_reports
 from audiosep.io import resample, write_audio
 from audiosep.oracle import run_oracle
 from audiosep.separation.basis import BasisConfig
-from audiosep.priors.masknet import BUNDLED_MASKNET, load_masknet
-from audiosep.separation.mel_basis import BUNDLED_PRIORS, LEVEL_DB, MelBasis, baseline_powers, default_basis
-from audiosep.separation.nmf import BUNDLED_NMF, NMFModel
+from audiosep.priors.masknet import load_masknet
+from audiosep.separation.mel_basis import LEVEL_DB, MelBasis, baseline_powers, default_basis
+from audiosep.separation.nmf import NMFModel
 from audiosep.separation.separator import Method, Separator, level_gain
 from audiosep.spectral.frontend import Frontend
 from audiosep.spectral.inversion import invert_mel_powers
+from audiosep.zoo import bundled
 
 SeparateFn = Callable[[np.ndarray, int], np.ndarray]
 OracleFn = Callable[[np.ndarray, int], np.ndarray]  # (true stems (K, C, N), rate) → estimates
@@ -376,6 +378,35 @@ def margin_table(summary: pd.DataFrame, folds: list[str], row: str, baseline: st
     return margin
 
 
+MANIFEST_ROWS = {"masknet": "masknet", "nmf": "nmf"}  # benchmark row → method of a model set manifest
+
+
+def manifest_method(row: str) -> str | None:
+    """The model set method a benchmark row measures: masknet, nmf, or basis (BASIS started from
+    the mask network, as the bundled set runs it); None for other rows."""
+    if row.startswith("basis-") and row.endswith("+masknet"):
+        return "basis"
+    return MANIFEST_ROWS.get(row)
+
+
+def write_manifest_scores(path: Path, summary: pd.DataFrame, folds: list[str], command: str) -> None:
+    """Put the mean over `folds` of the measured rows into the model set manifest at `path`
+    (`audiosep/pretrained/<set>.json`, its `scores`), with the command: the scores `audiosep
+    models` prints come from this run, never typed in. Methods not measured keep their scores."""
+    manifest = json.loads(path.read_text())
+    scores = manifest.setdefault("scores", {})
+    sdr = scores.setdefault("sdr", {})
+    for row in summary.columns.get_level_values(0).unique():
+        method = manifest_method(row)
+        if method is not None and method in manifest["methods"]:
+            sdr[method] = {source: round(float(summary.loc["mean", (row, source)]), 2)
+                           for source in manifest["sources"]}
+    scores["material"] = (f"{len(folds)} honest folds (composers and a soundfont no model trained on), "
+                          "mean of the folds' median SDR, dB")
+    scores["command"] = command
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+
 def run_folds(args: argparse.Namespace, composers: dict[str, dict[str, set[str]]], sources: list[str],
               methods: dict[str, SeparateFn], oracles: dict[str, OracleFn]) -> pd.DataFrame:
     """Each fold's table, then the fold summary, the worst folds and the default's margin over
@@ -415,6 +446,10 @@ def run_folds(args: argparse.Namespace, composers: dict[str, dict[str, set[str]]
     if args.output is not None:
         args.output.mkdir(parents=True, exist_ok=True)
         summary.to_csv(args.output / "folds_sdr.csv")
+    if args.manifest is not None:
+        write_manifest_scores(args.manifest, summary, folds, "python benchmarks/separation.py "
+                              + shlex.join(sys.argv[1:]))
+        print(f"wrote the mean scores into {args.manifest}")
     return summary
 
 
@@ -557,7 +592,7 @@ def print_settings(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--priors", type=Path, nargs="+", default=list(BUNDLED_PRIORS),
+    parser.add_argument("--priors", type=Path, nargs="+", default=bundled("basis"),
                         help="one prior checkpoint per source, named after the files (piano.pt → piano); "
                              "default: the bundled piano/violin NCSN priors")
     parser.add_argument("--name", default="ncsn", help="row label of --priors (basis-NAME)")
@@ -572,10 +607,13 @@ def main() -> None:
     parser.add_argument("--train-data", type=Path, nargs="+", default=[], metavar="DIR",
                         help="with --folds: the datasets the models trained on; a fold with a composer of their "
                              "train or valid tracks (index.json) is refused")
-    parser.add_argument("--nmf", type=Path, default=BUNDLED_NMF, help="NMF model (default: the bundled one)")
-    parser.add_argument("--masknet", type=Path, default=BUNDLED_MASKNET,
+    parser.add_argument("--nmf", type=Path, default=bundled("nmf")[0], help="NMF model (default: the bundled one)")
+    parser.add_argument("--masknet", type=Path, default=bundled("masknet")[0],
                         help="mask network (train masknet) of the rows masknet (it alone, the default) and "
                              "basis-NAME+masknet (the +nmf schedule started from its stems); default: the bundled one")
+    parser.add_argument("--manifest", type=Path, metavar="JSON",
+                        help="with --folds: write the mean scores of the masknet, nmf and basis-*+masknet rows "
+                             "into this model set manifest (audiosep/pretrained/<set>.json)")
     parser.add_argument("--only", nargs="+", metavar="ROW",
                         help="keep only these separation rows (e.g. masknet nmf); the oracles stay")
     parser.add_argument("--from-truth", action="store_true",

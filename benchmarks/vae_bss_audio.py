@@ -45,7 +45,8 @@ from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.metrics import best_permutation, si_sdr
 from audiosep.eval.report import score_track, summarize, write_reports
 from audiosep.oracle import run_oracle
-from audiosep.separation.nmf import BUNDLED_NMF, NMFModel
+from audiosep.separation.nmf import NMFModel
+from audiosep.zoo import bundled
 from audiosep.separation.separator import Separator
 from audiosep.separation.vae_bss import VAEBSS, align_slots, permute_slots, slot_features
 from audiosep.spectral.frontend import patchify
@@ -142,7 +143,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, nargs="+", default=[Path("data/piano_violin")], help="stems datasets")
     parser.add_argument("--split", default="test")
     parser.add_argument("--tracks", type=int, default=10, help="first tracks of the split (default 10)")
-    parser.add_argument("--nmf", type=Path, default=BUNDLED_NMF, help="NMF model file (default: the bundled one)")
+    parser.add_argument("--nmf", type=Path, default=bundled("nmf")[0], help="NMF model file (default: the bundled one)")
     parser.add_argument("--win", type=float, default=1.0, help="BSSEval window in seconds")
     parser.add_argument("-o", "--output", type=Path, help="also write the reports to OUTPUT/<dataset>/")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")

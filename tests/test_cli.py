@@ -191,15 +191,15 @@ def test_separate_bundled_example(tmp_path):
     assert _run("separate", example, "-o", tmp_path / "sep") == 0
     assert _run("separate", example, "-o", tmp_path / "sep", "--method", "basis", "--steps", 1, "--levels", 2) == 0
     assert _run("separate", example, "-o", tmp_path / "sep", "--method", "nmf") == 0
-    assert sorted(p.name for p in (tmp_path / "sep").iterdir()) == ["masknet_piano_violin", "ncsn_piano_violin",
-                                                                    "nmf_piano_violin"]
-    masknet = sf.read(tmp_path / "sep" / "masknet_piano_violin" / "piano_violin" / "piano.wav")[0]
-    violin = sf.read(tmp_path / "sep" / "masknet_piano_violin" / "piano_violin" / "violin.wav")[0]
+    assert sorted(p.name for p in (tmp_path / "sep").iterdir()) == ["piano_violin", "piano_violin_basis",
+                                                                    "piano_violin_nmf"]
+    masknet = sf.read(tmp_path / "sep" / "piano_violin" / "piano_violin" / "piano.wav")[0]
+    violin = sf.read(tmp_path / "sep" / "piano_violin" / "piano_violin" / "violin.wav")[0]
     np.testing.assert_allclose(masknet + violin, sf.read(example)[0], atol=1e-4)
-    stems = sorted(p.name for p in (tmp_path / "sep" / "ncsn_piano_violin" / "piano_violin").iterdir())
+    stems = sorted(p.name for p in (tmp_path / "sep" / "piano_violin_basis" / "piano_violin").iterdir())
     assert stems == ["piano.wav", "violin.wav"]
     mix, sr = sf.read(example)
-    piano, sr_out = sf.read(tmp_path / "sep" / "ncsn_piano_violin" / "piano_violin" / "piano.wav")
+    piano, sr_out = sf.read(tmp_path / "sep" / "piano_violin_basis" / "piano_violin" / "piano.wav")
     assert sr_out == sr and piano.shape == mix.shape
 
 
@@ -210,10 +210,10 @@ def test_separate_a_collection_skips_bad_files_and_says_so(tmp_path, capsys):
     (folder / "a.wav").write_bytes(example.read_bytes())
     (folder / "b.wav").write_bytes(b"RIFF junk")
     sf.write(folder / "short.wav", np.zeros(100, np.float32), SR)
-    assert _run("separate", folder, "-o", tmp_path / "out", "-n", "run1", "--format", "flac", "--method", "basis") == 1
+    assert _run("separate", folder, "-o", tmp_path / "out", "--format", "flac", "--method", "basis") == 1
     out, err = capsys.readouterr()
-    assert sorted(p.name for p in (tmp_path / "out/run1").iterdir()) == ["a"]
-    assert sorted(p.name for p in (tmp_path / "out/run1/a").iterdir()) == ["piano.flac", "violin.flac"]
+    assert sorted(p.name for p in (tmp_path / "out/piano_violin_basis").iterdir()) == ["a"]
+    assert sorted(p.name for p in (tmp_path / "out/piano_violin_basis/a").iterdir()) == ["piano.flac", "violin.flac"]
     assert "1 track(s) written" in out and "2 failed" in out
     skipped = [line for line in err.splitlines() if "skipped" in line]
     assert len(skipped) == 2 and any("b.wav" in line for line in skipped)
@@ -234,7 +234,7 @@ def test_separate_jobs_equal_one_process(tmp_path, capfd):
     capfd.readouterr()
     assert _run("separate", *inputs, "-o", tmp_path / "two", "--method", "nmf", "--threads", 1, "--jobs", 2) == 0
     totals = [line for line in capfd.readouterr().out.splitlines() if "track(s) written" in line]
-    assert totals == [f"3 track(s) written to {tmp_path / 'two' / 'nmf_piano_violin'}"]  # one total, not one per worker
+    assert totals == [f"3 track(s) written to {tmp_path / 'two' / 'piano_violin_nmf'}"]  # one total, not one per worker
     assert _run("separate", *inputs, "-o", tmp_path / "bad", "--model", tmp_path / "m0.wav", "--jobs", 2) == 2
     assert capfd.readouterr().err.count("error:") == 1  # checked once, before the workers start
     one = sorted((tmp_path / "one").rglob("*.wav"))
@@ -250,9 +250,9 @@ def test_separate_under_torchrun_takes_its_rank_s_share(tmp_path, monkeypatch):
         sf.write(tmp_path / f"m{i}.wav", sf.read(example)[0][: SR], SR)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert _run("separate", *[tmp_path / f"m{i}.wav" for i in range(3)], "-o", tmp_path / "out", "-n", "x",
+    assert _run("separate", *[tmp_path / f"m{i}.wav" for i in range(3)], "-o", tmp_path / "out",
                 "--method", "nmf") == 0
-    assert sorted(p.name for p in (tmp_path / "out/x").iterdir()) == ["m1"]
+    assert sorted(p.name for p in (tmp_path / "out/piano_violin_nmf").iterdir()) == ["m1"]
 
 
 def test_separate_bad_model_writes_nothing(tmp_path, capsys):
@@ -382,7 +382,7 @@ def test_sigterm_at_any_point_leaves_no_temporary_file_and_no_partial_track(tmp_
     left = list(out.rglob("*")) if out.exists() else []
     assert not [p for p in left if p.name.startswith(".")]
     assert not [p for p in left if p.is_dir() and not any(p.iterdir())]
-    for track in (out / "nmf_piano_violin").glob("*") if out.exists() else []:
+    for track in (out / "piano_violin_nmf").glob("*") if out.exists() else []:
         assert sorted(p.name for p in track.iterdir()) == ["piano.wav", "violin.wav"]
 
 

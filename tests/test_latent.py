@@ -219,7 +219,7 @@ def test_basis_options_are_refused_for_latent_and_latent_options_for_basis(laten
     assert main(base + ["--method", "nmf", "--sigma", "0.3"]) == 2
     assert "--sigma" in capsys.readouterr().err
     assert main(base + ["--method", "latent"]) == 2
-    assert "no bundled models" in capsys.readouterr().err
+    assert "has no latent model" in capsys.readouterr().err
 
 
 def test_wiener_postfilter_sums_to_the_mixture_and_keeps_exact_estimates():

@@ -12,6 +12,7 @@ from audiosep.priors.base import Domain, load_checkpoint
 from audiosep.priors.masknet import MaskNet, load_masknet, masknet_loss, separate_masknet
 from audiosep.separation.separator import Separator
 from audiosep.training.masknet import MaskNetConfig, MaskNetRun, StemCrops, train_masknet
+from audiosep.zoo import bundled
 
 RATE = 8000
 
@@ -128,7 +129,7 @@ def test_load_masknet_refuses_other_kinds(tmp_path):
 
 
 def test_the_method_follows_the_file_and_basis_can_start_from_it(trained, tmp_path):
-    from audiosep.separation import BUNDLED_NMF, NMFModel, separation_method
+    from audiosep.separation import NMFModel, separation_method
     from audiosep.separation.mel_basis import load_baseline
 
     _, out, _ = trained
@@ -138,7 +139,7 @@ def test_the_method_follows_the_file_and_basis_can_start_from_it(trained, tmp_pa
     with pytest.raises(UserError, match="masknet takes one mask network checkpoint"):
         separation_method([out, out])
     assert separation_method([]) == "masknet" == separation_method([], "masknet")  # the bundled one
-    assert isinstance(load_baseline(out), MaskNet) and isinstance(load_baseline(BUNDLED_NMF), NMFModel)
+    assert isinstance(load_baseline(out), MaskNet) and isinstance(load_baseline(bundled("nmf")[0]), NMFModel)
     lq = tmp_path / "lq.pt"
     from audiosep.priors.base import save_checkpoint
     from audiosep.priors.vqvae import LQVAE
@@ -161,20 +162,19 @@ def test_cli_separates_with_a_mask_network_and_refuses_basis_options(trained, tm
     assert rate == RATE and low.shape == (RATE,)
     np.testing.assert_allclose(low + high, sf.read(mix)[0], atol=1e-4)
     assert main(["separate", str(mix), "--model", str(out), "--steps", "3", "-o", str(tmp_path / "x")]) == 2
-    assert "BASIS option(s), but the model is a mask network" in capsys.readouterr().err
+    assert "BASIS option(s), but the method is masknet" in capsys.readouterr().err
 
 
 def test_the_bundled_mask_network_beats_the_bundled_nmf_on_the_example():
     # the default `audiosep separate`: stored scores pin it (BSSEval v4 median SDR, dB)
     from audiosep.eval.report import score_track, summarize
-    from audiosep.priors.masknet import BUNDLED_MASKNET
-    from audiosep.separation import BUNDLED_NMF, NMFModel
+    from audiosep.separation import NMFModel
 
     example = Path(__file__).parents[1] / "examples"
     mix, rate = sf.read(example / "piano_violin.wav", dtype="float32")
     refs = np.stack([sf.read(example / "piano_violin" / f"{s}.wav", dtype="float32")[0] for s in ("piano", "violin")])
     scores = {}
-    for name, model in (("masknet", load_masknet(BUNDLED_MASKNET)), ("nmf", NMFModel.load(BUNDLED_NMF))):
+    for name, model in (("masknet", load_masknet(bundled("masknet")[0])), ("nmf", NMFModel.load(bundled("nmf")[0]))):
         assert model.sources == ("piano", "violin")
         estimates = Separator(model, progress=False).separate(mix[None], rate)
         table = summarize(score_track("ex", ["piano", "violin"], refs[:, None], estimates, rate, method=name))

@@ -13,11 +13,12 @@ import torch
 from audiosep.cli import main
 from audiosep.errors import UserError
 from audiosep.priors import Domain, NCSNv2, Prior, load_prior, save_checkpoint, sigma_per_sample
-from audiosep.priors.masknet import BUNDLED_MASKNET, load_masknet
-from audiosep.separation import BUNDLED_NMF, BUNDLED_PRIORS, MelBasis, NMFModel, separation_method
+from audiosep.priors.masknet import load_masknet
+from audiosep.separation import MelBasis, NMFModel, separation_method
 from audiosep.separation.basis import BasisConfig, fit_schedule
 from audiosep.separation.mel_basis import baseline_mismatch, default_basis
 from audiosep.spectral.frontend import Frontend, get_frontend, patchify
+from audiosep.zoo import bundled
 
 # A small front end for the analytic tests: every STFT bin is covered by a mel band
 # (fmin 0, fmax = Nyquist), so Wiener masks lose nothing.
@@ -249,7 +250,7 @@ def test_wiener_stems_add_up_to_the_mixture(mixtures, checkpoints, tmp_path):
 def test_separate_started_from_the_bundled_nmf(mixtures, checkpoints, tmp_path):
     # --init nmf: the bundled NMF model (piano, violin, 16 kHz) starts the chains and the NNLS.
     assert _basis(mixtures[:1], checkpoints, tmp_path / "sep", "--init", "nmf") == 0
-    assert _basis(mixtures[:1], checkpoints, tmp_path / "sep2", "--init-model", BUNDLED_NMF, "--threads", 1) == 0
+    assert _basis(mixtures[:1], checkpoints, tmp_path / "sep2", "--init-model", bundled("nmf")[0], "--threads", 1) == 0
     for name in ("sep", "sep2"):
         assert sf.info(tmp_path / name / "mono16k" / "violin.wav").frames == sf.info(mixtures[0]).frames
     same = [sf.read(tmp_path / name / "mono16k" / "piano.wav")[0] for name in ("sep", "sep2")]
@@ -262,7 +263,7 @@ def test_default_initialisation_is_the_mask_network_only_when_it_fits(mixtures, 
     # (the same weights named a, b) start from the mixture.
     read = lambda folder, source: sf.read(tmp_path / folder / "mono16k" / f"{source}.wav")[0]  # noqa: E731
     for folder, extra in (("default", []), ("model", ["--init", "model"]), ("nmf", ["--init", "nmf"]),
-                          ("nmf-file", ["--init", "model", "--init-model", BUNDLED_NMF]),
+                          ("nmf-file", ["--init", "model", "--init-model", bundled("nmf")[0]]),
                           ("mixture", ["--init", "mixture"])):
         assert _basis(mixtures[:1], checkpoints, tmp_path / folder, *extra) == 0
     assert np.array_equal(read("default", "piano"), read("model", "piano"))
@@ -311,21 +312,21 @@ def test_separate_with_priors_is_seeded(mixtures, checkpoints, tmp_path):
 
 @pytest.mark.parametrize("models, extra, message", [
     (["piano", "other"], [], "piano.pt and .*other.pt were trained on different mel front ends"),
-    ([BUNDLED_NMF, "violin"], [], "is an NMF model but .*violin.pt is a prior"),
+    ([bundled("nmf")[0], "violin"], [], "is an NMF model but .*violin.pt is a prior"),
     (["piano"], [], "BASIS needs one prior per source"),
     (["piano", "violin"], ["--method", "nmf"], "method 'nmf' was asked for"),
-    ([BUNDLED_NMF], ["--steps", "3"], "--steps: BASIS option"),
+    ([bundled("nmf")[0]], ["--steps", "3"], "--steps: BASIS option"),
     (["piano", "violin"], ["--levels", "1"], "at least 2 noise levels"),
-    ([BUNDLED_NMF], ["--init", "nmf"], "--init: BASIS option"),
-    ([BUNDLED_NMF], ["--likelihood", "dirac", "--chains", "2"], "--likelihood, --chains: BASIS option"),
-    ([BUNDLED_NMF], ["--delta", "1e-4"], "--delta: BASIS option"),
+    ([bundled("nmf")[0]], ["--init", "nmf"], "--init: BASIS option"),
+    ([bundled("nmf")[0]], ["--likelihood", "dirac", "--chains", "2"], "--likelihood, --chains: BASIS option"),
+    ([bundled("nmf")[0]], ["--delta", "1e-4"], "--delta: BASIS option"),
     (["piano", "violin"], ["--delta", "0"], "--delta: invalid"),
-    ([BUNDLED_NMF], ["--patch-hop", "8"], "--patch-hop: BASIS option"),
+    ([bundled("nmf")[0]], ["--patch-hop", "8"], "--patch-hop: BASIS option"),
     (["piano", "violin"], ["--patch-hop", "0"], "--patch-hop: invalid integer >= 1"),
     (["piano", "violin"], ["--patch-hop", "999"], "patch hop must be between 1 and 64 frames, got 999"),
     (["piano", "violin"], ["--corrections", "-1"], "--corrections: invalid integer >= 0"),
     (["piano", "violin"], ["--chains", "0"], "--chains: invalid integer >= 1"),
-    (["piano", "violin"], ["--init", "uniform", "--init-model", BUNDLED_NMF], "--init-model is the starting model of"),
+    (["piano", "violin"], ["--init", "uniform", "--init-model", bundled("nmf")[0]], "--init-model is the starting model of"),
     (["piano", "violin"], ["--init-model", "violin"], "BASIS starts from an NMF model or a mask network"),
 ])
 def test_separate_errors_are_one_line_and_write_nothing(mixtures, checkpoints, tmp_path, capsys, models, extra,
@@ -344,11 +345,11 @@ def test_method_nmf_is_the_bundled_nmf_model(tmp_path):
     # no --model: BASIS over the bundled priors by default (tests/test_cli.py); --method nmf
     # is the bundled NMF model, the same as naming its file
     example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
-    assert all(path.is_file() for path in BUNDLED_PRIORS)
+    assert all(path.is_file() for path in bundled("basis"))
     assert _run("separate", example, "-o", tmp_path / "a", "--method", "nmf") == 0
-    assert _run("separate", example, "-o", tmp_path / "b", "--model", BUNDLED_NMF) == 0
+    assert _run("separate", example, "-o", tmp_path / "b", "--model", bundled("nmf")[0]) == 0
     for source in ("piano", "violin"):
-        a, b = (sf.read(tmp_path / name / "nmf_piano_violin" / "piano_violin" / f"{source}.wav")[0]
+        a, b = (sf.read(tmp_path / name / ("piano_violin_nmf" if name == "a" else "nmf_piano_violin") / "piano_violin" / f"{source}.wav")[0]
                 for name in ("a", "b"))
         assert a.shape == sf.read(example)[0].shape and np.array_equal(a, b)
 
@@ -356,7 +357,7 @@ def test_method_nmf_is_the_bundled_nmf_model(tmp_path):
 def test_separation_method_is_inferred_from_the_files(checkpoints):
     assert separation_method([]) == "masknet"
     assert separation_method([], "basis") == "basis" and separation_method([], "nmf") == "nmf"
-    assert separation_method([BUNDLED_NMF]) == "nmf"
+    assert separation_method([bundled("nmf")[0]]) == "nmf"
     assert separation_method([checkpoints["piano"], checkpoints["violin"]], "basis") == "basis"
 
 
@@ -365,10 +366,10 @@ def test_bundled_priors_load_on_the_default_front_end_and_fit_the_bundled_nmf():
     # checkpoint of another front end would fail here), and the bundled NMF model able to
     # start their chains (same sources, same order, same rate)
     domain = Domain.mel(get_frontend("default"))
-    priors = [load_prior(path, expected_domain=domain) for path in BUNDLED_PRIORS]
-    assert [p.stem for p in BUNDLED_PRIORS] == ["piano", "violin"]
+    priors = [load_prior(path, expected_domain=domain) for path in bundled("basis")]
+    assert [p.stem for p in bundled("basis")] == ["piano", "violin"]
     assert all(prior.kind == "ncsn_v2" and prior.domain == domain for prior in priors)
-    method = MelBasis.from_files(BUNDLED_PRIORS)
+    method = MelBasis.from_files(bundled("basis"))
     assert method.frontend.to_dict() == get_frontend("default").to_dict()
-    assert baseline_mismatch(NMFModel.load(BUNDLED_NMF), method.sources, method.sample_rate) is None
-    assert baseline_mismatch(load_masknet(BUNDLED_MASKNET), method.sources, method.sample_rate) is None
+    assert baseline_mismatch(NMFModel.load(bundled("nmf")[0]), method.sources, method.sample_rate) is None
+    assert baseline_mismatch(load_masknet(bundled("masknet")[0]), method.sources, method.sample_rate) is None

@@ -12,11 +12,12 @@ import torch
 
 from audiosep.errors import UserError
 from audiosep.eval.metrics import si_sdr
-from audiosep.separation.nmf import BUNDLED_NMF, NMFModel
+from audiosep.separation.nmf import NMFModel
 from audiosep.io import OutputFormat, limit_peaks
 from audiosep.separation.separator import (Separator, chunk_bounds, crossfade_weights, find_inputs,
                                           separate_files)
 from audiosep.spectral import functional as SF
+from audiosep.zoo import bundled
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 N_FFT, HOP = 512, 128
@@ -268,7 +269,7 @@ def test_peaks_above_full_scale_are_rescaled_clamped_or_kept_and_said(tmp_path):
 
 
 def test_bundled_model_separates_the_example_above_the_mixture(tmp_path):
-    model = NMFModel.load(BUNDLED_NMF)
+    model = NMFModel.load(bundled("nmf")[0])
     run = separate_files([EXAMPLES / "piano_violin.wav"], tmp_path, Separator(model, progress=False), progress=False)
     paths = run.written[0][1]
     mix, _ = sf.read(EXAMPLES / "piano_violin.wav", always_2d=True)

@@ -195,7 +195,7 @@ def test_cli_trains_on_mixtures_then_separates_with_vae_bss(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "vae", "--data", "{tmp}/missing", "-o", "{tmp}/v.pt"], "no such dataset folder"),
     (["train", "vae", "--data", "{data}", "--mix", "2", "-o", "{tmp}/v.pt"], "--data patches are mixtures"),
-    (["separate", "{mix}", "--method", "vae-bss", "-o", "{tmp}/sep"], "vae-bss has no bundled model"),
+    (["separate", "{mix}", "--method", "vae-bss", "-o", "{tmp}/sep"], "has no vae-bss model"),
     (["separate", "{mix}", "--model", "{image}", "-o", "{tmp}/sep"], "not on images 1×8×8"),
     (["separate", "{mix}", "--model", "{audio}", "{audio}", "-o", "{tmp}/sep"], "one VAE checkpoint"),
     (["separate", "{mix}", "--method", "nmf", "--model", "{audio}", "-o", "{tmp}/sep"], "a VAE (vae-bss)"),

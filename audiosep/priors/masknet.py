@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,8 +32,6 @@ from ..errors import UserError
 from ..spectral.functional import istft, stft
 from .base import Domain, Prior, load_prior, register_prior
 
-# The bundled piano/violin mask network (see audiosep/pretrained/README.md for how it was made).
-BUNDLED_MASKNET = Path(__file__).resolve().parents[1] / "pretrained" / "masknet_piano_violin.pt"
 LOG_FLOOR = 1e-5  # magnitude floor of the log features (a −100 dB bin reads as −100 dB, not −∞)
 
 

@@ -43,7 +43,7 @@ from ..spectral.inversion import invert_mel_powers
 from .basis import BasisConfig, basis_separate, fit_schedule
 from .mixing import DbPowerMixing
 from .nmf import NMFModel
-from .separator import Method
+from .protocol import Method
 
 # Mixture RMS (dBFS) the piano/violin priors were trained at: the median over the synthesized
 # training mixtures. The FluidR3 set of the recipe (every source at RMS 0.1, so two
@@ -60,12 +60,6 @@ LEVEL_DB = -17.0
 # (without `keep_freed_memory`, all patches: 3.24 / 1.76 / 5.01 s, 1007 k faults; and a 10 s
 # segment cost less than a 30 s one, 4.29 s wall). 2 patches: 3.67 s user (too small to vectorise).
 BATCH_PATCHES: int | None = 4
-
-# The bundled piano/violin NCSNv2 priors, one file per source named after it (how they were
-# made and what they score: audiosep/pretrained/README.md).
-BUNDLED_PRIORS = tuple(Path(__file__).resolve().parents[1] / "pretrained" / "ncsn_piano_violin" / f"{source}.pt"
-                       for source in ("piano", "violin"))
-
 
 # The BASIS settings `audiosep separate --model A.pt B.pt` uses, per initialisation (see
 # `default_basis`), chosen on 4 tracks of the validation split of the synthesized piano/violin

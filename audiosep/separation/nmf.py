@@ -48,7 +48,6 @@ KIND = "nmf"
 BETA_LOSSES = {"kullback-leibler": 1.0, "frobenius": 2.0, "itakura-saito": 0.0}
 EPS = 1e-10  # floor of the model spectrum W·H in the multiplicative updates
 # The bundled piano/violin model (see audiosep/pretrained/README.md for how it was made).
-BUNDLED_NMF = Path(__file__).resolve().parents[1] / "pretrained" / "nmf_piano_violin.pt"
 
 
 # ----------------------------------------------------------------------------- domain

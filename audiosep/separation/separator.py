@@ -2,18 +2,13 @@
 normalisation, overlapping chunks with a linear cross-fade, progress, and writing
 `OUT/<track>/<source>.wav` atomically.
 
-A method is any callable `method(mix) -> stems` with `mix` a float32 tensor `(C, N)` at
-`method.sample_rate` and `stems` `(K, C, N)` in the order of `method.sources`. It runs on
-the device of the tensor it is given, under `torch.no_grad()` (a method that needs
-gradients, e.g. a flow's score by autograd, turns them on with `torch.enable_grad()`).
-Optional attributes: `channels` (the channel count it needs, None for any; a mono method
-gets the channel mean and its stems are copied to every output channel) and `level_db`
-(the mixture RMS in dBFS it was trained at). `audiosep.separation.nmf.NMFModel` is one.
-
-`separation_method` tells which method a set of model files is for (an NMF model file,
-prior checkpoints for BASIS, an LQ-VAE and its code priors for latent separation, one VAE
-trained on mixtures for VAE-BSS), so the command line can infer it; `model_set_name` names
-the set's output folder.
+A method is any `protocol.Method`: a callable `method(mix) -> stems` with `mix` a float32
+tensor `(C, N)` at `method.sample_rate` and `stems` `(K, C, N)` in the order of
+`method.sources`. It runs on the device of the tensor it is given, under `torch.no_grad()` (a
+method that needs gradients, e.g. a flow's score by autograd, turns them on with
+`torch.enable_grad()`). `Separator.from_pretrained` and `separate` build one from a bundled
+set by name (`audiosep.zoo`, `methods.build_method`); `model_set_name` names the output
+folder of a user's own files.
 """
 from __future__ import annotations
 
@@ -21,30 +16,22 @@ import math
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Protocol, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 from tqdm import tqdm
 
 from ..data.stems import MIXTURE_FILES
 from ..devices import resolve_device
 from ..errors import UserError
-from ..priors.base import load_checkpoint
+from ..zoo import DEFAULT_SET, model_set
+from .protocol import Method
+from ..methods import build_method
 from ..io import (AUDIO_SUFFIXES, OutputFormat, audio_info, check_output_dir, convert_channels, fit_length,
                   limit_peaks, read_audio, resample, write_stems)
 
 DEFAULT_LEVEL_DB = -20.0  # mixture RMS (dBFS) for methods that state none
-
-
-class Method(Protocol):
-    """What `Separator` runs: `(C, N)` float32 mixture at `sample_rate` → `(K, C, N)` stems."""
-
-    sources: Sequence[str]
-    sample_rate: int
-
-    def __call__(self, mix: Tensor) -> Tensor: ...
 
 
 def chunk_bounds(length: int, segment: int, overlap: int) -> list[tuple[int, int]]:
@@ -114,6 +101,21 @@ class Separator:
         method_level = getattr(method, "level_db", None)
         self.level_db = level_db if level_db is not None else (method_level if method_level is not None else DEFAULT_LEVEL_DB)
 
+    @classmethod
+    def from_pretrained(cls, name: str = DEFAULT_SET, method: str | None = None, *,
+                        device: str | torch.device = "cpu", seed: int = 0, **options) -> "Separator":
+        """A Separator over the bundled model set `name` (`audiosep models` lists them) with its
+        default method, or `method` (e.g. "nmf", its baseline partner); `options` are
+        `Separator`'s (segment, overlap, level_db, progress).
+
+        Raises:
+            UserError: an unknown set, or a method the set has no files for.
+        """
+        bundled = model_set(name)
+        method = method or bundled.default
+        model = build_method(method, bundled.files(method), device=device, seed=seed, defaults=bundled)
+        return cls(model, device=device, seed=seed, **options)
+
     def separate(self, mix: np.ndarray, sample_rate: int) -> np.ndarray:
         """Stems `(K, C, N)` float32 of a mixture `(C, N)` at `sample_rate`, same rate, C and N."""
         mix = np.asarray(mix, dtype=np.float32)
@@ -157,6 +159,34 @@ class Separator:
                 bar.update(round((stop - done) / self.sample_rate, 2))
                 done = stop
         return out
+
+
+def separate(audio: str | os.PathLike | np.ndarray, model: str = DEFAULT_SET, sample_rate: int | None = None,
+             device: str | torch.device = "cpu", method: str | None = None) -> dict[str, np.ndarray]:
+    """Stems `{source: array}` of one mixture with the bundled model set `model`.
+
+    Args:
+        audio: an audio file, or samples `(C, N)` or `(N,)` (then `sample_rate` is needed).
+        sample_rate: Hz of `audio` when it is an array (a file's own rate is read from it).
+        method: one of the set's methods (default its default, e.g. "nmf" for its baseline).
+    Returns:
+        One float32 array per source, of the input's shape and rate.
+    Raises:
+        UserError: an unreadable file, an array without `sample_rate`, a rate given with a
+            file, or as `Separator.from_pretrained`.
+    """
+    if isinstance(audio, (str, os.PathLike)):
+        if sample_rate is not None:
+            raise UserError("sample_rate is read from the file; give it only with an array")
+        mix, sample_rate = read_audio(audio)
+    else:
+        if sample_rate is None:
+            raise UserError("an array needs its sample_rate (Hz)")
+        mix = np.asarray(audio, dtype=np.float32)
+    flat = mix.ndim == 1
+    separator = Separator.from_pretrained(model, method, device=device, progress=False)
+    stems = separator.separate(mix[None] if flat else mix, int(sample_rate))
+    return {source: stem[0] if flat else stem for source, stem in zip(separator.sources, stems)}
 
 
 @dataclass(frozen=True)
@@ -330,84 +360,3 @@ def model_set_name(paths: Sequence[str | os.PathLike], method: str = "basis") ->
     if len(parents) == 1 and next(iter(parents)).name:
         return next(iter(parents)).name
     return method + "_" + "_".join(p.stem for p in paths)
-
-
-SEPARATION_METHODS = ("nmf", "basis", "latent", "vae-bss", "masknet")
-_SINGLE_FILE_METHODS = {"vae": "vae-bss", "masknet": "masknet"}  # checkpoint kinds that hold every source
-_SINGLE_FILE_USAGE = {"vae-bss": "one VAE checkpoint, which decodes every source: --model VAE.pt",
-                      "masknet": "one mask network checkpoint, which masks every source: --model MASKNET.pt"}
-_METHOD_KINDS = {"nmf": ("nmf",), "masknet": ("masknet",), "vae-bss": ("vae",),
-                 "latent": ("lqvae", "code_transformer")}  # basis: every other kind (the priors)
-_METHOD_USAGE = {"nmf": "one NMF model (audiosep train nmf)",
-                 "masknet": "one mask network (audiosep train masknet)",
-                 "vae-bss": "one VAE (audiosep train vae --data)",
-                 "latent": "an LQ-VAE and one code prior per source (--model LQVAE.pt A.pt B.pt)",
-                 "basis": "one prior checkpoint per source (--model A.pt B.pt ...)"}
-_KIND_NAMES = {"nmf": "an NMF model (nmf)", "masknet": "a mask network (masknet)", "vae": "a VAE (vae-bss)",
-               "lqvae": "an LQ-VAE (latent)", "code_transformer": "a code prior (latent)"}
-
-
-def _refuse_unsuited_files(method: str, kinds: Sequence[tuple[Path, str]]) -> None:
-    """UserError naming the first model file that `method` cannot use (checked before counting the
-    files, so that the message is about the method asked for, not the one the files suggest)."""
-    for path, kind in kinds:
-        fits = kind in _METHOD_KINDS[method] if method in _METHOD_KINDS else \
-            not any(kind in group for group in _METHOD_KINDS.values())
-        if not fits:
-            what = _KIND_NAMES.get(kind, "a prior checkpoint (basis)")
-            raise UserError(f"method '{method}' was asked for but {path} is {what}; {method} takes "
-                            f"{_METHOD_USAGE[method]}")
-
-
-def separation_method(paths: Sequence[str | os.PathLike],
-                      requested: str | None = None) -> Literal["nmf", "basis", "latent", "vae-bss", "masknet"]:
-    """The separation method for a set of model files: "nmf", "basis", "latent", "vae-bss" or "masknet".
-
-    No files → `requested`, by default "masknet" (the bundled mask network `BUNDLED_MASKNET`;
-    "basis": the bundled priors `BUNDLED_PRIORS`; "nmf": the bundled NMF model; "latent" and
-    "vae-bss" have no bundled models); one NMF model file →
-    "nmf"; two or more prior checkpoints → "basis"; one LQ-VAE and two code priors → "latent";
-    one VAE → "vae-bss". `requested` (if given) must agree with the files.
-
-    Raises:
-        UserError: unreadable files (as `load_checkpoint`), NMF models mixed with priors,
-            several NMF models, a single prior other than a VAE, a VAE with other files, an
-            LQ-VAE without exactly two code priors (or with other priors), or files that do not
-            suit `requested`.
-    """
-    if requested not in (None, *SEPARATION_METHODS):
-        raise UserError(f"unknown separation method {requested!r}; choose {', '.join(SEPARATION_METHODS)}")
-    if not paths:
-        if requested == "latent":
-            raise UserError("latent separation has no bundled models: --model LQVAE.pt A.pt B.pt "
-                            "(the LQ-VAE, then one code prior per source)")
-        if requested == "vae-bss":
-            raise UserError("vae-bss has no bundled model: --model VAE.pt (audiosep train vae --data DIR)")
-        return requested or "masknet"
-    kinds = [(Path(p), load_checkpoint(p)["kind"]) for p in paths]
-    if requested is not None:
-        _refuse_unsuited_files(requested, kinds)
-    single = [_SINGLE_FILE_METHODS[kind] for _, kind in kinds if kind in _SINGLE_FILE_METHODS]
-    if single:
-        method = single[0]
-        if len(kinds) > 1:
-            raise UserError(f"{method} takes {_SINGLE_FILE_USAGE[method]}")
-        return method
-    nmf = [p for p, kind in kinds if kind == "nmf"]
-    priors = [p for p, kind in kinds if kind != "nmf"]
-    if nmf and priors:
-        raise UserError(f"{nmf[0]} is an NMF model but {priors[0]} is a prior; give one NMF model "
-                        "or one prior per source")
-    if len(nmf) > 1:
-        raise UserError(f"{len(nmf)} NMF models given; an NMF model holds all its sources, give one")
-    method = "nmf" if nmf else ("latent" if requested == "latent" or any(kind == "lqvae" for _, kind in kinds)
-                                else "basis")
-    if method == "basis" and len(priors) == 1:
-        raise UserError(f"{priors[0]}: one prior checkpoint given; BASIS needs one prior per source "
-                        "(--model A.pt B.pt ...)")
-    if method == "latent":
-        codes = [kind == "code_transformer" for _, kind in kinds[1:]]
-        if kinds[0][1] != "lqvae" or len(codes) != 2 or not all(codes):
-            raise UserError("latent separation takes the LQ-VAE first, then one code prior per source: "
-                            "--model LQVAE.pt A.pt B.pt")
-    return method
