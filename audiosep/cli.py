@@ -38,7 +38,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
         timeout=args.timeout, overwrite=args.overwrite, font_per_source=args.font_per_source,
         augmentation=Augmentation(tempo=args.tempo, detune_cents=args.detune_cents, velocity=args.velocity,
                                   expression=args.expression, eq_db=args.eq_db, reverb=args.reverb,
-                                  timbre_semitones=args.timbre_shift, transpose=args.transpose),
+                                  timbre_semitones=args.timbre_shift, transpose=args.transpose,
+                                  top_voices=args.top_voices),
     )
     by_split: dict[str, int] = {}
     for record in index["tracks"]:
@@ -266,6 +267,9 @@ def _cmd_train_nmf(args: argparse.Namespace) -> None:
 
     _check_checkpoint_output(args.output)
     refuse_training_checkpoint(args.output)
+    if args.output.exists() and not args.overwrite:  # a model someone trained (a bundled one, say)
+        raise UserError(f"{args.output}: a model is there; an NMF training does not resume, so it would be "
+                        "replaced: choose another output, or pass --overwrite")
     model = train_nmf(args.data, args.output, args.sources, n_atoms=args.atoms, split=args.split,
                       max_minutes=args.max_minutes, max_frames=args.max_frames, n_iter=args.iters,
                       sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop, seed=args.seed)
@@ -297,7 +301,7 @@ def _cmd_separate(args: argparse.Namespace) -> int:
     if args.name is not None and (not args.name or Path(args.name).name != args.name or args.name in (".", "..")):
         raise UserError(f"-n {args.name!r}: the model set's name is one folder under -o, not a path")
     model, name = _separation_model(args)  # with --jobs too: a bad model is one error, not one per worker
-    out_dir = args.output / (args.name or name)
+    out_dir = args.output / name
     if args.jobs > 1:
         del model  # each worker loads its own
         status, written, failed = _run_jobs(args)
@@ -331,7 +335,7 @@ def _separation_model(args: argparse.Namespace):
     """(the Separator method the options ask for, the name of its folder OUT/<name>/): a bundled
     set (-n NAME, default the default set) or the user's --model files (-n names their folder)."""
     from .separation import build_method, model_set_name, separation_method
-    from .methods import method_options, option_names
+    from .separation.methods import method_options, option_names
     from .zoo import DEFAULT_SET, model_set
 
     given = {name: getattr(args, name) for name in _method_option_names()}
@@ -352,7 +356,7 @@ def _separation_model(args: argparse.Namespace):
 
 def _method_option_names() -> list[str]:
     """Every option of every separation method, once (shared ones: --chains, --likelihood)."""
-    from .methods import METHODS, option_names
+    from .separation.methods import METHODS, option_names
 
     return list(dict.fromkeys(name for method in METHODS for name in option_names(method)))
 
@@ -360,13 +364,14 @@ def _method_option_names() -> list[str]:
 def _cmd_models(args: argparse.Namespace) -> None:
     from .zoo import model_sets
 
-    rows = [("name", "sources", "methods (default first)", "size", "SDR (dB) by method", "rate")]
+    rows = [("name", "sources", "methods (default first)", "size", "SDR (dB) by method", "CPU s/s", "rate")]
     for name, bundled in model_sets().items():
         methods = [bundled.default, *[m for m in bundled.methods if m != bundled.default]]
-        sdr = bundled.scores.get("sdr", {})
+        sdr, cost = bundled.scores.get("sdr", {}), bundled.scores.get("cpu_s_per_s", {})
         scores = "; ".join(f"{m} " + " / ".join(f"{v:.2f}" for v in sdr[m].values()) for m in methods if m in sdr)
+        speed = "; ".join(f"{m} {cost[m]:g}" for m in methods if m in cost)
         rows.append((name, ", ".join(bundled.sources), ", ".join(methods), f"{bundled.size_bytes() / 1e6:.1f} MB",
-                     scores or "-", f"{bundled.sample_rate} Hz"))
+                     scores or "-", speed or "-", f"{bundled.sample_rate} Hz"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -558,6 +563,9 @@ def _add_synth(sub) -> None:
     aug.add_argument("--transpose", type=_non_negative_float, default=0.0, metavar="SEMITONES",
                      help="each pitched source transposed by up to ± this many whole semitones, kept within "
                           "its instrument's range: registers the corpus does not reach (e.g. 12)")
+    aug.add_argument("--top-voices", type=_fraction, default=0.0, metavar="P",
+                     help="piano_violin: probability that the violin plays the top two parts of a piece as "
+                          "chords (a keyboard's right hand), the piano the rest (e.g. 0.5)")
     aug.add_argument("--eq-db", type=_non_negative_float, default=0.0,
                      help="random low/high-shelf and peak EQ per source in ± dB")
     aug.add_argument("--reverb", type=_non_negative_float, default=0.0,
@@ -590,8 +598,8 @@ def _add_invert(sub) -> None:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="BSSEval v4 of estimates against references (museval-compatible)")
-    p.add_argument("references", type=Path, help="folder of tracks: REF_DIR/<track>/<source>.wav")
-    p.add_argument("estimates", type=Path, help="folder of tracks: EST_DIR/<track>/<source>.wav")
+    p.add_argument("references", type=Path, help="folder of tracks: REF_DIR/<track>/<source>.wav, or one track's folder of stems")
+    p.add_argument("estimates", type=Path, help="folder of tracks: EST_DIR/<track>/<source>.wav (one track's folder for one track)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="report folder, or a .csv path (summary.csv and json/ go beside it)")
     p.add_argument("--win", type=_positive_float, default=1.0, help="window in seconds (default 1)")
@@ -748,6 +756,7 @@ def _add_train(sub) -> None:
     nmf.add_argument("--n-fft", type=_positive_int, default=4096, help="STFT size in samples (default 4096)")
     nmf.add_argument("--hop", type=_positive_int, default=1024, help="STFT hop in samples (default 1024)")
     nmf.add_argument("--seed", type=_seed, default=0)
+    nmf.add_argument("--overwrite", action="store_true", help="replace an NMF model already at -o")
     nmf.set_defaults(run=_cmd_train_nmf)
 
 
@@ -780,7 +789,7 @@ def _add_export(sub) -> None:
 def _add_method_options(p) -> None:
     """--method and every method's options, generated from the registry's options dataclasses
     (an option two methods share, e.g. --chains, is one flag whose help names both)."""
-    from .methods import METHODS
+    from .separation.methods import METHODS
 
     p.add_argument("--method", choices=list(METHODS),
                    help="; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items())

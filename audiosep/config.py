@@ -49,7 +49,10 @@ class TrainConfig:
     imports); progress (tqdm bar on the first process); precision ("fp32", or "bf16": the
     forward pass and the loss under bfloat16 autocast, on CPU or CUDA, while the weights, the
     optimiser and the EMA stay float32 and validation runs in float32, so valid losses compare
-    across precisions).
+    across precisions); lr_decay_start, lr_decay_steps, lr_final (None: a constant lr; else
+    after step lr_decay_start the lr falls from lr to lr_final along half a cosine over
+    lr_decay_steps steps, then stays at lr_final: a function of the step alone, so a resumed or
+    continued run follows the schedule one run would).
     """
 
     steps: int = 20000
@@ -68,6 +71,9 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     precision: str = "fp32"
+    lr_decay_start: int | None = None
+    lr_decay_steps: int = 1
+    lr_final: float = 1e-4
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "checkpoint_every", "valid_every", "valid_batches", "epoch_items"):
@@ -81,6 +87,10 @@ class TrainConfig:
             raise UserError(f"train config: grad_clip must be > 0 or null, got {self.grad_clip}")
         if self.num_workers < 0:
             raise UserError(f"train config: num_workers must be >= 0, got {self.num_workers}")
+        if self.lr_decay_start is not None and (self.lr_decay_start < 0 or self.lr_decay_steps < 1
+                                                or not 0 < self.lr_final <= self.lr):
+            raise UserError("train config: lr_decay_start must be >= 0, lr_decay_steps >= 1 and lr_final in "
+                            f"(0, lr]; got {self.lr_decay_start}, {self.lr_decay_steps}, {self.lr_final}")
         if self.precision not in PRECISIONS:
             raise UserError(f"train config: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 

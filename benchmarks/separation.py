@@ -74,6 +74,11 @@ nmf, per source) with its mean and minimum, and the CPU s/s of each method over 
 
 The rows are built by `build_methods(args, ...)` (separations of the mixture) and
 `build_oracles(args, ...)` (from the true stems), in both modes: a new row is one entry there.
+
+`--set NAME` (e.g. `--set drums_bass`, on folds of recipes/drums_bass/run.sh stage 5): the rows
+are the methods of a bundled model set instead, each as `audiosep separate -n NAME --method M`
+runs it, beside the oracles `irm2` and `mix`; with `--manifest` its scores go into that set's
+manifest.
 """
 from __future__ import annotations
 
@@ -100,6 +105,7 @@ from audiosep.data.synth import is_reserved
 from audiosep.errors import run_reporting_user_errors
 from audiosep.eval.report import score_track, summarize, write_reports
 from audiosep.io import resample, write_audio
+from audiosep.separation.methods import METHODS
 from audiosep.oracle import run_oracle
 from audiosep.separation.basis import BasisConfig
 from audiosep.priors.masknet import load_masknet
@@ -108,7 +114,7 @@ from audiosep.separation.nmf import NMFModel
 from audiosep.separation.separator import Method, Separator, level_gain
 from audiosep.spectral.frontend import Frontend
 from audiosep.spectral.inversion import invert_mel_powers
-from audiosep.zoo import bundled
+from audiosep.zoo import bundled, model_set
 
 SeparateFn = Callable[[np.ndarray, int], np.ndarray]
 OracleFn = Callable[[np.ndarray, int], np.ndarray]  # (true stems (K, C, N), rate) → estimates
@@ -236,8 +242,22 @@ def run_methods(items: Iterable[Item], sources: list[str], methods: dict[str, Se
 
 
 def default_row(args: argparse.Namespace) -> str:
-    """The row of the default `audiosep separate`: the mask network."""
-    return "masknet"
+    """The row of the default `audiosep separate`: the mask network, or with `--set` the set's
+    default method."""
+    return model_set(args.set).default if args.set else "masknet"
+
+
+def set_methods(args: argparse.Namespace) -> dict[str, SeparateFn]:
+    """`--set NAME`: one row per method of the bundled model set NAME, named after the method and
+    run as `audiosep separate -n NAME --method M` runs it (its default options), the set's
+    default first; `--only` keeps the rows it names."""
+    bundled = model_set(args.set)
+    order = [bundled.default, *(method for method in bundled.methods if method != bundled.default)]
+    unknown = sorted(set(args.only or []) - set(order))
+    if unknown:
+        raise SystemExit(f"--only: no row {', '.join(unknown)}; the rows of --set {args.set} are {', '.join(order)}")
+    return {method: Separator.from_pretrained(args.set, method, progress=False).separate
+            for method in order if not args.only or method in args.only}
 
 
 def build_methods(args: argparse.Namespace, sources: list[str], nmf: NMFModel) -> dict[str, SeparateFn]:
@@ -267,10 +287,11 @@ def build_methods(args: argparse.Namespace, sources: list[str], nmf: NMFModel) -
     return methods
 
 
-def build_oracles(args: argparse.Namespace, sources: list[str], frontend: Frontend, nmf: NMFModel,
+def build_oracles(args: argparse.Namespace, sources: list[str], frontend: Frontend | None, nmf: NMFModel | None,
                   ceilings: bool = True) -> dict[str, OracleFn]:
     """The oracle rows `(true stems, rate) → estimates`: the mel ceilings (with `ceilings`),
-    IRM2, the mixture / K, and with `--from-truth` BASIS started from the true stems."""
+    IRM2, the mixture / K, and with `--from-truth` BASIS started from the true stems; `frontend`
+    and `nmf` serve the ceilings only."""
     oracles: dict[str, OracleFn] = {}
     if ceilings:
         oracles["mel-ideal"] = lambda refs, rate: run_oracle("mel-ideal", refs, rate, frontend=frontend)
@@ -378,29 +399,46 @@ def margin_table(summary: pd.DataFrame, folds: list[str], row: str, baseline: st
     return margin
 
 
-MANIFEST_ROWS = {"masknet": "masknet", "nmf": "nmf"}  # benchmark row → method of a model set manifest
-
-
 def manifest_method(row: str) -> str | None:
-    """The model set method a benchmark row measures: masknet, nmf, or basis (BASIS started from
-    the mask network, as the bundled set runs it); None for other rows."""
+    """The model set method a benchmark row measures: a row named after a method (masknet, nmf,
+    and the rows of `--set`), or basis for `basis-NAME+masknet` (BASIS started from the mask
+    network, as the bundled set runs it); None for other rows (oracles, variants)."""
     if row.startswith("basis-") and row.endswith("+masknet"):
         return "basis"
-    return MANIFEST_ROWS.get(row)
+    return row if row in METHODS else None
 
 
-def write_manifest_scores(path: Path, summary: pd.DataFrame, folds: list[str], command: str) -> None:
+def command_line(argv: list[str], folds: list[Path]) -> str:
+    """This run's command, with the fold folders written `PARENT/*` when they are every fold of
+    one folder (as the shell glob that named them), so the manifest stays readable."""
+    text = "python benchmarks/separation.py " + shlex.join(argv)
+    parents = {fold.parent for fold in folds}
+    if len(parents) != 1:
+        return text
+    parent = parents.pop()
+    if sorted(folds) != sorted(p for p in parent.iterdir() if (p / "index.json").is_file()):
+        return text
+    names = {str(fold) for fold in folds}
+    start = next(i for i, arg in enumerate(argv) if arg in names)
+    rest = [arg for arg in argv[start:] if arg not in names]
+    return " ".join(["python benchmarks/separation.py", shlex.join(argv[:start]), f"{parent}/*", shlex.join(rest)])
+
+
+def write_manifest_scores(path: Path, summary: pd.DataFrame, folds: list[str], cpu: dict[str, float],
+                          command: str) -> None:
     """Put the mean over `folds` of the measured rows into the model set manifest at `path`
-    (`audiosep/pretrained/<set>.json`, its `scores`), with the command: the scores `audiosep
-    models` prints come from this run, never typed in. Methods not measured keep their scores."""
+    (`audiosep/pretrained/<set>.json`, its `scores`), with each method's CPU seconds per second
+    of audio (`cpu`, by row) and the command: the scores `audiosep models` prints come from this
+    run, never typed in. Methods not measured keep their scores."""
     manifest = json.loads(path.read_text())
     scores = manifest.setdefault("scores", {})
-    sdr = scores.setdefault("sdr", {})
+    sdr, cost = scores.setdefault("sdr", {}), scores.setdefault("cpu_s_per_s", {})
     for row in summary.columns.get_level_values(0).unique():
         method = manifest_method(row)
         if method is not None and method in manifest["methods"]:
             sdr[method] = {source: round(float(summary.loc["mean", (row, source)]), 2)
                            for source in manifest["sources"]}
+            cost[method] = float(f"{cpu[row]:.2g}")
     scores["material"] = (f"{len(folds)} honest folds (composers and a soundfont no model trained on), "
                           "mean of the folds' median SDR, dB")
     scores["command"] = command
@@ -447,8 +485,8 @@ def run_folds(args: argparse.Namespace, composers: dict[str, dict[str, set[str]]
         args.output.mkdir(parents=True, exist_ok=True)
         summary.to_csv(args.output / "folds_sdr.csv")
     if args.manifest is not None:
-        write_manifest_scores(args.manifest, summary, folds, "python benchmarks/separation.py "
-                              + shlex.join(sys.argv[1:]))
+        write_manifest_scores(args.manifest, summary, folds, {k: v / audio for k, v in cpu_seconds.items()},
+                              command_line(sys.argv[1:], args.folds))
         print(f"wrote the mean scores into {args.manifest}")
     return summary
 
@@ -590,6 +628,27 @@ def print_settings(args: argparse.Namespace) -> None:
         print(f"  /{variant}: {overrides | options}")
 
 
+def run_set(args: argparse.Namespace, composers: dict[str, dict[str, set[str]]] | None) -> None:
+    """`--set NAME`: its methods' rows and the oracles irm2 and mix, on the folds or on `--data`."""
+    if args.levels or args.tradeoff or args.from_truth or args.priors != bundled("basis") or args.basis:
+        raise SystemExit("--set runs the set's own methods: leave out --levels, --tradeoff, --from-truth, "
+                         "--priors and --basis")
+    sources = list(model_set(args.set).sources)
+    methods = set_methods(args)
+    oracles = build_oracles(args, sources, None, None, ceilings=False)
+    print(f"model set {args.set}: rows {', '.join(methods)}; torch threads {args.threads}")
+    if composers is not None:
+        run_folds(args, composers, sources, methods, oracles)
+        return
+    tracks = list_tracks(args.data, args.split)[: args.tracks]
+    table, cpu = run_methods(dataset_items(tracks, sources), sources, methods, oracles, args.win)
+    print(f"\n{len(tracks)} tracks of {args.data / args.split}: median over 1 s windows, then tracks (dB, BSSEval v4)")
+    print(median_table(table, [*methods, *oracles]).round(2).to_string())
+    print("\nCPU seconds per second of audio: " + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()))
+    if args.output is not None:
+        write_reports(table, args.output, args.win)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--priors", type=Path, nargs="+", default=bundled("basis"),
@@ -614,6 +673,10 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, metavar="JSON",
                         help="with --folds: write the mean scores of the masknet, nmf and basis-*+masknet rows "
                              "into this model set manifest (audiosep/pretrained/<set>.json)")
+    parser.add_argument("--set", metavar="NAME",
+                        help="the rows are the methods of the bundled model set NAME (audiosep models), at their "
+                             "defaults, instead of the piano/violin rows (e.g. --set drums_bass: latent, nmf); "
+                             "with the oracles irm2 and mix")
     parser.add_argument("--only", nargs="+", metavar="ROW",
                         help="keep only these separation rows (e.g. masknet nmf); the oracles stay")
     parser.add_argument("--from-truth", action="store_true",
@@ -651,6 +714,9 @@ def main() -> None:
         print(long_input_table(tracks, args.long, args.segments, args.threads).round(2).to_string(index=False))
         return
 
+    if args.set:
+        run_set(args, composers if args.folds else None)
+        return
     sources = [p.stem.split("_")[0] for p in args.priors]
     frontend = MelBasis.from_files(args.priors, sources=sources, progress=False).frontend
     nmf = NMFModel.load(args.nmf)

@@ -16,3 +16,32 @@ for name, table in test_set_summaries(sys.argv[1]).items():
         fi
     done
 }
+
+# Honest folds: groups of composers none of whose pieces any bundled model trains on (the priors,
+# NMF and the LQ-VAE train on Bach chorales; the piano/violin mask network also on the composers
+# of recipes/piano_violin's $data_poly and $data_misc), each rendered with every training
+# soundfont in turn and with TimGM6mb (a timbre no model saw). Haydn and Mozart stay out (synth
+# refuses them); so do the MuseScore General soundfonts.
+fold_sf=/usr/share/sounds
+fold_groups="beethoven:beethoven monteverdi:monteverdi romantic:schubert,chopin,joplin,weber"
+fold_fonts="fluidr3:$fold_sf/sf2/FluidR3_GM.sf2 fluidr3mono:$fold_sf/sf3/FluidR3Mono_GM.sf3
+    gmbank:$fold_sf/sf2/sf_GMbank.sf2 opl3:$fold_sf/sf2/OPL-3_FM_128M.sf2 timgm:$fold_sf/sf2/TimGM6mb.sf2"
+
+# render_folds PRESET DIR [SYNTH ARGS...]: each fold of `fold_groups` × `fold_fonts` into
+# DIR/<group>_<font>/test: 4 excerpts of 10 s, one per piece, every usable piece of the group in
+# the test split whatever its hash split, one soundfont for every source, at equal loudness and
+# without augmentation. A fold with an index.json is kept (delete the folder to render it again).
+render_folds() {
+    local preset=$1 folds=$2 group font dir
+    shift 2
+    bash scripts/setup_system.sh soundfonts
+    for group in $fold_groups; do
+        for font in $fold_fonts; do
+            dir="$folds/${group%%:*}_${font%%:*}"
+            # shellcheck disable=SC2046
+            [ -f "$dir/index.json" ] || .venv/bin/audiosep synth "$preset" -o "$dir" --test 4 \
+                --excerpts-per-piece 1 --duration 10 --seed 0 --soundfont "${font#*:}" --splits 0 0 1 \
+                --composers $(tr , ' ' <<< "${group#*:}") "$@"
+        done
+    done
+}

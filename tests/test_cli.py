@@ -465,6 +465,15 @@ def test_outputs_that_would_destroy_other_work_are_refused(dataset, tmp_path, ca
     assert "resumable training checkpoint (step 7" in capsys.readouterr().err
     assert _run("train", "nmf", "--data", dataset, "--split", "test", "-o", run, "--atoms", 2, "--iters", 2) == 2
     assert run.read_bytes() == before and load_checkpoint(run)["optimizer"] is not None
+    nmf = tmp_path / "nmf.pt"  # an NMF training does not resume: a model there is kept unless --overwrite
+    assert _run("train", "nmf", "--data", dataset, "--split", "test", "-o", nmf, "--atoms", 2, "--iters", 2) == 0
+    kept = nmf.read_bytes()
+    capsys.readouterr()
+    assert _run("train", "nmf", "--data", dataset, "--split", "test", "-o", nmf, "--atoms", 3, "--iters", 2) == 2
+    assert "a model is there" in capsys.readouterr().err and nmf.read_bytes() == kept
+    assert _run("train", "nmf", "--data", dataset, "--split", "test", "-o", nmf, "--atoms", 3, "--iters", 2,
+                "--overwrite") == 0
+    assert nmf.read_bytes() != kept
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "report.csv").write_text("kept")
     assert _run("report", tmp_path / "r", "-o", tmp_path / "r" / "report.csv") == 2
@@ -481,6 +490,14 @@ def test_report_on_a_corrupt_run_folder_is_one_line(dataset, tmp_path, capsys):
     assert _run("report", run, "-o", tmp_path / "r.html") == 2
     err = capsys.readouterr().err.strip()
     assert "not a report written by `audiosep evaluate` (no column track" in err and "\n" not in err
+    header = "track,method,target,metric,score,time\n"
+    for text, message in ((header + "t,m,s,SDR,high,0\n", "a score that is not a number"),
+                          (header, "no finite score"), (header + "t,m,s,SDR,nan,0\n", "no finite score"),
+                          ("\x00\x01\x02", "not a report written")):
+        report_csv.write_text(text)
+        assert _run("report", run, "-o", tmp_path / "r.html") == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and str(report_csv) in err and "\n" not in err, err
     next((run / "mix").rglob("run.json")).write_text("[1, 2]")  # JSON, but not a run description
     assert _run("report", run, "-o", tmp_path / "r.html") == 2
     assert "not a run description" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 sources with disjoint spectra, and the model file."""
 from __future__ import annotations
 
+import re
 import numpy as np
 import pytest
 import torch
@@ -170,3 +171,19 @@ def test_load_rejects_dictionaries_that_do_not_fit_the_domain(tone_model, tmp_pa
     torch.save(payload, path)
     with pytest.raises(UserError, match="frequency bins"):
         NMFModel.load(path)
+
+
+@pytest.mark.parametrize("keep, sources, message", [
+    (slice(0, 1), ["low"], "two or more sources; got low"),
+    (slice(0, 2), ["low", "low"], "source(s) low named twice"),
+])
+def test_load_refuses_a_model_of_one_source_or_of_a_source_twice(tone_model, tmp_path, keep, sources, message):
+    # a one-source model would return the mixture as its stem; two sources of one name, one stem file
+    path = tone_model.save(tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["dictionaries"] = payload["state_dict"]["dictionaries"][keep]
+    payload["config"]["sources"] = sources
+    torch.save(payload, path)
+    with pytest.raises(UserError, match=re.escape(f"{path}: NMF")) as err:
+        NMFModel.load(path)
+    assert message in str(err.value)

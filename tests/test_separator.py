@@ -279,3 +279,29 @@ def test_bundled_model_separates_the_example_above_the_mixture(tmp_path):
         assert rate == 16000 and est.shape == ref.shape
         gain = si_sdr(ref.T, est.T).item() - si_sdr(ref.T, mix.T).item()
         assert gain > 8, (source, gain)
+
+
+class Reporting(FixedMask):
+    """A FixedMask that reports its progress in four steps per chunk (recording where the
+    Separator's bar stands after each) and has bars of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report, self.progress, self.positions = None, True, []
+
+    def __call__(self, mix):
+        for fraction in (0.25, 0.5, 0.75, 1.0):
+            self.report(fraction)
+            self.positions.append(self.report.args[0].n)  # the bar (seconds) the report moved
+        return super().__call__(mix)
+
+
+def test_a_reporting_method_moves_the_one_bar_within_its_chunks_and_loses_its_own_bars():
+    method = Reporting()
+    separator = Separator(method, segment=1.0, overlap=0.25)
+    assert method.progress is False  # one bar: the Separator's
+    separator.separate(_noise((1, 40000)), 16000)
+    stops = [stop / 16000 for _, stop in chunk_bounds(40000, 16000, 4000)]
+    starts = [0.0, *stops[:-1]]
+    expected = [round(start + f * (stop - start), 2) for start, stop in zip(starts, stops) for f in (0.25, 0.5, 0.75, 1.0)]
+    assert method.positions == pytest.approx(expected) and expected[-1] == 2.5

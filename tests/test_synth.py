@@ -234,7 +234,7 @@ def test_drums_follow_the_bars_and_tempo_and_vary_by_seed():
     quarter = 60 / 96
     patterns = []
     for seed in range(4):
-        parts = synth._arrange_drums_bass(score, np.random.default_rng(seed))
+        parts = synth._arrange_drums_bass(score, np.random.default_rng(seed), Augmentation())
         drums, bass = parts["drums"], parts["bass"]
         assert drums.is_drum and not bass.is_drum
         onsets = np.array([n.start for n in drums.notes]) / quarter  # in quarter notes
@@ -252,7 +252,7 @@ def test_drums_follow_the_bars_and_tempo_and_vary_by_seed():
 
 def test_piano_violin_arrangement_follows_the_score():
     score = corpus.parse("bach/bwv66.6")  # soprano, alto, tenor, bass at 96 bpm
-    parts = synth._arrange_piano_violin(score, np.random.default_rng(0))
+    parts = synth._arrange_piano_violin(score, np.random.default_rng(0), Augmentation())
     written = [[(float(n.offset), p.midi) for n in part.stripTies().flatten().notes for p in n.pitches]
                for part in score.parts]
     quarter = 60 / 96
@@ -261,6 +261,16 @@ def test_piano_violin_arrangement_follows_the_score():
     assert parts["violin"].program == 40 and parts["piano"].program == 0
     assert violin == written[0]  # the soprano, already in the violin's range
     assert piano == sorted(written[1] + written[2] + written[3])
+    assert parts["violin"].name == "top 1 part"
+    # --top-voices 1: soprano and alto as the violin's chords, tenor and bass on the piano
+    two = synth._arrange_piano_violin(score, np.random.default_rng(0), Augmentation(top_voices=1.0))
+    up = 12 * (min(p for _, p in written[1]) < synth.VIOLIN_LOWEST)  # raised an octave if the alto goes below G3
+    assert sorted((round(n.start / quarter, 6), n.pitch - up) for n in two["violin"].notes) == sorted(written[0] + written[1])
+    assert sorted((round(n.start / quarter, 6), n.pitch) for n in two["piano"].notes) == sorted(written[2] + written[3])
+    assert two["violin"].name == "top 2 parts"
+    # off (the default), no random draw is made: the velocities are those of renders made before
+    again = synth._arrange_piano_violin(score, np.random.default_rng(0), Augmentation(top_voices=0.0))
+    assert [n.velocity for n in again["piano"].notes] == [n.velocity for n in parts["piano"].notes]
 
 
 # --- augmentation ------------------------------------------------------------------------

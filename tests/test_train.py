@@ -468,3 +468,25 @@ def test_a_diverging_run_is_a_user_error_not_a_traceback(tmp_path):
     with pytest.raises(UserError, match=r"training loss became (nan|inf) at step \d+; lower --lr"):
         train(_tiny_model(), dsm_loss, _RandomCrops(16, 0), None, _config(steps=50, lr=1e12), tmp_path / "d.pt",
               DOMAIN)
+
+
+def test_the_lr_schedule_is_half_a_cosine_after_its_start_and_a_function_of_the_step():
+    from audiosep.training.loop import scheduled_lr
+
+    config = TrainConfig(lr=1e-3, lr_decay_start=100, lr_decay_steps=50, lr_final=1e-4)
+    assert scheduled_lr(config, 1) == scheduled_lr(config, 100) == 1e-3
+    assert scheduled_lr(config, 125) == pytest.approx(5.5e-4)  # halfway: the mean of lr and lr_final
+    assert scheduled_lr(config, 150) == pytest.approx(1e-4) and scheduled_lr(config, 10_000) == pytest.approx(1e-4)
+    assert scheduled_lr(TrainConfig(lr=2e-3), 10_000) == 2e-3  # no schedule: constant
+    with pytest.raises(UserError, match="lr_final in"):
+        TrainConfig(lr=1e-3, lr_decay_start=0, lr_final=2e-3)
+
+
+def test_a_run_continued_through_its_lr_decay_equals_one_run(tmp_path):
+    decay = {"lr_decay_start": 2, "lr_decay_steps": 4, "lr_final": 1e-4}
+    train(_tiny_model(), dsm_loss, _EpochCrops(8, 0), None, _config(steps=8, **decay), tmp_path / "whole.pt", DOMAIN)
+    train(_tiny_model(), dsm_loss, _EpochCrops(8, 0), None, _config(steps=4, **decay), tmp_path / "grown.pt", DOMAIN)
+    train(_tiny_model(), dsm_loss, _EpochCrops(8, 0), None, _config(steps=8, **decay), tmp_path / "grown.pt", DOMAIN)
+    a, b = load_checkpoint(tmp_path / "whole.pt"), load_checkpoint(tmp_path / "grown.pt")
+    assert _states_equal(a["state_dict"], b["state_dict"])
+    assert a["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)

@@ -36,7 +36,7 @@ REVERB_TAIL = 2.0  # seconds of silence appended before the reverb, so tails are
 EXPRESSION_INTERVAL = (1.0, 3.0)  # seconds between two CC 11 values
 LIMITS = {"tempo": (0.0, 0.5), "detune_cents": (0.0, PITCH_BEND_RANGE_CENTS), "velocity": (0.0, 64.0),
           "expression": (0.0, 1.0), "eq_db": (0.0, 24.0), "reverb": (0.0, 1.0),
-          "timbre_semitones": (0.0, 12.0), "transpose": (0.0, 24.0)}  # allowed range of each field
+          "timbre_semitones": (0.0, 12.0), "transpose": (0.0, 24.0), "top_voices": (0.0, 1.0)}  # allowed range of each field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,9 @@ class Augmentation:
         transpose: each pitched source transposed by a whole number of semitones drawn
             uniformly in [−t, t], then clamped so its notes stay in the instrument's range
             (`augment_midi`'s ranges; e.g. 12).
+        top_voices: probability that a piece's top source (piano_violin: the violin) plays the
+            top two parts of a score with three or more, as chords in one line (a keyboard's
+            right hand), and the next source the rest (e.g. 0.5); the arrangement reads it.
     """
 
     tempo: float = 0.0
@@ -69,6 +72,7 @@ class Augmentation:
     reverb: float = 0.0
     timbre_semitones: float = 0.0
     transpose: float = 0.0
+    top_voices: float = 0.0
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in LIMITS.items():

@@ -95,6 +95,24 @@ def list_sources(tracks: Sequence[Track]) -> list[str]:
     return sorted({s for t in tracks for s in t.sources})
 
 
+def separable_sources(sources: Sequence[str], what: str) -> tuple[str, ...]:
+    """`sources` as a tuple, checked to be two or more distinct names: a model of one source
+    (or of one source twice) would return the mixture as a stem. `what` names the model in the
+    message.
+
+    Raises:
+        UserError: fewer than two sources, or a name given twice.
+    """
+    sources = tuple(sources)
+    if len(sources) < 2:
+        raise UserError(f"{what} separates a mixture into two or more sources; got {', '.join(sources) or 'none'} "
+                        "(one source's model would return the mixture as its stem)")
+    twice = sorted({s for s in sources if sources.count(s) > 1})
+    if twice:
+        raise UserError(f"{what}: source(s) {', '.join(twice)} named twice; every source must have its own name")
+    return sources
+
+
 def check_complete(tracks: Sequence[Track]) -> list[str]:
     """The sources of the tracks (`list_sources`), each present in every stems or MUSDB18 track
     (a Slakh2100 track has only the instruments its song plays, so none is missing there).

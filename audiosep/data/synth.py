@@ -97,7 +97,7 @@ class Preset:
 
     name: str
     sources: tuple[str, ...]
-    arrange: Callable  # (music21 Score, np.random.Generator) -> dict[str, pretty_midi.Instrument]
+    arrange: Callable  # (music21 Score, np.random.Generator, Augmentation) -> dict[str, pretty_midi.Instrument]
     voices: tuple[tuple[str, int, bool], ...]  # (source, GM program, is_drum) of every instrument it may use
 
 
@@ -259,19 +259,20 @@ def _sounding_parts(score) -> list[list]:
     return sorted(parts, key=lambda ev: -np.mean([np.mean(p) for _, _, p in ev]))
 
 
-def _arrange_piano_violin(score, rng) -> dict:
-    """Top part → violin (raised by octaves if it goes below the violin's G3), others → piano."""
+def _arrange_piano_violin(score, rng, augmentation: Augmentation) -> dict:
+    """Top part → violin (raised by octaves if it goes below the violin's G3), others → piano;
+    with probability `augmentation.top_voices` (scores of three or more parts) the top two parts
+    → violin, as chords (the draw is made only when it is on, so other renders do not change)."""
     parts = _sounding_parts(score)
     to_seconds = _tempo_map(score)
-    top, rest = parts[0], [e for part in parts[1:] for e in part]
-    return {
-        "piano": _instrument(rest, to_seconds, rng, program=GM_PIANO),
-        "violin": _instrument(top, to_seconds, rng, program=GM_VIOLIN,
-                              shift=max(0, _octave_shift(top, VIOLIN_LOWEST))),
-    }
+    voices = 2 if augmentation.top_voices > 0 and len(parts) >= 3 and rng.random() < augmentation.top_voices else 1
+    top, rest = [e for part in parts[:voices] for e in part], [e for part in parts[voices:] for e in part]
+    violin = _instrument(top, to_seconds, rng, program=GM_VIOLIN, shift=max(0, _octave_shift(top, VIOLIN_LOWEST)))
+    violin.name = f"top {voices} part{'s' * (voices > 1)}"  # recorded in index.json ("arrangement")
+    return {"piano": _instrument(rest, to_seconds, rng, program=GM_PIANO), "violin": violin}
 
 
-def _arrange_drums_bass(score, rng) -> dict:
+def _arrange_drums_bass(score, rng, augmentation: Augmentation) -> dict:
     """Bottom part (lowest note of chords) → a GM bass; generated drums on the piece's bars."""
     bottom = _sounding_parts(score)[-1]
     to_seconds = _tempo_map(score)
@@ -626,7 +627,7 @@ def _make_piece(piece: Piece, preset: Preset, out_dir: Path, wanted: int, durati
     piece_seed = int(hashlib.sha1(f"{seed}:{piece.path}".encode()).hexdigest()[:15], 16)
     rng = np.random.default_rng(piece_seed)
     soundfont = fonts[int(rng.integers(len(fonts)))]
-    instruments = preset.arrange(_parse(piece.path), rng)
+    instruments = preset.arrange(_parse(piece.path), rng, augmentation)
     source_fonts = {s: fonts[int(rng.integers(len(fonts)))] if font_per_source else soundfont for s in instruments}
     ranges = {s: PLAYABLE.get(inst.program, (0, 127)) for s, inst in instruments.items()}
     performance = augment_midi(instruments, augmentation, rng, ranges)
@@ -651,6 +652,7 @@ def _make_piece(piece: Piece, preset: Preset, out_dir: Path, wanted: int, durati
             "performance": performance, "recording": recording,
             "offset": start / sample_rate, "duration": duration,
             "gains": gains, "programs": {s: int(i.program) for s, i in instruments.items() if not i.is_drum},
+            "arrangement": {s: i.name for s, i in instruments.items() if i.name},
             "seed": piece_seed,
         })
     return records

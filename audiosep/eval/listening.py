@@ -61,18 +61,37 @@ def find_evaluations(run_dir: str | os.PathLike) -> list[Evaluation]:
     for run_file in sorted(run_dir.rglob(RUN_FILE)):
         try:
             run = json.loads(run_file.read_text())
-            table = pd.read_csv(run_file.parent / run["report"])
+            report, references, estimates = run_file.parent / run["report"], Path(run["references"]), Path(run["estimates"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{run_file}: not a run description written by `audiosep evaluate` ({err})") from None
-        missing = [c for c in REPORT_COLUMNS if c not in table.columns]
-        if missing:
-            raise UserError(f"{run_file.parent / run['report']}: not a report written by `audiosep evaluate` "
-                            f"(no column {', '.join(missing)})")
-        found.append(Evaluation(table, Path(run["references"]), Path(run["estimates"])))
+        found.append(Evaluation(_read_report(report), references, estimates))
     if not found:
         raise UserError(f"{run_dir}: no evaluations in it (folders with {RUN_FILE}, written by `audiosep evaluate` "
                         "or `audiosep oracle`)")
     return found
+
+
+def _read_report(path: Path) -> pd.DataFrame:
+    """An evaluation's long table (report.csv), checked: its columns, numeric scores, at least
+    one finite score.
+
+    Raises:
+        UserError naming the file: unreadable, not CSV, a missing column, a score that is not a
+            number, or no finite score at all.
+    """
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a report written by `audiosep evaluate` ({type(err).__name__})") from None
+    missing = [c for c in REPORT_COLUMNS if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: not a report written by `audiosep evaluate` (no column {', '.join(missing)})")
+    scores = pd.to_numeric(table["score"], errors="coerce")
+    if (scores.isna() & table["score"].notna()).any():
+        raise UserError(f"{path}: not a report written by `audiosep evaluate` (a score that is not a number)")
+    if not np.isfinite(scores).any():
+        raise UserError(f"{path}: no finite score in it (an evaluation of silent or missing stems?)")
+    return table.assign(score=scores)
 
 
 def write_listening_report(run_dir: str | os.PathLike, output: str | os.PathLike, max_tracks: int = 10,
@@ -103,20 +122,36 @@ def write_listening_report(run_dir: str | os.PathLike, output: str | os.PathLike
 
 def _track_section(track: str, evaluations: list[Evaluation], rows: pd.DataFrame, frontend, seconds: float) -> str:
     """HTML of one track: players with pictures (mixture, references, estimates), metric table."""
-    references = next((e.references / track for e in evaluations if (e.references / track).is_dir()), None)
+    references = next((folder for e in evaluations if (folder := _track_folder(e.references, track))), None)
     clips: list[tuple[str, Path]] = []
     if references is not None:
-        mixture = [p for p in sorted(references.glob("*.wav")) if p.stem.lower() in MIXTURE_NAMES]
         stems = [p for p in sorted(references.glob("*.wav")) if p.stem.lower() not in MIXTURE_NAMES]
-        clips += [("mixture", p) for p in mixture[:1]] + [(f"reference: {p.stem}", p) for p in stems]
+        clips += [("mixture", p) for p in _mixture(references)] + [(f"reference: {p.stem}", p) for p in stems]
     for evaluation in evaluations:
         methods = evaluation.table["method"].unique()
-        for path in sorted((evaluation.estimates / track).glob("*.wav")):
+        estimates = _track_folder(evaluation.estimates, track)
+        for path in sorted(estimates.glob("*.wav")) if estimates else []:
             clips.append((f"{', '.join(methods)}: {path.stem}", path))
     cells = "".join(_clip_cell(label, path, frontend, seconds) for label, path in clips)
     medians = rows.groupby(["method", "target", "metric"])["score"].median().unstack("metric")
     return (f"<section><h2>{html.escape(track)}</h2><div class='clips'>{cells}</div>"
             f"{_table_html(medians)}</section>")
+
+
+def _track_folder(root: Path, track: str) -> Path | None:
+    """The folder of `track` in an evaluation's references or estimates: `root/<track>/`, or
+    `root` itself when the evaluation scored one track folder (`evaluate examples/drums_bass ...`)."""
+    if (root / track).is_dir():
+        return root / track
+    return root if root.is_dir() and any(root.glob("*.wav")) and not any(p.is_dir() for p in root.iterdir()) else None
+
+
+def _mixture(references: Path) -> list[Path]:
+    """The mixture of a reference track folder: its `mix.wav` (or `mixture.wav`), else the file
+    `<track>.wav` beside the folder (the layout of `examples/`); [] if neither exists."""
+    inside = [p for p in sorted(references.glob("*.wav")) if p.stem.lower() in MIXTURE_NAMES]
+    beside = references.parent / f"{references.name}.wav"
+    return inside[:1] or ([beside] if beside.is_file() else [])
 
 
 def _clip_cell(label: str, path: Path, frontend, seconds: float) -> str:

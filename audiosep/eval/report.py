@@ -394,7 +394,9 @@ def evaluate_dirs(
 
     A track is a sub-folder of `ref_dir` holding `.wav` files; see `evaluate_track` for
     what it must contain and the errors. Estimate track folders with audio but no reference
-    are not scored, with a warning naming them.
+    are not scored, with a warning naming them. A `ref_dir` without track sub-folders but with
+    `.wav` stems of its own is one track, scored against `est_dir` as one track (so that one
+    track of a dataset, e.g. `examples/drums_bass`, is scored alone).
 
     Args:
         ref_dir: folder of reference track folders. est_dir: folder of estimate track folders.
@@ -409,6 +411,8 @@ def evaluate_dirs(
         if not folder.is_dir():
             raise UserError(f"{folder}: no such {what} folder")
     tracks = sorted(p for p in ref_dir.iterdir() if p.is_dir() and any(p.glob("*.wav")))
+    if not tracks and any(ref_dir.glob("*.wav")):
+        return evaluate_track(ref_dir, est_dir, win_seconds, hop_seconds, method)
     if not tracks:
         raise UserError(f"{ref_dir}: no track folders with .wav stems (expected {ref_dir}/<track>/<source>.wav)")
     names = {track.name for track in tracks}

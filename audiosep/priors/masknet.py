@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data.stems import separable_sources
 from ..devices import resolve_device
 from ..errors import UserError
 from ..spectral.functional import istft, stft
@@ -53,8 +54,7 @@ class MaskNet(Prior):
                  hop_length: int = 256, hidden: int = 256, layers: int = 2, level_db: float | None = None,
                  domain: Domain | None = None) -> None:
         super().__init__(domain)
-        if len(sources) < 2:
-            raise UserError(f"a mask network separates at least 2 sources, got {list(sources)}")
+        sources = separable_sources(sources, "a mask network")
         if hidden < 2 or hidden % 2 or layers < 1:
             raise UserError(f"mask network: hidden must be even and >= 2, layers >= 1; got {hidden}, {layers}")
         self.sources, self.sample_rate = tuple(sources), int(sample_rate)

@@ -324,6 +324,7 @@ class LatentSeparator:
         self.sample_rate = int(lqvae.get_config()["sample_rate"])
         self.level_db = level_db
         self.progress = progress
+        self.report = None  # set by `Separator`: called with the fraction of a chunk's tokens done
         self.hop = lqvae.hop()
         context = min(p.get_config()["context"] for p in self.priors)
         self.window = self.config.window or max(1, context // 2)
@@ -397,6 +398,8 @@ class LatentSeparator:
                 window = self._sample_window(committed, mix_codes[start:stop], generator, bar)
                 chosen = self._select(committed, window, scaled[start * self.hop:stop * self.hop])
                 committed = [torch.cat([committed[k], chosen[k]]) for k in range(2)]
+                if self.report is not None:
+                    self.report(stop / total)
         finally:
             bar.close()
         return committed

@@ -167,6 +167,7 @@ class MelBasis:
             raise UserError(f"batch_patches must be at least 1, got {batch_patches}")
         self.batch_patches = batch_patches
         self.inversion, self.level_db, self.progress = inversion, float(level_db), progress
+        self.report = None  # set by `Separator`: called with the fraction of a chunk's patches done
         self.seed = self.config.seed if seed is None else int(seed)
         self.mixing = DbPowerMixing(self.frontend)
         self.init_from = init_from
@@ -243,12 +244,15 @@ class MelBasis:
         generator = torch.Generator().manual_seed(self.seed)
         size = self.batch_patches or patches.shape[0]
         batches = [slice(start, start + size) for start in range(0, patches.shape[0], size)]
-        sources = torch.cat([
-            basis_separate(self.priors, patches[b], self.mixing, self.config, init=None if init is None else init[:, b],
-                           generator=generator, progress=self.progress and len(batches) == 1)
-            for b in tqdm(batches, desc="BASIS patches", unit="batch", leave=False,
-                          disable=not self.progress or len(batches) == 1)
-        ], dim=1)  # (K, B, 1, n_mels, patch_frames)
+        parts = []
+        for i, b in enumerate(tqdm(batches, desc="BASIS patches", unit="batch", leave=False,
+                                   disable=not self.progress or len(batches) == 1)):
+            parts.append(basis_separate(self.priors, patches[b], self.mixing, self.config,
+                                        init=None if init is None else init[:, b], generator=generator,
+                                        progress=self.progress and len(batches) == 1))
+            if self.report is not None:
+                self.report((i + 1) / len(batches))
+        sources = torch.cat(parts, dim=1)  # (K, B, 1, n_mels, patch_frames)
         return unpatchify(self.frontend.from_unit(sources), *layout)
 
     def __repr__(self) -> str:

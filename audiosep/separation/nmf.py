@@ -36,7 +36,7 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 from tqdm import tqdm
 
-from ..data.stems import list_sources, list_tracks, load_track
+from ..data.stems import list_sources, list_tracks, load_track, separable_sources
 from ..errors import UserError
 from ..io import atomic_output, rms_db
 from ..priors.base import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
@@ -47,7 +47,6 @@ KIND = "nmf"
 # β-divergences by scikit-learn's names (β = 1: Kullback-Leibler, 2: squared Euclidean, 0: Itakura-Saito).
 BETA_LOSSES = {"kullback-leibler": 1.0, "frobenius": 2.0, "itakura-saito": 0.0}
 EPS = 1e-10  # floor of the model spectrum W·H in the multiplicative updates
-# The bundled piano/violin model (see audiosep/pretrained/README.md for how it was made).
 
 
 # ----------------------------------------------------------------------------- domain
@@ -208,7 +207,7 @@ class NMFModel:
     channels: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.sources = tuple(self.sources)
+        self.sources = separable_sources(self.sources, "NMF")
         K, F, _ = self.dictionaries.shape
         if K != len(self.sources):
             raise UserError(f"{K} dictionaries for {len(self.sources)} sources ({', '.join(self.sources)})")
@@ -373,9 +372,7 @@ def train_nmf(
     unknown = [s for s in sources if s not in have]
     if unknown:
         raise UserError(f"{data}: no source(s) {', '.join(unknown)} in split '{split}' (have: {', '.join(have)})")
-    if len(sources) < 2:
-        raise UserError(f"NMF separates a mixture into two or more sources; got {', '.join(sources) or 'none'} "
-                        "(one source's model would return the mixture as its stem)")
+    sources = list(separable_sources(sources, "NMF"))
     rng = np.random.default_rng(seed)
     order = [tracks[i] for i in rng.permutation(len(tracks))]
     frames: dict[str, list[Tensor]] = {s: [] for s in sources}

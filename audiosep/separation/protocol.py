@@ -15,7 +15,10 @@ class Method(Protocol):
 
     Optional attributes: `channels` (the channel count it needs, None for any; a mono method
     gets the channel mean and its stems are copied to every output channel) and `level_db`
-    (the mixture RMS in dBFS it was trained at).
+    (the mixture RMS in dBFS it was trained at), `progress` (whether it draws its own tqdm
+    bars) and `report` (None, or a callable the `Separator` sets before each chunk: the method
+    calls it with the fraction of the chunk done, in [0, 1], so that the Separator's one bar in
+    seconds of audio moves during a long chunk; such a method's own bars are switched off).
     """
 
     sources: Sequence[str]

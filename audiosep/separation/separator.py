@@ -12,6 +12,7 @@ folder of a user's own files.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..devices import resolve_device
 from ..errors import UserError
 from ..zoo import DEFAULT_SET, model_set
 from .protocol import Method
-from ..methods import build_method
+from .methods import build_method
 from ..io import (AUDIO_SUFFIXES, OutputFormat, audio_info, check_output_dir, convert_channels, fit_length,
                   limit_peaks, read_audio, resample, write_stems)
 
@@ -82,7 +83,10 @@ class Separator:
         seed: torch's global seed, set before each input (for stochastic methods).
         level_db: the mixture is scaled to this RMS (dBFS) before the method and the stems
             scaled back after (default: the method's `level_db`, else `DEFAULT_LEVEL_DB`).
-        progress: show a tqdm bar in seconds of audio.
+        progress: show a tqdm bar in seconds of audio. A method with a `report` attribute
+            (see `Method`) advances it within a chunk, and its own bars are switched off
+            (`progress = False`), so there is one bar, moving as the work does; a quiet
+            Separator silences them too.
     """
 
     def __init__(self, method: Method, *, segment: float | None = 30.0, overlap: float = 1.0,
@@ -98,6 +102,8 @@ class Separator:
         self.segment, self.overlap = segment, overlap
         self.device = resolve_device(device)
         self.seed, self.progress = seed, progress
+        if hasattr(method, "progress") and (not progress or hasattr(method, "report")):
+            method.progress = False
         method_level = getattr(method, "level_db", None)
         self.level_db = level_db if level_db is not None else (method_level if method_level is not None else DEFAULT_LEVEL_DB)
 
@@ -150,15 +156,25 @@ class Separator:
         with bar, torch.no_grad():
             for i, (start, stop) in enumerate(bounds):
                 chunk = torch.from_numpy(np.ascontiguousarray(x[:, start:stop])).to(self.device)
+                if hasattr(self.method, "report"):  # the bar moves within the chunk, from `done` to `stop`
+                    self.method.report = functools.partial(_advance, bar, done / self.sample_rate,
+                                                           (stop - done) / self.sample_rate)
                 stems = self.method(chunk)
                 expected = (len(self.sources), x.shape[0], stop - start)
                 if tuple(stems.shape) != expected:
                     raise ValueError(f"method returned shape {tuple(stems.shape)} for a chunk; expected {expected}")
                 w = crossfade_weights(stop - start, overlap, i > 0, i < len(bounds) - 1)
                 out[..., start:stop] += stems.float().cpu().numpy() * w
-                bar.update(round((stop - done) / self.sample_rate, 2))
+                _advance(bar, 0.0, stop / self.sample_rate, 1.0)
                 done = stop
         return out
+
+
+def _advance(bar: tqdm, start: float, span: float, fraction: float) -> None:
+    """Move `bar` (seconds of audio) forward to `start + fraction · span` seconds (never back)."""
+    target = round(min(start + fraction * span, bar.total), 2)
+    if target > bar.n:
+        bar.update(round(target - bar.n, 2))
 
 
 def separate(audio: str | os.PathLike | np.ndarray, model: str = DEFAULT_SET, sample_rate: int | None = None,

@@ -372,8 +372,20 @@ def _optimizer_step(
         _average_gradients(params, world)
     if config.grad_clip is not None:
         nn.utils.clip_grad_norm_(params, config.grad_clip)
+    for group in optimizer.param_groups:
+        group["lr"] = scheduled_lr(config, step)
     optimizer.step()
     return loss_value
+
+
+def scheduled_lr(config: TrainConfig, step: int) -> float:
+    """The learning rate of optimiser step `step` (1-based): `config.lr`, or with
+    `lr_decay_start` set, half a cosine from lr down to lr_final over lr_decay_steps steps
+    after it, then lr_final (see `TrainConfig`)."""
+    if config.lr_decay_start is None or step <= config.lr_decay_start:
+        return config.lr
+    progress = min(1.0, (step - config.lr_decay_start) / config.lr_decay_steps)
+    return config.lr_final + 0.5 * (config.lr - config.lr_final) * (1.0 + math.cos(math.pi * progress))
 
 
 def _run(

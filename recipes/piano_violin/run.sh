@@ -88,9 +88,11 @@ fi
 
 if run_stage 1; then
     echo "stage 1: train the models into $exp"
-    $audiosep train nmf --data "$data" -o "$exp/nmf_piano_violin.pt" --atoms 64 --seed 0
+    # (an NMF training does not resume: a model already there is kept)
+    [ -f "$exp/nmf_piano_violin.pt" ] || $audiosep train nmf --data "$data" -o "$exp/nmf_piano_violin.pt" --atoms 64 --seed 0
     # the bundled NMF model (audiosep/pretrained/nmf_piano_violin.pt): the same on the augmented set
-    $audiosep train nmf --data "$data_real" -o "$exp/nmf_piano_violin_real.pt" --atoms 64 --seed 0
+    [ -f "$exp/nmf_piano_violin_real.pt" ] || $audiosep train nmf --data "$data_real" \
+        -o "$exp/nmf_piano_violin_real.pt" --atoms 64 --seed 0
     # the bundled mask network (audiosep/pretrained/masknet_piano_violin.pt, the default separation
     # and the start of BASIS): both augmented sets, then its weights-only copy
     $audiosep train masknet --data "$data_real" "$data_poly" "$data_real_tr" "$data_poly_tr" "$data_misc" \
@@ -200,34 +202,16 @@ if run_stage 4; then
     report_test_sets "$exp" "$test_sets"
 fi
 
-# Honest folds: every training piece is a Bach chorale (the default piece order is Bach first and
-# Bach has enough pieces for every train and valid track), and so is the test split above. A fold
-# is a group of composers none of whose pieces is in training, every usable piece of the group
-# in the fold's test split whatever its hash split, rendered with one soundfont for both sources
-# (each training font in turn, and TimGM6mb), at equal loudness and without augmentation: 4
-# excerpts of 10 s, one per piece, in $folds/<group>_<font>/test (a fold with an index.json is kept;
-# delete the folder to render it again). Haydn and Mozart stay out (synth refuses them); so do the
-# MuseScore General soundfonts.
-fold_groups="beethoven:beethoven monteverdi:monteverdi
-    romantic:schubert,chopin,joplin,weber,verdi,beach,schumann_clara,schumann_robert"
-fold_fonts="fluidr3:$sf/sf2/FluidR3_GM.sf2 fluidr3mono:$sf/sf3/FluidR3Mono_GM.sf3 gmbank:$sf/sf2/sf_GMbank.sf2
-    opl3:$sf/sf2/OPL-3_FM_128M.sf2 timgm:$timgm"
-
+# Honest folds (recipes/common.sh: render_folds): composers none of whose pieces any model here
+# trains on, × each soundfont.
 if run_stage 5; then
     echo "stage 5: render the honest folds into $folds and score the bundled models on them"
-    bash scripts/setup_system.sh soundfonts
-    for group in $fold_groups; do
-        for font in $fold_fonts; do
-            dir="$folds/${group%%:*}_${font%%:*}"
-            # shellcheck disable=SC2046
-            [ -f "$dir/index.json" ] || $audiosep synth piano_violin -o "$dir" --test 4 --excerpts-per-piece 1 \
-                --duration 10 --seed 0 --soundfont "${font#*:}" --splits 0 0 1 --composers $(tr , ' ' <<< "${group#*:}")
-        done
-    done
-    # the bundled models (trained on $data_real, the mask network also on $data_poly): the default
+    render_folds piano_violin "$folds"
+    # the bundled models (trained on $data_real, the mask network also on $data_poly, $data_real_tr,
+    # $data_poly_tr and $data_misc): the default
     # `audiosep separate` (the mask network), BASIS from it and from NMF, NMF, IRM2 and the mixture / 2
     # per fold, the mean and the worst fold (refused if a fold shares a composer with the training data)
     mkdir -p "$exp"
     .venv/bin/python benchmarks/separation.py --no-mixture-init --folds "$folds"/*_* \
-        --train-data "$data_real" "$data_poly" | tee "$exp/folds.txt"
+        --train-data "$data_real" "$data_poly" "$data_real_tr" "$data_poly_tr" "$data_misc" | tee "$exp/folds.txt"
 fi

@@ -1,7 +1,7 @@
 """The separation methods by name: what model files each takes, its options, how it is built.
 
-It stands beside `zoo`, outside the `separation` package, and imports each method's module
-only in its builder, so the command line reads the options without loading torch.
+It imports each method's module only in its builder (and the `separation` package loads its
+modules on first use), so the command line reads the options without loading torch.
 
 `METHODS` holds one `MethodSpec` per method (masknet, basis, nmf, latent, vae-bss), the one
 place a method is declared: `separation_method` infers the method of a set of model files from
@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
-from .errors import UserError
-from .zoo import DEFAULT_SET, ModelSet, model_set
+from ..errors import UserError
+from ..zoo import DEFAULT_SET, ModelSet, model_set
 
 if TYPE_CHECKING:  # torch and the methods are imported when a method is built: the CLI starts fast
     import torch
 
-    from .separation.protocol import Method
+    from .protocol import Method
 
 
 def option(help: str, kind: str | None = None, choices: Sequence[str] | None = None,
@@ -106,25 +106,25 @@ class MethodSpec:
 
 
 def _build_masknet(paths, options, device, seed, defaults) -> Method:
-    from .priors.masknet import load_masknet
+    from ..priors.masknet import load_masknet
 
     return load_masknet(paths[0], device=device)
 
 
 def _build_nmf(paths, options, device, seed, defaults) -> Method:
-    from .separation.nmf import NMFModel
+    from .nmf import NMFModel
 
     return NMFModel.load(paths[0])
 
 
 def _build_vae_bss(paths, options, device, seed, defaults) -> Method:
-    from .separation.vae_bss import VAEBSS
+    from .vae_bss import VAEBSS
 
     return VAEBSS.from_file(paths[0], device=device)
 
 
 def _build_latent(paths, options: LatentOptions, device, seed, defaults) -> Method:
-    from .separation.latent import LatentConfig, LatentSeparator
+    from .latent import LatentConfig, LatentSeparator
 
     given = {"n_chains": options.chains, "sigma": options.sigma, "likelihood": options.likelihood,
              "window": options.window, "postfilter": options.postfilter, "resample": options.resample}
@@ -136,7 +136,7 @@ def _build_basis(paths, options: BasisOptions, device, seed, defaults: ModelSet)
     """BASIS over the priors `paths`, started from `options.init_model`, else from `defaults`'
     start (its NMF model with --init nmf) when that separates the priors' sources, else from
     the mixture."""
-    from .separation.mel_basis import MelBasis, baseline_mismatch, default_basis, load_baseline
+    from .mel_basis import MelBasis, baseline_mismatch, default_basis, load_baseline
 
     from_model = options.init in (None, "model", "nmf")
     if options.init_model and not from_model:
@@ -218,7 +218,7 @@ def build_method(method: str, paths: Sequence[str | os.PathLike], options: Any =
     Raises:
         UserError: as the method's loader (a file of the wrong kind, domain, sources).
     """
-    from .devices import resolve_device
+    from ..devices import resolve_device
 
     spec = METHODS[method]
     return spec.build([Path(p) for p in paths], options or spec.options(), resolve_device(device), seed,
@@ -253,7 +253,7 @@ def separation_method(paths: Sequence[str | os.PathLike], requested: str | None 
         raise UserError(f"unknown separation method {requested!r}; choose {', '.join(METHODS)}")
     if not paths:
         return requested or model_set(DEFAULT_SET).default
-    from .priors.base import load_checkpoint
+    from ..priors.base import load_checkpoint
 
     kinds = [(Path(p), load_checkpoint(p)["kind"]) for p in paths]
     if requested is not None:
