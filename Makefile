@@ -26,7 +26,7 @@ $(STAMP): requirements.txt pyproject.toml | $(PY)
 # scores), and shows the front end: wav → [0, 1] mel (.npy/.json/.png) → wav.
 demo: setup
 	$(VENV)/bin/audiosep separate examples/piano_violin.wav -o demo_out
-	$(VENV)/bin/audiosep evaluate examples/piano_violin demo_out/piano_violin/piano_violin -o demo_out/report --method default
+	$(VENV)/bin/audiosep evaluate examples/piano_violin demo_out/piano_violin/piano_violin -o demo_out/report --method masknet
 	$(VENV)/bin/audiosep separate examples/piano_violin.wav -o demo_out --method basis
 	$(VENV)/bin/audiosep evaluate examples/piano_violin demo_out/piano_violin_basis/piano_violin -o demo_out/report_basis --method basis
 	$(VENV)/bin/audiosep separate examples/piano_violin.wav -o demo_out --method nmf

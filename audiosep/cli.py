@@ -84,14 +84,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from .eval.listening import write_listening_report
     from .io import check_output_file, check_output_kind
+    from .oracle import ORACLE_SUMMARIES
+    from .separation.methods import METHODS
 
     check_output_file(args.output)
     if args.output.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"{args.output}: the listening report is an HTML page; name it .html")
     check_output_kind(args.output, "an HTML page")
+    descriptions = {**{name: spec.summary for name, spec in METHODS.items()}, **ORACLE_SUMMARIES}
     path = write_listening_report(args.run_dir, args.output, max_tracks=args.max_tracks, seconds=args.seconds,
-                                  preset=args.preset)
+                                  preset=args.preset, descriptions=descriptions)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def _cmd_plot(args: argparse.Namespace) -> None:
+    from .io import check_output_file, check_output_kind
+    from .training.log import plot_logs, read_log
+
+    check_output_file(args.output)
+    if args.output.suffix.lower() != ".png":
+        raise UserError(f"{args.output}: the training curves are a PNG picture; name it .png")
+    check_output_kind(args.output, "a PNG picture")
+    for path in args.logs:
+        read_log(path)  # every log is checked before anything is drawn
+    plot_logs(args.logs, args.output)
+    print(f"wrote {args.output}")
 
 
 def _cmd_oracle(args: argparse.Namespace) -> None:
@@ -619,6 +636,14 @@ def _add_report(sub) -> None:
     p.set_defaults(run=_cmd_report)
 
 
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="training curves (loss, valid loss, samples/s) of training logs, as a PNG")
+    p.add_argument("logs", type=Path, nargs="+", metavar="LOG",
+                   help="training logs MODEL.log.csv (written beside each checkpoint by `audiosep train`)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the PNG file")
+    p.set_defaults(run=_cmd_plot)
+
+
 def _add_oracle(sub) -> None:
     p = sub.add_parser("oracle", help="oracle separation of a stems dataset, written and evaluated")
     p.add_argument("data", type=Path, help="dataset folder DATA/<split>/<track>/{mix,<source>}.wav (or MUSDB18/Slakh)")
@@ -870,7 +895,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"audiosep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_separate, _add_models, _add_synth, _add_mel, _add_invert, _add_evaluate, _add_oracle,
-                _add_report, _add_train, _add_export):
+                _add_report, _add_plot, _add_train, _add_export):
         add(sub)
     return parser
 

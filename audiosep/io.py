@@ -110,7 +110,8 @@ def check_output_file(path: str | os.PathLike) -> Path:
 
 # the first bytes of the files the CLI writes, by the kind `check_output_file` is told
 OUTPUT_MAGIC = {"a NumPy .npy file": (b"\x93NUMPY",), "a checkpoint (torch.save)": (b"PK\x03\x04",),
-                "an HTML page": (b"<!DOCTYPE html", b"<!doctype html", b"<html")}
+                "an HTML page": (b"<!DOCTYPE html", b"<!doctype html", b"<html"),
+                "a PNG picture": (b"\x89PNG",)}
 
 
 def check_output_kind(path: str | os.PathLike, kind: str) -> None:

@@ -48,7 +48,7 @@ stem in one random room (`augment_audio`, seeded by the track's name). Use it on
 sources are at equal loudness (`synth` without `--gain-db`, e.g. the TimGM6mb test split).
 
 `--long 10 60 600` (alone: the quality tables are skipped): the cost of the default
-`audiosep separate` on long inputs, run as the command itself in a child process on a 44.1 kHz
+`audiosep separate` (with `--set NAME`: of each of its methods, or those `--only` names) on long inputs, run as the command itself in a child process on a 44.1 kHz
 stereo file made of the split's mixtures end to end, at `--segments` (default 10 and 30 s):
 wall, user and system seconds per second of audio, minor page faults, the child's peak memory,
 and each row's CPU s/s against the first row's. The costs per second should not depend on the
@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import itertools
 import os
 import shlex
 import subprocess
@@ -580,30 +581,43 @@ def parse_grid(specs: list[str]) -> list[tuple[int, int]]:
         raise SystemExit(f"--tradeoff expects STEPSxLEVELS values such as 10x10, got {specs}") from None
 
 
-def long_input_table(tracks: list, lengths: list[float], segments: list[float], threads: int) -> pd.DataFrame:
-    """The cost of `audiosep separate FILE --segment S` (the default method) on 44.1 kHz stereo
-    inputs of each length (seconds), made of the tracks' mixtures end to end (see the module doc)."""
+def long_runs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(row label, extra `audiosep separate` arguments) of the long-input table: the default
+    method, or with `--set NAME` each method of that set (`--only` keeps the ones it names)."""
+    if not args.set:
+        return [("default", [])]
+    bundled = model_set(args.set)
+    order = [bundled.default, *(method for method in bundled.methods if method != bundled.default)]
+    return [(method, ["-n", args.set, "--method", method]) for method in order if not args.only or method in args.only]
+
+
+def long_input_table(tracks: list, lengths: list[float], segments: list[float], threads: int,
+                     runs: list[tuple[str, list[str]]]) -> pd.DataFrame:
+    """The cost of `audiosep separate FILE --segment S [RUN ARGS]` on 44.1 kHz stereo inputs of
+    each length (seconds), made of the tracks' mixtures end to end, for each of `runs`
+    (`long_runs`; see the module doc)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for length in lengths:
             path = Path(tmp) / f"long{length:g}.wav"
             write_audio(path, _long_mixture(tracks, length), 44100, subtype="PCM_16")
-            for segment in segments:
-                argv = [sys.executable, "-m", "audiosep", "separate", str(path), "-o", str(Path(tmp) / "out"),
-                        "--segment", str(segment), "--threads", str(threads)]
+            for (label, extra), segment in itertools.product(runs, segments):
+                out = Path(tmp) / f"out_{label}_{segment:g}_{length:g}"
+                argv = [sys.executable, "-m", "audiosep", "separate", str(path), "-o", str(out),
+                        "--segment", str(segment), "--threads", str(threads), *extra]
                 start = time.perf_counter()
                 proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 _, status, usage = os.wait4(proc.pid, 0)
                 wall = time.perf_counter() - start
                 if status != 0:
                     raise RuntimeError(f"{' '.join(argv)} failed with status {status}")
-                rows.append({"input s": length, "segment s": segment, "wall s/s": wall / length,
+                rows.append({"method": label, "input s": length, "segment s": segment, "wall s/s": wall / length,
                              "user s/s": usage.ru_utime / length, "sys s/s": usage.ru_stime / length,
                              "sys/user %": 100 * usage.ru_stime / usage.ru_utime,
                              "faults k/s": usage.ru_minflt / length / 1e3, "peak GB": usage.ru_maxrss / 2**20})
     table = pd.DataFrame(rows)
     cpu = table["user s/s"] + table["sys s/s"]
-    table["CPU vs first"] = cpu / cpu.iloc[0]
+    table["CPU vs first"] = cpu / cpu.groupby(table["method"]).transform("first")
     return table
 
 
@@ -709,9 +723,10 @@ def main() -> None:
         composers = check_folds(args.folds, args.train_data)
     if args.long:
         tracks = list_tracks(args.data, args.split)[: args.tracks]
-        print(f"default `audiosep separate` on 44.1 kHz stereo inputs from {args.data / args.split}, "
-              f"{args.threads} torch thread(s), CPU")
-        print(long_input_table(tracks, args.long, args.segments, args.threads).round(2).to_string(index=False))
+        runs = long_runs(args)
+        print(f"`audiosep separate` ({', '.join(label for label, _ in runs)}) on 44.1 kHz stereo inputs from "
+              f"{args.data / args.split}, {args.threads} torch thread(s), CPU")
+        print(long_input_table(tracks, args.long, args.segments, args.threads, runs).round(2).to_string(index=False))
         return
 
     if args.set:

@@ -399,18 +399,27 @@ def test_listening_report_embeds_players_pictures_and_scores(dataset, tmp_path):
     assert _run("report", run, "-o", page, "--max-tracks", 1, "--seconds", 1) == 0
     text = page.read_text()
     assert text.count("<audio") == 1 + 2 + 2 * 2  # mixture, 2 references, 2 methods × 2 estimates
-    assert text.count("<img") == 7 + 1  # a picture under each player, the SDR chart
+    assert text.count("<img") == 7 + 1 + 1  # a picture under each player, the SDR chart, SDR over time
     assert "track0" in text and "track1" not in text.split("Summary")[1].split("</section>")[1]
     assert not re.search(r"(src|href)=['\"](?!data:)", text)  # everything embedded
     for method in ("irm2", "mix"):
         assert f">{method}<" in text
+    methods = text.split("<h2>Methods</h2>")[1].split("</section>")[0]
+    assert "<b>irm2</b>: oracle: ideal ratio mask on powers" in methods and "<b>mix</b>: baseline" in methods
+    summary = re.split(r"<h2>Summary \(\d+ tracks; players for the first 1\)</h2>", text)[1].split("</section>")[0]
+    header = re.search(r"<thead>(.*?)</thead>", summary, re.S).group(1)
+    assert re.findall(r"<th>(\w+)</th>", header) == ["method", "source", "SDR", "SIR", "ISR", "SAR"]
+    assert header.count("<tr") == 1  # one header row: no MultiIndex
+    for name in ("irm2", "mix"):  # the run records its inputs relative to itself
+        recorded = json.loads((run / name / "run.json").read_text())
+        assert not Path(recorded["references"]).is_absolute() and (run / name / recorded["estimates"]).is_dir()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed (scripts/setup_system.sh installs it as root)")
     dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     body = re.search(r"<body[^>]*>", dom).group(0)
-    assert 'data-audio-ok="7/7"' in body and 'data-images-ok="8/8"' in body, body
+    assert 'data-audio-ok="7/7"' in body and 'data-images-ok="9/9"' in body, body
 
 
 def test_a_benchmark_given_a_checkpoint_of_other_images_says_so_in_one_line(tmp_path):

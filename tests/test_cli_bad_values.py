@@ -152,6 +152,7 @@ def world(tmp_path_factory):
     save_checkpoint(root / "net.pt", MaskNet(hidden=4, layers=1), Domain.waveform(SR))
     save_checkpoint(root / "lq.pt", LQVAE(sample_rate=SR, hops=(16,), n_codes=8, code_dim=4, width=4),
                     Domain.waveform(SR))
+    (root / "train.log.csv").write_text("step,loss,valid_loss,lr,samples_per_s,wall_s\n1,0.5,,0.001,10,1\n")
     (root / "afile").write_text("a regular file in the way")
     (root / "junk.bin").write_bytes(b"\x00\xff\xfe junk \x00" * 8)
     return root
@@ -168,6 +169,7 @@ BASELINES = {
     ("evaluate",): ["data/test", "run/mix", "-o", "ev"],
     ("oracle",): ["data", "--method", "mix", "-o", "or"],
     ("report",): ["run", "-o", "r.html"],
+    ("plot",): ["train.log.csv", "-o", "c.png"],
     ("train", "ncsn"): [*_DATA, "--source", "src0"],
     ("train", "glow"): [*_DATA, "--source", "src0"],
     ("train", "realnvp"): [*_DATA, "--source", "src0"],

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from audiosep.errors import UserError
-from audiosep.separation.latent import (LatentConfig, best_pair, common_prefix, effective_sample_size,
-                                        likelihood_table, pair_marginal, pair_scores, sample_pairs,
-                                        sample_pairs_reference, systematic_resample)
+from audiosep.separation.latent import (LatentConfig, LikelihoodCache, PairLikelihood, best_pair, common_prefix,
+                                        effective_sample_size, likelihood_table, pair_marginal, pair_scores,
+                                        sample_pairs, sample_pairs_reference, systematic_resample)
 
 
 def _random_table(n: int, seed: int = 0) -> torch.Tensor:
@@ -51,6 +51,24 @@ def test_blocked_marginal_equals_the_full_joint():
     full = torch.logsumexp(lp0.unsqueeze(2) + lp1.unsqueeze(1) + loglik, dim=2)
     for max_elements in (1, chains * n, 10 ** 6):
         torch.testing.assert_close(pair_marginal(lp0, lp1, loglik, max_elements), full)
+
+
+def test_cached_likelihood_gives_the_marginal_of_its_table_bit_for_bit():
+    n, chains = 16, 6
+    g = torch.Generator().manual_seed(3)
+    table, codebook = _random_table(n, 2), torch.randn(n, 3, generator=g)
+    lp0 = torch.log_softmax(torch.randn(chains, n, generator=g), -1)
+    lp1 = torch.log_softmax(torch.randn(chains, n, generator=g), -1)
+    cache = LikelihoodCache(table, codebook, 0.4, "gaussian", max_elements=3 * 2 * n * n)
+    for code in (5, 1, 5, 7, 9, 1):
+        loglik = likelihood_table(table, codebook, code, 0.4)
+        entry = cache(code)
+        assert entry.factor is not None and torch.equal(entry.log, loglik)
+        assert torch.equal(pair_marginal(lp0, lp1, entry), pair_marginal(lp0, lp1, loglik))
+        assert len(cache._entries) <= 3  # the memory bound: 3 tables of 2·n² floats
+    assert list(cache._entries) == [7, 9, 1]  # least recently used dropped first
+    # a table past max_elements keeps no factor and is exponentiated block by block
+    assert PairLikelihood.of(loglik, max_elements=n * n - 1).factor is None
 
 
 def test_marginal_stays_exact_where_the_float32_product_underflows():
@@ -286,7 +304,7 @@ def test_resampled_chains_keep_their_caches_histories_and_priors_together(latent
     mix_codes = torch.randint(0, 16, (8,), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         codes0, codes1, prior0, prior1 = method._sample_window(
-            [mix_codes.new_zeros(0)] * 2, mix_codes, torch.Generator().manual_seed(2), _NoBar())
+            [mix_codes.new_zeros(0)] * 2, mix_codes, method._likelihoods(), torch.Generator().manual_seed(2), _NoBar())
         for prior, codes, total in ((method.priors[0], codes0, prior0), (method.priors[1], codes1, prior1)):
             cache = prior.new_cache(codes.shape[0])
             log_p, expected = prior.step(cache, None), torch.zeros(codes.shape[0], dtype=torch.float64)

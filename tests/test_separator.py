@@ -305,3 +305,20 @@ def test_a_reporting_method_moves_the_one_bar_within_its_chunks_and_loses_its_ow
     starts = [0.0, *stops[:-1]]
     expected = [round(start + f * (stop - start), 2) for start, stop in zip(starts, stops) for f in (0.25, 0.5, 0.75, 1.0)]
     assert method.positions == pytest.approx(expected) and expected[-1] == 2.5
+
+
+def test_many_small_reports_end_exactly_at_the_total_without_a_tqdm_warning():
+    import warnings
+
+    class ManySteps(Reporting):
+        def __call__(self, mix):
+            for i in range(1, 2413):  # a latent run's tokens: fractions that do not sum exactly
+                self.report(i / 2412)
+            self.positions.append(self.report.args[0].n)
+            return FixedMask.__call__(self, mix)
+
+    method = ManySteps()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tqdm's "clamping frac to range [0, 1]" would raise
+        Separator(method, segment=None).separate(_noise((1, 7 * 22050)), 22050)
+    assert method.positions == [7.0]

@@ -490,3 +490,47 @@ def test_a_run_continued_through_its_lr_decay_equals_one_run(tmp_path):
     a, b = load_checkpoint(tmp_path / "whole.pt"), load_checkpoint(tmp_path / "grown.pt")
     assert _states_equal(a["state_dict"], b["state_dict"])
     assert a["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+
+
+# --- training log --------------------------------------------------------------------------
+
+def test_the_training_log_has_a_row_per_checkpoint_and_validation_and_survives_a_resume(tmp_path):
+    from audiosep.training.log import log_path, read_log
+
+    train_set, valid_set = _RandomCrops(18, 0), _RandomCrops(8, 1)
+    whole = train(_tiny_model(), dsm_loss, train_set, valid_set, _config(), tmp_path / "whole.pt", DOMAIN)
+    rows = read_log(tmp_path / "whole.log.csv")
+    assert log_path(tmp_path / "whole.pt") == tmp_path / "whole.log.csv"
+    # checkpoints at 3, 6, 8; validations at 2, 4, 6, 8
+    assert [r["step"] for r in rows] == [2, 3, 4, 6, 8]
+    assert [np.isnan(r["valid_loss"]) for r in rows] == [False, True, False, False, False]
+    assert rows[-1]["valid_loss"] == pytest.approx(whole["valid_loss"], rel=1e-9)
+    assert all(np.isfinite(r["loss"]) and r["samples_per_s"] > 0 and r["lr"] == 2e-3 for r in rows)
+    assert all(b["wall_s"] >= a["wall_s"] for a, b in zip(rows, rows[1:]))
+
+    with pytest.raises(_Stop):  # killed at step 5 after the row of step 4: the checkpoint is step 3's
+        train(_tiny_model(), dsm_loss, train_set, valid_set, _config(), tmp_path / "cut.pt", DOMAIN,
+              callback=_stop_at(5))
+    assert [r["step"] for r in read_log(tmp_path / "cut.log.csv")] == [2, 3, 4]
+    train(_tiny_model(), dsm_loss, train_set, valid_set, _config(), tmp_path / "cut.pt", DOMAIN)
+    resumed = read_log(tmp_path / "cut.log.csv")
+    assert [r["step"] for r in resumed] == [2, 3, 4, 6, 8]  # the row of step 4 is written again, once
+    assert [r["valid_loss"] for r in resumed][2:] == pytest.approx([r["valid_loss"] for r in rows][2:])
+
+
+def test_a_corrupt_training_log_is_refused_on_resume_and_by_plot(tmp_path, capsys):
+    from audiosep.cli import main
+
+    train(_tiny_model(), dsm_loss, _RandomCrops(18, 0), None, _config(steps=3), tmp_path / "p.pt", DOMAIN)
+    assert main(["plot", str(tmp_path / "p.log.csv"), "-o", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "p.log.csv").write_text("step,loss\n1,2\n")
+    with pytest.raises(UserError, match="not a training log"):
+        train(_tiny_model(), dsm_loss, _RandomCrops(18, 0), None, _config(steps=6), tmp_path / "p.pt", DOMAIN)
+    assert (tmp_path / "p.log.csv").read_text() == "step,loss\n1,2\n"  # not replaced
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path / "p.log.csv"), "-o", str(tmp_path / "again.png")]) == 2
+    err = capsys.readouterr().err
+    assert "not a training log" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "again.png").exists()
+    (tmp_path / "notes.png").write_text("my notes")
+    assert main(["plot", str(tmp_path / "curves.png"), "-o", str(tmp_path / "notes.png")]) == 2  # not a PNG: kept

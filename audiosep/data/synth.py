@@ -43,6 +43,7 @@ import soundfile as sf
 
 from ..errors import UserError
 from ..io import atomic_output, rms_db, write_audio
+from ..progress import progress_bar
 from .augment import Augmentation, augment_audio, augment_midi, pad_to_longest, restore_timbre_shift
 
 SPLITS = ("train", "valid", "test")
@@ -570,8 +571,6 @@ def synthesize(
 
     A piece that fails to parse or render is skipped with a warning.
     """
-    from tqdm.auto import tqdm
-
     chosen = _get_preset(preset)
     augmentation = augmentation or Augmentation()
     fractions = _check_splits(splits)
@@ -589,7 +588,7 @@ def synthesize(
              "soundfonts": [str(f) for f in fonts], "font_per_source": font_per_source, "gain_db": gain_db,
              "augmentation": dataclasses.asdict(augmentation), "tracks": [], "skipped": {}}
     counts = dict.fromkeys(SPLITS, 0)
-    bar = tqdm(total=len(candidates) if targets is None else None, unit="piece", disable=not progress)
+    bar = progress_bar(total=len(candidates) if targets is None else None, unit="piece", disable=not progress)
     for piece in candidates:
         wanted = _still_wanted(targets, counts, piece.split, excerpts_per_piece)
         if wanted == 0:

@@ -2,10 +2,12 @@
 
 `audiosep report RUN_DIR -o report.html` finds every evaluation under RUN_DIR (a folder with
 `run.json` beside its `report.csv`, written by `audiosep evaluate` and `audiosep oracle`) and
-draws, per track: audio players for the mixture, the references and every method's estimates,
-a mel spectrogram picture under each, and the track's metric table (median over windows);
-then the summary across tracks and methods (median over windows, then tracks, as
-`summarize`) with a picture of SDR per method and source.
+draws: the methods on the page, each with a line on what it is; the summary across tracks and
+methods (median over windows, then tracks, as `summarize`: one row per method and source) with
+a picture of SDR per method and source; then per track, audio players for the mixture first,
+the references and every method's estimates, a mel spectrogram under each (frequency in Hz,
+time in s), the SDR of every 1 s window over time per source (where a method fails), and,
+when the page holds several tracks, the track's score table.
 
 Everything is embedded (audio as MP3, pictures as PNG, as data: URIs), so the file opens
 anywhere, without a network or the run folder. Clips are cut to `seconds` and at most
@@ -21,6 +23,7 @@ import html
 import io
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +31,13 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
-from tqdm import tqdm
 
 from ..errors import UserError
 from ..io import atomic_output, convert_channels, read_audio, resample
+from ..progress import progress_bar
 from ..spectral.files import mel_picture
 from ..spectral.frontend import get_frontend
-from .report import MIXTURE_NAMES, RUN_FILE, summarize, wide_summary
+from .report import METRICS, MIXTURE_NAMES, RUN_FILE, summarize
 
 REPORT_COLUMNS = ("track", "method", "target", "metric", "score")  # what the report reads of report.csv
 
@@ -61,7 +64,9 @@ def find_evaluations(run_dir: str | os.PathLike) -> list[Evaluation]:
     for run_file in sorted(run_dir.rglob(RUN_FILE)):
         try:
             run = json.loads(run_file.read_text())
-            report, references, estimates = run_file.parent / run["report"], Path(run["references"]), Path(run["estimates"])
+            # relative to the run file's folder (absolute in run files written before that)
+            report = run_file.parent / run["report"]
+            references, estimates = (run_file.parent / Path(run[key]) for key in ("references", "estimates"))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{run_file}: not a run description written by `audiosep evaluate` ({err})") from None
         found.append(Evaluation(_read_report(report), references, estimates))
@@ -95,7 +100,8 @@ def _read_report(path: Path) -> pd.DataFrame:
 
 
 def write_listening_report(run_dir: str | os.PathLike, output: str | os.PathLike, max_tracks: int = 10,
-                           seconds: float = 30.0, preset: str = "default", progress: bool = True) -> Path:
+                           seconds: float = 30.0, preset: str = "default", progress: bool = True,
+                           descriptions: Mapping[str, str] | None = None) -> Path:
     """Write the HTML listening report of the evaluations under `run_dir` (see the module docstring).
 
     Args:
@@ -103,6 +109,8 @@ def write_listening_report(run_dir: str | os.PathLike, output: str | os.PathLike
             covers all of them.
         seconds: length of every embedded clip (from the start).
         preset: front end of the mel pictures.
+        descriptions: a line on each method name the page may meet (the CLI passes the
+            separation methods' and the oracles'); another name is described by its folder.
     Returns:
         the path written (atomically).
     """
@@ -111,17 +119,21 @@ def write_listening_report(run_dir: str | os.PathLike, output: str | os.PathLike
     frontend = get_frontend(preset)
     tracks = sorted(table["track"].unique())
     sections = [
-        _track_section(track, evaluations, table[table.track == track], frontend, seconds)
-        for track in tqdm(tracks[:max_tracks], desc="report", unit="track", disable=not progress)
+        _track_section(track, evaluations, table[table.track == track], frontend, seconds, len(tracks) > 1)
+        for track in progress_bar(tracks[:max_tracks], desc="report", unit="track", disable=not progress)
     ]
-    page = _page(Path(run_dir).name, _summary_section(table, len(tracks), max_tracks), sections)
+    intro = _methods_section(evaluations, dict(descriptions or {}), Path(output).parent)
+    page = _page(Path(run_dir).name, intro + _summary_section(table, len(tracks), max_tracks), sections)
     with atomic_output(output) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return Path(output)
 
 
-def _track_section(track: str, evaluations: list[Evaluation], rows: pd.DataFrame, frontend, seconds: float) -> str:
-    """HTML of one track: players with pictures (mixture, references, estimates), metric table."""
+def _track_section(track: str, evaluations: list[Evaluation], rows: pd.DataFrame, frontend, seconds: float,
+                   with_table: bool) -> str:
+    """HTML of one track: players with pictures (mixture, references, estimates), the SDR of
+    each 1 s window over time, and (`with_table`: when the summary is not this track's alone)
+    the track's score table."""
     references = next((folder for e in evaluations if (folder := _track_folder(e.references, track))), None)
     clips: list[tuple[str, Path]] = []
     if references is not None:
@@ -133,9 +145,12 @@ def _track_section(track: str, evaluations: list[Evaluation], rows: pd.DataFrame
         for path in sorted(estimates.glob("*.wav")) if estimates else []:
             clips.append((f"{', '.join(methods)}: {path.stem}", path))
     cells = "".join(_clip_cell(label, path, frontend, seconds) for label, path in clips)
-    medians = rows.groupby(["method", "target", "metric"])["score"].median().unstack("metric")
+    over_time = base64.b64encode(_sdr_over_time_picture(rows)).decode("ascii")
+    table = _table_html(_score_table(rows.groupby(["method", "target", "metric"])["score"].median())) \
+        if with_table else ""
     return (f"<section><h2>{html.escape(track)}</h2><div class='clips'>{cells}</div>"
-            f"{_table_html(medians)}</section>")
+            f"<img class='wide' alt='SDR over time of {html.escape(track)}' src='data:image/png;base64,{over_time}'>"
+            f"{table}</section>")
 
 
 def _track_folder(root: Path, track: str) -> Path | None:
@@ -176,16 +191,62 @@ def _mp3_bytes(wav: np.ndarray, rate: int) -> bytes:
     return buffer.getvalue()
 
 
+def _methods_section(evaluations: list[Evaluation], descriptions: dict[str, str], page_dir: Path) -> str:
+    """HTML list of the methods on the page, each with a line on what it is: its entry in
+    `descriptions`, else the folder of its estimates (relative to the page)."""
+    items = {}
+    for evaluation in evaluations:
+        for method in evaluation.table["method"].unique():
+            folder = os.path.relpath(evaluation.estimates.resolve(), page_dir.resolve())
+            items.setdefault(method, descriptions.get(method, f"the estimates in {folder}"))
+    lines = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(d)}</li>" for m, d in sorted(items.items()))
+    return f"<section><h2>Methods</h2><ul>{lines}</ul></section>"
+
+
 def _summary_section(table: pd.DataFrame, n_tracks: int, max_tracks: int) -> str:
     """HTML of the summary across tracks: median table and the SDR picture."""
     summary = summarize(table)
-    wide = wide_summary(summary)
     picture = base64.b64encode(_sdr_picture(summary)).decode("ascii")
     shown = f"; players for the first {max_tracks}" if n_tracks > max_tracks else ""
-    return (f"<section><h2>Summary ({n_tracks} tracks{shown})</h2>"
+    return (f"<section><h2>Summary ({n_tracks} track{'s' if n_tracks != 1 else ''}{shown})</h2>"
             "<p>Median over 1 s windows, then over tracks (BSSEval v4, dB).</p>"
-            f"{_table_html(wide)}<img alt='SDR per method and source' src='data:image/png;base64,{picture}'>"
-            "</section>")
+            f"{_table_html(_score_table(summary.set_index(['method', 'target', 'metric'])['score']))}"
+            f"<img alt='SDR per method and source' src='data:image/png;base64,{picture}'></section>")
+
+
+def _score_table(scores: pd.Series) -> pd.DataFrame:
+    """Scores indexed by (method, target, metric) as a flat table: one row per method and
+    source, one column per metric in BSSEval's order."""
+    wide = scores.unstack("metric").reset_index().rename(columns={"target": "source"})
+    wide.columns.name = None
+    return wide[["method", "source", *(m for m in METRICS if m in wide.columns)]]
+
+
+def _sdr_over_time_picture(rows: pd.DataFrame) -> bytes:
+    """PNG bytes of one track's SDR per window (dB) against the window's start (s): one panel
+    per source, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sdr = rows[rows.metric == "SDR"]
+    targets = sorted(sdr["target"].unique())
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 2.4), squeeze=False, sharey=True)
+    for ax, target in zip(axes[0], targets):
+        for method, part in sdr[sdr.target == target].groupby("method"):
+            ax.plot(part["time"], part["score"], marker=".", lw=1, label=method)
+        ax.set_title(target, fontsize=9)
+        ax.set_xlabel("time (s)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel("SDR (dB)", fontsize=8)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def _sdr_picture(summary: pd.DataFrame) -> bytes:
@@ -209,14 +270,15 @@ def _sdr_picture(summary: pd.DataFrame) -> bytes:
 
 
 def _table_html(frame: pd.DataFrame) -> str:
-    return frame.round(2).to_html(classes="scores", na_rep="NaN", border=0)
+    """A flat table as HTML, scores to 0.01 dB."""
+    return frame.round(2).to_html(classes="scores", na_rep="NaN", border=0, index=False)
 
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 .clips { display: flex; flex-wrap: wrap; gap: 0.8em; }
 figure { margin: 0; width: 420px; } figcaption { font-size: 0.85em; margin-bottom: 0.2em; }
-audio { width: 100%; } figure img { width: 100%; display: block; }
+audio { width: 100%; } figure img { width: 100%; display: block; } img.wide { max-width: 100%; }
 table.scores { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 table.scores td, table.scores th { padding: 0.15em 0.6em; text-align: right; border-bottom: 1px solid #ddd; }
 """

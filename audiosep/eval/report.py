@@ -18,10 +18,10 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from ..errors import UserError
 from ..io import AUDIO_SUFFIXES, atomic_output, check_output_dir, check_output_file, read_audio
+from ..progress import progress_bar
 from .bsseval import bss_eval_v4
 
 COLUMNS = ["time", "target", "metric", "score", "track", "method"]
@@ -194,7 +194,8 @@ def write_reports(df: pd.DataFrame, output: str | os.PathLike, win_seconds: floa
     `output` is a folder (→ `report.csv`, `summary.csv`, `json/<track>.json` in it) or a
     `.csv` path for the long table (the summary and `json/` go beside it). Given the
     reference and estimate folders that were scored, `run.json` beside them records them
-    (absolute paths), so `audiosep report` can find the audio.
+    (relative to the report's folder, so a run folder moved with its inputs still reports), so
+    `audiosep report` can find the audio.
     Returns the report, summary and JSON folder paths (and run.json).
     """
     folder, report = report_paths(output)
@@ -206,8 +207,9 @@ def write_reports(df: pd.DataFrame, output: str | os.PathLike, win_seconds: floa
         write_track_json(rows, folder / "json" / name, win_seconds)
     paths.append(folder / "json")
     if references is not None and estimates is not None:
-        run = {"report": report.name, "references": str(Path(references).resolve()),
-               "estimates": str(Path(estimates).resolve()), "methods": sorted(df["method"].unique())}
+        base = folder.resolve()
+        run = {"report": report.name, "references": os.path.relpath(Path(references).resolve(), base),
+               "estimates": os.path.relpath(Path(estimates).resolve(), base), "methods": sorted(df["method"].unique())}
         with atomic_output(folder / RUN_FILE) as tmp:
             tmp.write_text(json.dumps(run, indent=2))
         paths.append(folder / RUN_FILE)
@@ -421,6 +423,6 @@ def evaluate_dirs(
                    f"no reference track in {ref_dir}")
     tables = [
         evaluate_track(track, est_dir / track.name, win_seconds, hop_seconds, method)
-        for track in tqdm(tracks, desc="evaluate", unit="track", disable=not progress)
+        for track in progress_bar(tracks, desc="evaluate", unit="track", disable=not progress)
     ]
     return pd.concat(tables, ignore_index=True)

@@ -2,15 +2,8 @@
 
 Every oracle takes the true sources `(K, C, N)` (the mixture is their sum) and returns
 estimates `(K, C, N)` of the same length; `run_oracle(name, sources, sample_rate, **opts)`
-selects one by its registry name:
-
-    ibm        ideal binary mask (α = 1, θ = 0.5)
-    irm1/irm2  ideal ratio mask on magnitudes / powers (irm2 = single-channel Wiener)
-    mwf        multichannel Wiener filter (time-invariant spatial covariances)
-    mix        mixture as estimate (mixture / K for every source)
-    mel-ibm    binary masks on mel bands, mapped back to STFT bins
-    mel-irm    ratio (Wiener) masks on mel bands, mapped back to STFT bins
-    mel-ideal  true mel powers through the project's inversion (needs `frontend=`)
+selects one by its registry name (`ORACLE_SUMMARIES` says in a line what each is; mel-ideal
+needs `frontend=`).
 """
 from __future__ import annotations
 
@@ -23,7 +16,7 @@ from .masks import ibm, irm, mixture_as_estimate
 from .mel import mel_ibm, mel_ideal, mel_irm
 from .mwf import mwf
 
-__all__ = ["ORACLES", "run_oracle", "ibm", "irm", "mwf", "mixture_as_estimate", "mel_ibm", "mel_irm", "mel_ideal"]
+__all__ = ["ORACLES", "ORACLE_SUMMARIES", "run_oracle", "ibm", "irm", "mwf", "mixture_as_estimate", "mel_ibm", "mel_irm", "mel_ideal"]
 
 
 def _rate_free(fn: Callable, **fixed) -> Callable:
@@ -47,6 +40,17 @@ ORACLES: dict[str, Callable] = {
     "mel-ibm": mel_ibm,
     "mel-irm": mel_irm,
     "mel-ideal": mel_ideal,
+}
+
+ORACLE_SUMMARIES: dict[str, str] = {
+    "ibm": "oracle: ideal binary mask (α = 1, θ = 0.5) from the true stems",
+    "irm1": "oracle: ideal ratio mask on magnitudes from the true stems",
+    "irm2": "oracle: ideal ratio mask on powers (single-channel Wiener) from the true stems",
+    "mwf": "oracle: multichannel Wiener filter (time-invariant spatial covariances of the true stems)",
+    "mix": "baseline: the mixture / K as every source's estimate",
+    "mel-ibm": "oracle: binary masks on mel bands of the true stems, mapped back to STFT bins",
+    "mel-irm": "oracle: ratio (Wiener) masks on mel bands of the true stems, mapped back to STFT bins",
+    "mel-ideal": "oracle: the true stems' mel powers through the project's mel inversion",
 }
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from ..data.stems import check_complete, list_tracks, load_track
 from ..errors import UserError
 from ..eval.report import score_track, write_reports
 from ..io import write_audio
+from ..progress import progress_bar
 from ..spectral.frontend import get_frontend
 from . import check_oracle, run_oracle
 
@@ -46,7 +46,7 @@ def oracle_dataset(
     if len(sources) < 2:
         raise UserError(f"{data}: the tracks of split '{split}' have one source ({sources[0]}); an oracle "
                         "separates a mixture of two or more")
-    for track in tqdm(tracks, desc=f"oracle {name}", unit="track", disable=not progress):
+    for track in progress_bar(tracks, desc=f"oracle {name}", unit="track", disable=not progress):
         _, stems, rate = load_track(track)
         targets = sorted(stems)
         sources = np.stack([stems[s] for s in targets])  # (K, C, N)

@@ -19,9 +19,8 @@ Levels are independent encoder / codebook / decoder stacks (Jukebox): level l ma
   the last one writes the waveform.
 - Widths: a stage at downsampling d has round(width · (d / hop)^width_power) channels, so the
   stage next to the codes has `width` and finer stages fewer (default power ½: 8, 16, 32
-  channels at hops 4, 16, 64, equal work per stage). A training step (`LQVAELoss`, Adam) on
-  batch 16 of 16384 samples takes 0.28 s on one idle CPU thread with the defaults, 0.92 s
-  with 32 channels everywhere (`width_power` 0, as Jukebox). No bottleneck narrower than
+  channels at hops 4, 16, 64, equal work per stage), about a third of the cost of a step
+  with `width` channels everywhere (`width_power` 0, as Jukebox). No bottleneck narrower than
   `code_dim` sits between the encoder and the codebook: the codebook is the only
   information limit.
 - Codebook: nearest entry in L2; entries are exponential moving averages (decay
@@ -40,16 +39,9 @@ Levels are independent encoder / codebook / decoder stacks (Jukebox): level l ma
 linearization); `sum_table` is the code of α₀·c_i + α₁·c_j for every pair of entries;
 `linearity` measures how linear a trained model is on held-out pairs.
 
-Measured: the defaults trained 1500 steps (batch 16, 0.75 s crops, lr 1e-3; 13 min on one CPU
-thread) on `audiosep synth drums_bass` reconstruct 16 test crops per source at 6.3 dB SDR
-(drums) and 12.0 dB (bass), using 222 of the 256 codes; on drums + bass pairs the sum table
-gives the mixture's code for 37 % of the frames (36 % without the linearization loss) and
-decoding the summed codes reaches 7.1 dB SDR against the mixture, whose own codes give 8.0 dB.
-The recipe's run (`recipes/drums_bass/lqvae.yaml`, 8000 steps at lr 5e-4, 41 min on one shared
-thread): BSSEval v4 median SDR of the true stems encoded and decoded 7.45 dB (drums) and 14.38 dB
-(bass) on the first 4 s of 10 test excerpts; the sum table gives the mixture's code for 50.7 % of
-the frames (`benchmarks/latent.py`). Drums at hop 64 with 256 codes (2.8 kbit/s) are limited by
-the codec; a finer top level or more codes is the lever.
+At hop 64 with 256 codes (2.8 kbit/s) the drums are limited by the codec: a finer top level
+or more codes is the lever. What the recipe's model keeps (its ceiling) and how linear it is
+are measured by `benchmarks/latent.py` (docs/results.md).
 """
 from __future__ import annotations
 

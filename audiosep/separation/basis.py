@@ -45,12 +45,12 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from ..errors import UserError
 from ..priors.base import Prior
 from ..priors.denoising import tweedie
 from ..priors.ncsn import BASIS_SIGMAS, geometric_sigmas
+from ..progress import progress_bar
 from .mixing import DbPowerMixing, LinearMixing, MixingModel
 
 
@@ -239,7 +239,7 @@ def basis_separate(
         x = x + sigmas[0] * _noise(x, generator)
     x = constrain(x)
     step = _dirac_step if dirac else _jacobi_step if config.update == "jacobi" else _gauss_seidel_step
-    bar = tqdm(range(len(sigmas)), desc="BASIS", unit="level", disable=not progress, leave=False)
+    bar = progress_bar(range(len(sigmas)), desc="BASIS", unit="level", disable=not progress, leave=False)
     with torch.no_grad():
         for level in bar:
             for round_ in range(1 + config.corrections):

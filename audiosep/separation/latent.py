@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -46,6 +47,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..progress import progress_bar
 from ..spectral.inversion import wiener_from_waveforms
 
 LIKELIHOODS = ("gaussian", "dirac")
@@ -61,22 +63,19 @@ class LatentConfig:
     Fields: n_chains (parallel chains N, 64 in the paper); sigma (σ of the Gaussian likelihood
     in codebook units, 0.4 in the paper); likelihood ("gaussian" | "dirac"); window (tokens
     sampled between two commits; None: half the priors' context); temperature (the priors'
-    logits are divided by it); max_elements (floats in one block of the pair marginal: bounds
-    memory); alpha (weights of the codes' sum: the LQ-VAE encodes α₀x₀ + α₁x₁ = α·m, so
-    they are equal for a mixture m = x₀ + x₁; (½, ½) is what the linearization loss trains);
-    postfilter ("wiener", the default: the decoded waveforms' STFT powers as Wiener masks on the
-    mixture, `spectral.inversion.wiener_from_waveforms`; "none": the decoded waveforms, the
-    paper's output. On the synthesized drums/bass test split, 64 chains, Wiener raised the median
-    SDR from 3.50 / 2.95 to 6.60 / 6.90 dB, drums / bass: decoded codes carry a phase of their
-    own, which BSSEval counts as artefacts); resample (sequential Monte Carlo within a window:
-    each chain, a pair of code sequences, is weighted by its evidence Σ_{a,b} p₀(a)p₁(b)ℓ(a, b)
-    at every token, and the chains are resampled (systematic) when their effective sample
-    size falls below `resample` · N; 0 never, the paper's independent chains. On the first 4 s
-    of 10 synthesized drums/bass test excerpts, 64 chains, σ 0.4, 0.25 raised the post-filtered
-    median SDR from 6.71 / 7.83 to 10.78 / 11.68 dB, drums / bass; 0.5 scored 10.84 / 11.74 at
-    1.2 CPU s/s more, as every resampling copies the chains' key/value caches past their common
-    ancestry. The shared-prefix attention changed the draws by float rounding: 10.67 / 10.99
-    at the same seed); seed.
+    logits are divided by it); max_elements (floats in one block of the pair marginal, and in
+    the cache of likelihood tables: bounds memory); alpha (weights of the codes' sum: the
+    LQ-VAE encodes α₀x₀ + α₁x₁ = α·m, so they are equal for a mixture m = x₀ + x₁; (½, ½) is
+    what the linearization loss trains); postfilter ("wiener", the default: the decoded
+    waveforms' STFT powers as Wiener masks on the mixture,
+    `spectral.inversion.wiener_from_waveforms`, since decoded codes carry a phase of their own,
+    which BSSEval counts as artefacts; "none": the decoded waveforms, the paper's output);
+    resample (sequential Monte Carlo within a window: each chain, a pair of code sequences, is
+    weighted by its evidence Σ_{a,b} p₀(a)p₁(b)ℓ(a, b) at every token, and the chains are
+    resampled (systematic) when their effective sample size falls below `resample` · N; 0
+    never, the paper's independent chains; every resampling copies the chains' key/value
+    caches past their common ancestry, so higher fractions cost time); seed. The measured
+    effect of the post-filter and of resampling is in docs/results.md.
     """
 
     n_chains: int = 64
@@ -154,7 +153,65 @@ _SAFE_LOG = -60.0
 _SAFE_MARGIN = 40.0
 
 
-def pair_marginal(log_p0: Tensor, log_p1: Tensor, loglik: Tensor, max_elements: int = 1 << 24) -> Tensor:
+@dataclass(frozen=True)
+class PairLikelihood:
+    """log ℓ(a, b) of one mixture code with what `pair_marginal` derives from it.
+
+    Fields: log `(n, n)` float32 (`likelihood_table`); row_max `(n,)` its row maxima; shift
+    `(n,)` float32, the finite row maxima (0 for an all −inf row); factor exp(log − shift)
+    `(n, n)` float32 when it fits in `max_elements` floats, else None (`pair_marginal` then
+    exponentiates block by block). Built once per distinct mixture code (`LikelihoodCache`).
+    """
+
+    log: Tensor
+    row_max: Tensor
+    shift: Tensor
+    factor: Tensor | None
+
+    @classmethod
+    def of(cls, loglik: Tensor, max_elements: int = 1 << 24) -> PairLikelihood:
+        """The factors of `loglik` `(n, n)`; `factor` kept only if n² ≤ `max_elements`."""
+        row_max = loglik.amax(dim=-1)
+        shift = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).float()
+        factor = None
+        if loglik.numel() <= max_elements:
+            factor = torch.exp(loglik.float() - shift[:, None])
+        return cls(loglik, row_max, shift, factor)
+
+    def factor_rows(self, start: int, stop: int) -> Tensor:
+        """exp(log − shift) of rows [start, stop) `(rows, n)` float32."""
+        if self.factor is not None:
+            return self.factor[start:stop]
+        return torch.exp(self.log[start:stop].float() - self.shift[start:stop, None])
+
+
+class LikelihoodCache:
+    """`PairLikelihood` per mixture code, the least recently used dropped past `max_elements`
+    floats in all: a mixture's codes repeat, so each table is exponentiated once per code
+    rather than once per token."""
+
+    def __init__(self, sum_table: Tensor, codebook: Tensor, sigma: float, likelihood: str,
+                 max_elements: int = 1 << 24) -> None:
+        self.sum_table, self.codebook, self.sigma, self.likelihood = sum_table, codebook, sigma, likelihood
+        self.max_elements = max_elements
+        self._entries: OrderedDict[int, PairLikelihood] = OrderedDict()
+
+    def __call__(self, mix_code: int) -> PairLikelihood:
+        """The likelihood of the pairs given mixture code `mix_code`."""
+        entry = self._entries.get(mix_code)
+        if entry is None:
+            log = likelihood_table(self.sum_table, self.codebook, mix_code, self.sigma, self.likelihood)
+            entry = PairLikelihood.of(log, self.max_elements)
+            self._entries[mix_code] = entry
+            per_entry = 2 * log.numel()
+            while len(self._entries) > 1 and len(self._entries) * per_entry > self.max_elements:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(mix_code)
+        return entry
+
+
+def pair_marginal(log_p0: Tensor, log_p1: Tensor, loglik: Tensor | PairLikelihood,
+                  max_elements: int = 1 << 24) -> Tensor:
     """log Σ_b exp(log p₀[i, a] + log p₁[i, b] + log ℓ[a, b]) for every chain i and code a, `(N, n)`.
 
     The sum over b is one float32 matrix product per block of rows a, after shifting each
@@ -164,25 +221,25 @@ def pair_marginal(log_p0: Tensor, log_p1: Tensor, loglik: Tensor, max_elements: 
     underflow (below e^−60 of their factors' maxima) must weigh less than e^−40 of the
     chain's largest entry even at their upper bounds; a chain where they might not (factors
     spread over more than ~60 nats) is summed exactly by a float64 log-sum-exp instead.
+    `loglik`: the `(n, n)` table or its `PairLikelihood` (the same result, without
+    exponentiating the table again).
     """
+    lik = loglik if isinstance(loglik, PairLikelihood) else PairLikelihood.of(loglik, 0)
     n_chains, n = log_p0.shape
     p1_max = log_p1.amax(dim=-1, keepdim=True)  # (N, 1)
     p1 = torch.exp(log_p1 - p1_max).float()  # (N, n)
     rows = max(1, min(n, max_elements // max(1, max(n_chains, n))))
     log_sum = torch.empty(n_chains, n, dtype=torch.float32, device=log_p0.device)
-    row_max = loglik.amax(dim=-1)  # (n,)
-    shift = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).float()
     for start in range(0, n, rows):
-        block = loglik[start:start + rows].float() - shift[start:start + rows, None]  # (rows, n)
-        torch.log(p1 @ torch.exp(block).T, out=log_sum[:, start:start + rows])
+        torch.log(p1 @ lik.factor_rows(start, start + rows).T, out=log_sum[:, start:start + rows])
     base = log_p0.double() + p1_max.double()  # (N, n)
-    out = log_sum.double() + (base + shift.double())
+    out = log_sum.double() + (base + lik.shift.double())
     uncertain = log_sum < _SAFE_LOG
     if bool(uncertain.any()):
-        bound = torch.where(uncertain, base + row_max.double(), torch.full_like(out, -math.inf)) + (_SAFE_LOG + 1.0)
+        bound = torch.where(uncertain, base + lik.row_max.double(), torch.full_like(out, -math.inf)) + (_SAFE_LOG + 1.0)
         redo = (bound.amax(dim=-1) > out.amax(dim=-1) - _SAFE_MARGIN).nonzero().flatten().tolist()
         if redo:
-            loglik64 = loglik.double()
+            loglik64 = lik.log.double()
             for i in redo:
                 out[i] = torch.logsumexp(log_p1[i].double().unsqueeze(0) + loglik64, dim=-1) + log_p0[i].double()
     return out.to(log_p0.dtype)
@@ -391,11 +448,12 @@ class LatentSeparator:
         mixture `scaled` = α₀x₀ + α₁x₁ `(T·hop,)`."""
         committed = [mix_codes.new_zeros(0), mix_codes.new_zeros(0)]
         total = mix_codes.shape[0]
-        bar = tqdm(total=total, desc="latent tokens", unit="token", disable=not self.progress, leave=False)
+        bar = progress_bar(total=total, desc="latent tokens", unit="token", disable=not self.progress, leave=False)
+        likelihoods = self._likelihoods()
         try:
             for start in range(0, total, self.window):
                 stop = min(start + self.window, total)
-                window = self._sample_window(committed, mix_codes[start:stop], generator, bar)
+                window = self._sample_window(committed, mix_codes[start:stop], likelihoods, generator, bar)
                 chosen = self._select(committed, window, scaled[start * self.hop:stop * self.hop])
                 committed = [torch.cat([committed[k], chosen[k]]) for k in range(2)]
                 if self.report is not None:
@@ -403,6 +461,12 @@ class LatentSeparator:
         finally:
             bar.close()
         return committed
+
+    def _likelihoods(self) -> LikelihoodCache:
+        """An empty cache of the likelihood tables of this separator's settings (one per input:
+        its entries depend on the mixture codes only)."""
+        cfg = self.config
+        return LikelihoodCache(self.sum_table, self.lqvae.codebook(), cfg.sigma, cfg.likelihood, cfg.max_elements)
 
     def _caches(self, committed: list[Tensor]) -> list[tuple]:
         """(cache, log-probs of the next code `(N, n)`) per source, every chain continuing the
@@ -420,14 +484,13 @@ class LatentSeparator:
             out.append((cache, log_p.expand(n_chains, -1)))
         return out
 
-    def _sample_window(self, committed: list[Tensor], mix_codes: Tensor, generator: torch.Generator,
-                       bar: tqdm) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _sample_window(self, committed: list[Tensor], mix_codes: Tensor, likelihoods: LikelihoodCache,
+                       generator: torch.Generator, bar: tqdm) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Run the N chains over one window: (codes0 (N, W), codes1 (N, W), log-prior0 (N,),
         log-prior1 (N,))."""
         cfg = self.config
         (cache0, log_p0), (cache1, log_p1) = self._caches(committed)
         primed = cache0.position, cache1.position  # where this window's codes start in each cache
-        codebook = self.lqvae.codebook()
         drawn = torch.empty(2, cfg.n_chains, mix_codes.shape[0], dtype=torch.long, device=log_p0.device)
         prior0 = torch.zeros(cfg.n_chains, dtype=torch.float64)
         prior1 = torch.zeros(cfg.n_chains, dtype=torch.float64)
@@ -438,11 +501,11 @@ class LatentSeparator:
                 log_p1 = self.priors[1].step(cache1, drawn[1, :, t - 1])
             lp0 = torch.log_softmax(log_p0 / cfg.temperature, dim=-1)
             lp1 = torch.log_softmax(log_p1 / cfg.temperature, dim=-1)
-            loglik = likelihood_table(self.sum_table, codebook, mix_code, cfg.sigma, cfg.likelihood)
+            loglik = likelihoods(mix_code)
             uniforms = torch.rand(cfg.n_chains, 2, generator=generator, dtype=torch.float64)
             marginal = pair_marginal(lp0, lp1, loglik, cfg.max_elements)
             log_w += torch.logsumexp(marginal.double(), dim=-1).cpu()
-            a, b = draw_pairs(marginal, lp0, lp1, loglik, uniforms.to(lp0.device))
+            a, b = draw_pairs(marginal, lp0, lp1, loglik.log, uniforms.to(lp0.device))
             prior0 += lp0.gather(1, a.unsqueeze(1)).squeeze(1).double().cpu()
             prior1 += lp1.gather(1, b.unsqueeze(1)).squeeze(1).double().cpu()
             drawn[0, :, t], drawn[1, :, t] = a, b

@@ -30,12 +30,12 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..errors import UserError
 from ..priors.base import Domain, Prior, load_checkpoint, load_prior
 from ..priors.masknet import load_masknet
+from ..progress import progress_bar
 from ..spectral.frontend import Frontend, patchify, unpatchify
 from ..spectral.functional import mel_spectrogram
 from ..spectral.inversion import METHODS as INVERSIONS
@@ -245,7 +245,7 @@ class MelBasis:
         size = self.batch_patches or patches.shape[0]
         batches = [slice(start, start + size) for start in range(0, patches.shape[0], size)]
         parts = []
-        for i, b in enumerate(tqdm(batches, desc="BASIS patches", unit="batch", leave=False,
+        for i, b in enumerate(progress_bar(batches, desc="BASIS patches", unit="batch", leave=False,
                                    disable=not self.progress or len(batches) == 1)):
             parts.append(basis_separate(self.priors, patches[b], self.mixing, self.config,
                                         init=None if init is None else init[:, b], generator=generator,

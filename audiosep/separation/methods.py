@@ -177,7 +177,8 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
                ("lqvae", "code_transformer"),
                "an LQ-VAE and one code prior per source (--model LQVAE.pt A.pt B.pt)", LatentOptions,
                "latent separation", _build_latent),
-    MethodSpec("vae-bss", "unsupervised VAE-BSS on mixtures (train vae --data): stems source0 ... source{K-1}",
+    MethodSpec("vae-bss", "unsupervised VAE-BSS on mixtures (train vae --data): stems source0 ... source{K-1}; "
+               "experimental on audio (below half the mixture on piano/violin: docs/results.md)",
                ("vae",), "one VAE checkpoint, which decodes every source: --model VAE.pt", NoOptions, "vae-bss",
                _build_vae_bss),
 )}

@@ -34,12 +34,12 @@ import torch
 from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
-from tqdm import tqdm
 
 from ..data.stems import list_sources, list_tracks, load_track, separable_sources
 from ..errors import UserError
 from ..io import atomic_output, rms_db
 from ..priors.base import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
+from ..progress import progress_bar
 from ..spectral import functional as SF
 from ..spectral.inversion import wiener
 
@@ -377,7 +377,7 @@ def train_nmf(
     order = [tracks[i] for i in rng.permutation(len(tracks))]
     frames: dict[str, list[Tensor]] = {s: [] for s in sources}
     levels, seconds = [], 0.0
-    for track in tqdm(order, desc="read", unit="track", disable=not progress):
+    for track in progress_bar(order, desc="read", unit="track", disable=not progress):
         if max_minutes is not None and seconds >= 60.0 * max_minutes:
             break
         mix, stems, _ = load_track(track, sample_rate, channels=1)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..data.stems import MIXTURE_FILES
 from ..devices import resolve_device
 from ..errors import UserError
+from ..progress import progress_bar
 from ..zoo import DEFAULT_SET, model_set
 from .protocol import Method
 from .methods import build_method
@@ -150,7 +151,7 @@ class Separator:
             overlap = min(round(self.overlap * self.sample_rate), segment // 2)
         bounds = chunk_bounds(length, segment, overlap)
         out = np.zeros((len(self.sources), *x.shape), dtype=np.float32)
-        bar = tqdm(total=round(length / self.sample_rate, 2), unit="s", disable=not self.progress,
+        bar = progress_bar(total=round(length / self.sample_rate, 2), unit="s", disable=not self.progress,
                    desc="separate", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
         done = 0
         with bar, torch.no_grad():
@@ -174,7 +175,8 @@ def _advance(bar: tqdm, start: float, span: float, fraction: float) -> None:
     """Move `bar` (seconds of audio) forward to `start + fraction · span` seconds (never back)."""
     target = round(min(start + fraction * span, bar.total), 2)
     if target > bar.n:
-        bar.update(round(target - bar.n, 2))
+        bar.update(target - bar.n)
+        bar.n = target  # exactly: summed float steps would drift past the total
 
 
 def separate(audio: str | os.PathLike | np.ndarray, model: str = DEFAULT_SET, sample_rate: int | None = None,
@@ -324,7 +326,7 @@ def separate_files(inputs: Sequence[str | os.PathLike | Input], output_dir: str 
             if strict:
                 raise
             summary.failed.append((inp, str(err)))
-    for inp in tqdm(todo, desc="files", unit="file", disable=not progress or len(todo) < 2):
+    for inp in progress_bar(todo, desc="files", unit="file", disable=not progress or len(todo) < 2):
         try:
             out = _separate_one(inp, output_dir, separator, fmt, summary.notes)
         except UserError as err:

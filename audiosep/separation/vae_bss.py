@@ -26,62 +26,25 @@ named source0 … source{K−1}: nothing in training says which slot holds which
 
 Representation (`spectral.MagnitudeFrontend` defaults: 16 kHz mono, n_fft 1024, hop 256,
 Hann, linear magnitude, patches of 513 bins × 16 frames divided by their maximum). The model
-reconstructs a patch as the sum of its K outputs, so the domain must be additive; on 5
-tracks of the piano/violin valid split (FluidR3), the relative L1 error of |m| ≈ Σₖ|sₖ| and
-the BSSEval v4 median SDR (piano / violin) of the ratio mask of the true magnitudes (what a
-perfect VAE-BSS reaches in that domain) were:
-
-    n_fft/hop   linear magnitude                  |·|^0.5 (compressed)
-    512/128     error 0.126, SDR 14.3 / 14.7 dB    error 0.383, SDR 10.2 / 10.5 dB
-    1024/256    error 0.106, SDR 15.3 / 15.5 dB    error 0.367, SDR 11.1 / 11.5 dB
-    2048/512    error 0.101, SDR 15.7 / 16.0 dB    error 0.370, SDR 11.5 / 12.0 dB
-
-Linear magnitude is kept (compression costs 4 dB of ceiling; dB would be worse still), and
-1024/256: 2048 adds 0.4 dB for twice the bins per frame and half the time resolution.
-A per-patch maximum makes the input independent of the level (the masks ignore the scale).
-Patch length, from short runs of the paper's MLP (K = 2, latent 20, β 0.5 warmed up over 2000
-steps, batch 64, one CPU thread) scored on 4 valid tracks (median SDR piano / violin, outputs
-named per track; the per-patch oracle below; mixture / 2: 3.1 / 2.9 dB):
-
-    frames  steps  vae-bss        oracle-patch   patches named alike
-    1       1000   1.9 / 2.0 dB   5.2 / 4.8 dB   -
-    8       1500   1.5 / 0.7 dB   5.1 / 4.3 dB   0.57
-    8 (latent 6)   1.6 / 1.0 dB   4.4 / 4.3 dB   -
-    16      1500   3.8 / 3.4 dB   5.6 / 5.5 dB   0.80
-    32      1000   2.4 / 2.0 dB   3.7 / 3.4 dB   0.64   (2.2 steps/s against 5 for 16 frames)
-    16 (β 2)       4.5 / 3.9 dB   7.2 / 6.7 dB   -      (but SI-SDR 0.1 / 0.3 against 1.7 / 2.7)
-
-16 frames (256 ms: a note's onset and decay, which tell a piano from a violin) is the default;
-β stays at the paper's 0.5 (β 2 traded SIR and SI-SDR for SDR).
+reconstructs a patch as the sum of its K outputs, so the domain must be additive: linear
+magnitude is the most nearly additive of the domains tried (a compressed magnitude or dB
+lowers the ratio-mask ceiling), 1024/256 because 2048/512 doubles the bins per frame for
+little more ceiling, and 16 frames (256 ms: a note's onset and decay, which tell a piano from
+a violin) because shorter and longer patches scored lower. A per-patch maximum makes the
+input independent of the level (the masks ignore the scale). β stays at the paper's 0.5.
 
 Permutation: the K slots share one decoder, so a slot may hold one instrument in one patch
 and the other in the next. `align_slots` renames the slots per patch without references:
 each slot's decoded spectrum (summed over the patch's frames, square-root compressed, unit
 norm) is a point; K centroids start from the slots as decoded and, for `ALIGN_ITERATIONS`
 rounds, every patch's K slots are assigned to the K centroids by the Hungarian algorithm
-(maximum total cosine similarity) and the centroids re-estimated. `benchmarks/vae_bss_audio.py`
-measures it against the per-track best permutation and the per-patch oracle. It is off by
-default (`VAEBSS(align=True)` turns it on): the slots as decoded already keep their spectral
-roles from patch to patch (with 8 and 16 frames, β 0.5, the alignment left every patch as
-it was; with β 2 it cost 0.4 dB), and the gap to the per-patch oracle comes from patches
-whose slots split the instruments differently, which no feature tried (spectral profile,
-log-spectral profile, whole patch, temporal envelope, latent means) could see: each agreed
-with the oracle's naming on 0.71 of the patches at best, as decoded, on 6 valid tracks.
+(maximum total cosine similarity) and the centroids re-estimated. It is off by default
+(`VAEBSS(align=True)` turns it on): the slots as decoded already keep their spectral roles
+from patch to patch. `benchmarks/vae_bss_audio.py` measures it against the per-track best
+permutation and the per-patch oracle.
 
-Result (recipes/piano_violin/vae_bss.yaml, 7000 steps, 24 min on one CPU thread;
-`benchmarks/vae_bss_audio.py --tracks 10`, median SDR / SI-SDR piano, violin in dB):
-
-    SDR (SI-SDR)       FluidR3 test                        TimGM6mb test (unseen timbre)
-    vae-bss            1.5, 1.1   (-2.8, -1.3)             1.0, 1.0   (-2.8, -2.0)
-    oracle-patch       3.8, 3.0   (1.6, 2.5)               3.5, 3.7   (1.6, 1.8)
-    NMF (supervised)   12.6, 12.0 (11.2, 11.4)             8.8, 8.3   (6.6, 6.7)
-    IRM2               17.8, 16.4                          15.3, 15.0
-    mixture / 2        3.1, 2.7                            3.0, 2.9
-
-Trained on mixtures only, it does not separate these mixtures: below the mixture / 2 in SDR.
-Longer training does not help: the same recipe stopped at 1500 steps scored 3.2 / 2.5 dB
-SDR on the FluidR3 test tracks, at 3000 steps 1.1 / 0.7 dB on 4 valid tracks (1500: 3.8 /
-3.4). The paper's SI-SDR of 17.10 dB (IRM 22.66) is on its own data, not comparable.
+Status on audio: experimental. Trained on mixtures only, it does not yet separate piano /
+violin mixtures better than returning half the mixture (docs/results.md).
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import torch
 from ..errors import UserError
 from ..io import AUDIO_SUFFIXES, atomic_output, read_audio, write_audio
 from .frontend import Frontend, get_frontend
+from .functional import hz_to_mel
 from .inversion import griffin_lim, mel_to_stft_magnitude, mixture_phase
 
 
@@ -57,8 +58,9 @@ def save_mel_picture(unit: np.ndarray, frontend: Frontend, path: Path) -> Path:
 
 
 def mel_picture(unit: np.ndarray, frontend: Frontend, compact: bool = False) -> bytes:
-    """PNG bytes of a (C, n_mels, frames) [0, 1] mel spectrogram, one panel per channel;
-    `compact`: a small picture without colour bar or title (for the listening report)."""
+    """PNG bytes of a (C, n_mels, frames) [0, 1] mel spectrogram, one panel per channel, its
+    frequency axis in Hz (ticks at the bands holding them) and time in s; `compact`: a small
+    picture without colour bar or title (for the listening report)."""
     import io
 
     import matplotlib
@@ -68,20 +70,20 @@ def mel_picture(unit: np.ndarray, frontend: Frontend, compact: bool = False) -> 
 
     n_chan, n_mels, n_frames = unit.shape
     seconds = n_frames * frontend.hop_length / frontend.sample_rate
-    size = (4.2, 1.3 * n_chan) if compact else (10, 2.6 * n_chan)
+    size = (4.2, 1.5 * n_chan) if compact else (10, 2.6 * n_chan)
     fig, axes = plt.subplots(n_chan, 1, figsize=size, squeeze=False)
+    ticks, labels = _hz_ticks(frontend, n_mels)
     for c, ax in enumerate(axes[:, 0]):
         image = ax.imshow(unit[c], origin="lower", aspect="auto", cmap="magma", vmin=0, vmax=1,
                           extent=(0, seconds, 0, n_mels))
-        if not compact:
-            ax.set_ylabel(f"mel band (ch {c})")
+        ax.set_yticks(ticks, labels)
+        ax.set_ylabel("Hz" if compact else f"Hz (ch {c})", fontsize=7 if compact else None)
+    axes[-1, 0].set_xlabel("time (s)", fontsize=7 if compact else None)
     if compact:
-        fig.subplots_adjust(left=0.02, right=0.99, top=0.97, bottom=0.2)
         for ax in axes[:, 0]:
-            ax.set_yticks([])
-        axes[-1, 0].tick_params(labelsize=7)
+            ax.tick_params(labelsize=6)
+        fig.subplots_adjust(left=0.15, right=0.99, top=0.97, bottom=0.25)
     else:
-        axes[-1, 0].set_xlabel("time (s)")
         fig.colorbar(image, ax=axes[:, 0].tolist(),
                      label=f"[0, 1] ↔ [{frontend.db_lo:g}, {frontend.db_hi:g}] dB")
         fig.suptitle(f"{frontend.name}: {n_mels} mels, {frontend.fmin:g}–{frontend.fmax:g} Hz, "
@@ -90,6 +92,21 @@ def mel_picture(unit: np.ndarray, frontend: Frontend, compact: bool = False) -> 
     fig.savefig(buffer, dpi=100, format="png")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def _hz_ticks(frontend: Frontend, n_mels: int) -> tuple[list[float], list[str]]:
+    """(positions on the band axis [0, n_mels], labels) of round frequencies between the front
+    end's fmin and fmax: band b's centre sits at b + ½ on a mel scale spaced evenly from fmin to
+    fmax over n_mels + 2 points (the filterbank's), so a frequency's position follows from its mel."""
+    lo, hi = (float(hz_to_mel(f, frontend.htk)) for f in (frontend.fmin, frontend.fmax))
+    ticks, labels = [], []
+    for hz in (100, 500, 1000, 2000, 4000, 8000, 16000):
+        if frontend.fmin < hz < frontend.fmax:
+            position = (float(hz_to_mel(hz, frontend.htk)) - lo) / (hi - lo) * (n_mels + 1) - 0.5
+            if 0 <= position <= n_mels:
+                ticks.append(position)
+                labels.append(f"{hz // 1000}k" if hz >= 1000 else str(hz))
+    return ticks, labels
 
 
 def min_frames(frontend: Frontend) -> int:

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from ..config import TrainConfig
 from ..devices import resolve_device
@@ -40,6 +39,7 @@ from ..errors import UserError
 from ..priors.base import Prior
 from ..priors.transformer import CodePriorConfig, CodeTransformer, code_nll
 from ..priors.vqvae import load_lqvae
+from ..progress import progress_bar
 from .loop import seed_everything, train
 
 BLOCK_SAMPLES = 2**18  # 11.9 s at 22.05 kHz per encoder call
@@ -118,7 +118,7 @@ def encode_source(lqvae: Prior, data: str | os.PathLike, source: str, split: str
         raise UserError(f"{data}: no {split} track has source '{source}' (sources: {', '.join(list_sources(tracks))})")
     device = next(lqvae.parameters()).device if isinstance(lqvae, torch.nn.Module) else torch.device("cpu")
     codes = {}
-    for track in tqdm(chosen, desc=f"encode {source} ({split})", unit="track", disable=not progress):
+    for track in progress_bar(chosen, desc=f"encode {source} ({split})", unit="track", disable=not progress):
         total = source_length(track, source, rate) // hop
         parts = []
         for first in range(0, total, block):

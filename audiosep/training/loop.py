@@ -5,7 +5,8 @@ with optional gradient clipping, keeps an exponential moving average (EMA) of th
 weights, writes atomic checkpoints (model config + domain inside, so `load_prior` needs
 nothing else) every `checkpoint_every` steps and at the end, logs a validation loss of
 the EMA weights every `valid_every` steps (and once at the end of a run shorter than
-that), and resumes from `out_path` after an interruption: model, EMA, optimiser, step,
+that), writes the training log beside it (`training.log`: `MODEL.log.csv`, one row per checkpoint
+and validation), and resumes from `out_path` after an interruption: model, EMA, optimiser, step,
 and the RNG states of every process are restored and the data order is a function of
 (seed, epoch), so with `num_workers = 0` a resumed run continues bit-identically. (With
 worker processes, each epoch's worker seeds are fixed, but the random crops of the epoch
@@ -41,6 +42,8 @@ from ..config import TrainConfig, to_dict
 from ..devices import resolve_device
 from ..errors import Terminated, UserError
 from ..priors.base import Domain, Prior, build_from_checkpoint, load_checkpoint, save_checkpoint
+from ..progress import progress_bar
+from .log import TrainingLog
 
 LossFn = Callable[[Prior, Any], Tensor]
 Callback = Callable[[int, dict[str, float]], None]
@@ -424,9 +427,10 @@ def _run(
         seed_everything(config.seed + step + 1_000_003 * rank)
 
     writer = _open_tensorboard(out_path) if config.tensorboard and is_main else None
+    log = TrainingLog(out_path, step, config.batch_size * world) if is_main else None
     params = [p for p in model.parameters() if p.requires_grad]
     batches = _train_batches(train_dataset, config, rank, world, step)
-    bar = tqdm(total=config.steps, initial=step, disable=not (config.progress and is_main),
+    bar = progress_bar(total=config.steps, initial=step, disable=not (config.progress and is_main),
                desc=f"train {model.kind}", unit="step", dynamic_ncols=True)
     loss_value = math.nan
     save = functools.partial(_checkpoint, out_path, model, domain, ema, optimizer, config=config,
@@ -446,6 +450,10 @@ def _run(
                 saved = step % config.checkpoint_every == 0 or step == config.steps
                 if saved:
                     save(step=step, valid_loss=valid_loss, loss=loss_value)
+                if log is not None:
+                    log.add_loss(loss_value)
+                    if saved or "valid_loss" in logs or received:
+                        log.write(step, logs.get("valid_loss", math.nan), scheduled_lr(config, step))
                 _report(bar, writer, step, logs, valid_loss)
                 if callback is not None:
                     callback(step, logs)
