@@ -300,7 +300,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     _check_checkpoint_output(args.output)
     refuse_training_checkpoint(args.output)
-    path = export_prior(args.checkpoint, args.output)
+    path = export_prior(args.checkpoint, args.output, args.dtype)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -808,6 +808,8 @@ def _add_export(sub) -> None:
     p.add_argument("checkpoint", type=Path, help="a prior checkpoint written by `audiosep train`")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="the copy: EMA weights, config, domain, step; no optimiser state")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="precision of the stored weights (fp16/bf16: half the size; they load back as float32)")
     p.set_defaults(run=_cmd_export)
 
 
@@ -917,6 +919,8 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()  # no page-fault churn in training and Langevin loops (see its docstring)
     _one_line_warnings(args.command)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone reports (errors: every rank)
+        _silence_stdout()
     previous = _terminate_as_interrupt()
     try:
         return args.run(args) or 0
@@ -986,7 +990,8 @@ def _restore_signal(previous) -> None:
 
 
 def _silence_stdout() -> None:
-    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    """Point stdout at /dev/null: after a broken pipe (so the interpreter's final flush does not
+    fail again), and on torchrun ranks other than 0 (one report per training, not one per process)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)

@@ -203,6 +203,7 @@ def test_separate_bundled_example(tmp_path):
     assert sr_out == sr and piano.shape == mix.shape
 
 
+@pytest.mark.slow
 def test_separate_a_collection_skips_bad_files_and_says_so(tmp_path, capsys):
     example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
     folder = tmp_path / "in"
@@ -225,6 +226,7 @@ def test_separate_a_collection_skips_bad_files_and_says_so(tmp_path, capsys):
     assert "b.wav" in capsys.readouterr().err and not list((tmp_path / "out3").rglob("*.wav"))
 
 
+@pytest.mark.slow
 def test_separate_jobs_equal_one_process(tmp_path, capfd):
     example = Path(__file__).parents[1] / "examples" / "piano_violin.wav"
     for i in range(3):
@@ -354,6 +356,7 @@ def test_train_ncsn_init_from_fine_tunes_a_prior_of_the_same_front_end(tmp_path,
         assert message in err and "\n" not in err and not bad.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [None, 0.0, 0.4, 1.0, 2.0])
 def test_sigterm_at_any_point_leaves_no_temporary_file_and_no_partial_track(tmp_path, delay):
     """SIGTERM at start-up (None) or `delay` s after the first progress bar (loading done;

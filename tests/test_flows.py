@@ -363,6 +363,7 @@ _DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_torchrun_actnorm_init_agrees_across_processes(tmp_path):
     # Each process initialises its actnorms on its own batch after rank 0's weights are
     # broadcast; with statistics averaged over processes the weights stay identical.

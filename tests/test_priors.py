@@ -134,7 +134,7 @@ def test_export_keeps_the_ema_weights_only(tmp_path, capsys):
     assert "small.pt" in capsys.readouterr().out
     payload = load_checkpoint(tmp_path / "small.pt")
     assert payload["ema"] is None and payload["optimizer"] is None and payload["step"] == 12
-    assert payload["extra"] == {"train_config": {"lr": 1e-3}, "exported_from": "train.pt"}
+    assert payload["extra"] == {"train_config": {"lr": 1e-3}, "exported_from": "train.pt", "weights_dtype": "fp32"}
     assert (tmp_path / "small.pt").stat().st_size < path.stat().st_size / 2
     x = torch.rand(2, 1, 8, 8)
     with torch.no_grad():
@@ -143,6 +143,28 @@ def test_export_keeps_the_ema_weights_only(tmp_path, capsys):
     assert main(["export", str(path), "-o", str(path)]) == 2  # never over the training checkpoint
     assert main(["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.pt")]) == 2
     assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_a_half_precision_export_is_half_the_size_and_loads_as_float32(tmp_path, dtype, torch_dtype):
+    from audiosep.cli import main
+
+    model = _tiny(seed=3)
+    path = save_checkpoint(tmp_path / "train.pt", model, Domain.image((1, 8, 8)))
+    assert main(["export", str(path), "-o", str(tmp_path / "full.pt")]) == 0
+    assert main(["export", str(path), "-o", str(tmp_path / "half.pt"), "--dtype", dtype]) == 0
+    stored = load_checkpoint(tmp_path / "half.pt")
+    assert stored["extra"]["weights_dtype"] == dtype
+    assert all(v.dtype == torch_dtype for v in stored["state_dict"].values() if v.is_floating_point())
+    float_bytes = sum(4 * v.numel() for v in model.state_dict().values() if v.is_floating_point())
+    saved = (tmp_path / "full.pt").stat().st_size - (tmp_path / "half.pt").stat().st_size
+    assert saved > 0.45 * float_bytes  # two bytes of every four (the file's framing aside)
+    loaded = load_prior(tmp_path / "half.pt")
+    for name, value in loaded.state_dict().items():  # float32 again, each weight its rounded self
+        original = model.state_dict()[name]
+        assert value.dtype == original.dtype
+        if value.is_floating_point():
+            torch.testing.assert_close(value, original.to(torch_dtype).float(), rtol=0, atol=0)
 
 
 def test_save_checkpoint_needs_registered_prior_and_domain(tmp_path):

@@ -355,6 +355,7 @@ _DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     script = tmp_path / "ddp_script.py"
     script.write_text(_DDP_SCRIPT.format(tests=os.path.dirname(__file__), out=str(tmp_path)))
@@ -371,6 +372,44 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     assert payload["step"] == 4 and payload["extra"]["world_size"] == 2
     assert _states_equal(payload["state_dict"], rank0["state"])
     assert len(payload["extra"]["rng"]) == 2
+
+
+def _score_loss(model, batch):
+    """A loss without noise draws, so that two processes and one see the same numbers."""
+    return model.score(batch, 0.1).square().mean()
+
+
+_DDP_EQUIVALENCE_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_train import DOMAIN, _EpochCrops, _config, _score_loss, _tiny_model
+    from audiosep.training import train
+    torch.set_num_threads(1)
+    train(_tiny_model(), _score_loss, _EpochCrops(16, 0), None, _config(steps=6, batch_size=2, checkpoint_every=3),
+          {out!r}, DOMAIN)
+""")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_step_as_one_process_with_twice_the_batch(tmp_path):
+    """DDP averages the two ranks' batch-mean gradients: the mean gradient of the union of their
+    batches, which is the batch one process of twice the batch draws (rank r reads every 2nd
+    item from r of each epoch's permutation), so the weights after 6 steps agree."""
+    script = tmp_path / "ddp_equal.py"
+    script.write_text(_DDP_EQUIVALENCE_SCRIPT.format(tests=os.path.dirname(__file__), out=str(tmp_path / "two.pt")))
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    train(_tiny_model(), _score_loss, _EpochCrops(16, 0), None, _config(steps=6, batch_size=4, checkpoint_every=3),
+          tmp_path / "one.pt", DOMAIN)
+    two, one = load_checkpoint(tmp_path / "two.pt"), load_checkpoint(tmp_path / "one.pt")
+    assert two["extra"]["world_size"] == 2 and one["extra"]["world_size"] == 1
+    for name, value in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][name], value, rtol=1e-4, atol=1e-6)
+    moved = [not torch.equal(value, _tiny_model().state_dict()[name]) for name, value in one["state_dict"].items()]
+    assert any(moved)  # it trained
 
 
 # --- interruptions and resumes ------------------------------------------------------------

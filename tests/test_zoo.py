@@ -104,6 +104,7 @@ TOLERANCE_DB = 0.3
 SAMPLED_TOLERANCE_DB = 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, method", sorted(REGRESSION, key=str))
 def test_bundled_scores_on_the_bundled_example_hold(name, method):
     mix, refs, rate = _example(name)

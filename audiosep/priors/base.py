@@ -422,21 +422,31 @@ def _load_weights(model: Prior, payload: Mapping[str, Any], path: str | os.PathL
         raise UserError(f"{path}: weights do not fit a {payload['kind']} model ({reason})") from None
 
 
-def export_prior(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def export_prior(source: str | os.PathLike, target: str | os.PathLike, dtype: str = "fp32") -> Path:
     """Write the weights-only copy of a training checkpoint, for bundling or sharing.
 
     The copy holds the weights `load_prior` uses (the EMA weights when there are any) as its
     `state_dict`, the kind, config, domain, step and training config; no optimiser state,
-    second weight copy or RNG states (an NCSNv2 with nf 32: 10.2 MB → 2.5 MB).
+    second weight copy or RNG states (an NCSNv2 with nf 32: 10.2 MB → 2.5 MB). `dtype`
+    ("fp32" | "fp16" | "bf16", `WEIGHT_DTYPES`) stores the floating-point weights at that
+    precision, half the size for the two 16-bit ones; they load back into the float32 model
+    (`load_state_dict` casts), so only their rounding differs from the float32 copy.
 
     Raises:
-        UserError: as `load_prior` for `source`; `target` the same file as `source`.
+        UserError: as `load_prior` for `source`; `target` the same file as `source`; an
+            unknown `dtype`.
     """
+    if dtype not in WEIGHT_DTYPES:
+        raise UserError(f"weights dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
     if Path(target).resolve() == Path(source).resolve():
         raise UserError("the weights-only copy must go to another file than the training checkpoint")
     payload = load_checkpoint(source)
     model = build_from_checkpoint(payload, source)
     _load_weights(model, payload, source)
+    model.to(WEIGHT_DTYPES[dtype])  # floating-point parameters and buffers only
     keep = {k: v for k, v in payload.get("extra", {}).items() if k in ("train_config", "valid_loss", "world_size", "sum_table", "level_db")}
     return save_checkpoint(target, model, step=payload.get("step", 0),
-                           extra={**keep, "exported_from": Path(source).name})
+                           extra={**keep, "exported_from": Path(source).name, "weights_dtype": dtype})

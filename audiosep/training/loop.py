@@ -14,9 +14,10 @@ that was cut short are drawn anew.)
 
 Data parallel: launch with `torchrun --nproc_per_node N ...`; every process calls
 `train` with the same arguments. The process group is initialised from the torchrun
-environment (gloo on CPU, NCCL on CUDA), rank 0's weights are broadcast, each process
-reads its own share of every epoch's permutation, gradients are averaged over processes
-after each backward pass, and only rank 0 writes checkpoints and shows progress.
+environment (gloo on CPU, NCCL on CUDA), the loss runs under torch's
+`DistributedDataParallel` (which broadcasts rank 0's weights and averages the gradients in
+buckets during the backward pass), each process reads its own share of every epoch's
+permutation, and only rank 0 writes checkpoints and shows progress.
 """
 from __future__ import annotations
 
@@ -199,22 +200,32 @@ def _train_batches(
         epoch, skip = epoch + 1, 0
 
 
-def _average_gradients(params: list[nn.Parameter], world: int) -> None:
-    """All-reduce the gradients (as one flat buffer) and divide by the number of processes."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p in params:
-        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
-        offset += p.numel()
+class _Objective(nn.Module):
+    """The training loss as a module: `forward(loss_fn, batch) = loss_fn(model, batch)`. It is
+    what `DistributedDataParallel` wraps, since DDP averages gradients (bucketed, overlapped
+    with the backward pass) only for a forward called through it, and a loss reaches the
+    model through methods of its own (`model.score`, `model.masks`, ...), not `model(...)`."""
+
+    def __init__(self, model: Prior) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, loss_fn: LossFn, batch: Any) -> Tensor:
+        return loss_fn(self.model, batch)
 
 
-def _broadcast_state(model: nn.Module) -> None:
-    """Make every process hold rank 0's parameters and buffers."""
-    for tensor in model.state_dict().values():
-        dist.broadcast(tensor, src=0)
+def _objective(model: Prior, world: int, device: torch.device) -> nn.Module:
+    """The module the steps call: `_Objective(model)`, under `DistributedDataParallel` when
+    several processes train. DDP broadcasts rank 0's weights and buffers when it is built (a
+    flow's random permutations included) and rank 0's buffers before each forward; the models
+    that update buffers in training (the LQ-VAE's codebook, a flow's initialisation) all-reduce
+    their statistics themselves, so that broadcast changes nothing there."""
+    objective = _Objective(model)
+    if world == 1:
+        return objective
+    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(objective, device_ids=device_ids)
 
 
 @torch.no_grad()
@@ -353,11 +364,12 @@ def _restore(
 
 
 def _optimizer_step(
-    model: Prior, loss_fn: LossFn, batch: Any, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
-    config: TrainConfig, world: int, step: int,
+    objective: nn.Module, loss_fn: LossFn, batch: Any, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+    config: TrainConfig, step: int,
 ) -> float:
-    """One update: loss (under bfloat16 autocast with `precision: bf16`), backward, gradient
-    average over processes, clipping, Adam. Returns the loss.
+    """One update: loss (under bfloat16 autocast with `precision: bf16`), backward (which
+    averages the gradients over processes under DDP, `_objective`), clipping, Adam. Returns the
+    loss.
 
     A loss with an `at_step(step)` method (a scheduled loss, e.g. a β warm-up) is asked for
     the loss of this step (1-based); validation calls the loss itself.
@@ -365,14 +377,12 @@ def _optimizer_step(
     step_loss = loss_fn.at_step(step) if hasattr(loss_fn, "at_step") else loss_fn
     device_type = params[0].device.type if params else "cpu"
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-        loss = step_loss(model, batch)
+        loss = objective(step_loss, batch)
     loss_value = loss.item()
     if not math.isfinite(loss_value):
         raise UserError(f"training loss became {loss_value} at step {step}; lower --lr or set train.grad_clip")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if world > 1:
-        _average_gradients(params, world)
     if config.grad_clip is not None:
         nn.utils.clip_grad_norm_(params, config.grad_clip)
     for group in optimizer.param_groups:
@@ -415,8 +425,7 @@ def _run(
                                           f"resuming from step {step}"))
         if step == config.steps:
             return {"step": step, "loss": payload["extra"].get("loss", math.nan), "valid_loss": valid_loss}
-    if world > 1:
-        _broadcast_state(model)
+    objective = _objective(model, world, device)
     ema = EMA(model, config.ema_decay)
     if payload is not None and payload.get("ema") is not None:
         ema.load_state_dict(payload["ema"], updates=step)
@@ -439,7 +448,7 @@ def _run(
         with _signals_deferred(enabled=world == 1) as received:
             while step < config.steps:
                 batch = _to_device(next(batches), device)
-                loss_value = _optimizer_step(model, loss_fn, batch, optimizer, params, config, world, step + 1)
+                loss_value = _optimizer_step(objective, loss_fn, batch, optimizer, params, config, step + 1)
                 ema.update(model)
                 step += 1
                 logs = {"loss": loss_value}
