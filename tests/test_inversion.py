@@ -17,6 +17,7 @@ from audiosep.spectral.inversion import (
     nnls,
     wiener,
 )
+from audiosep.spectral.stft import STFTSettings
 
 SR = 16000
 
@@ -112,7 +113,8 @@ def test_griffin_lim_equals_librosa_with_the_same_start(momentum):
     S = np.abs(librosa.stft(y, n_fft=512, hop_length=128, pad_mode="reflect"))
     ref = librosa.griffinlim(S, n_iter=16, hop_length=128, n_fft=512, init=None, momentum=momentum,
                              pad_mode="reflect", length=y.size)
-    ours = griffin_lim(torch.tensor(S), 512, 128, n_iter=16, momentum=momentum, length=y.size, init="zeros")
+    ours = griffin_lim(torch.tensor(S), STFTSettings(512, 128, pad_mode="reflect"), n_iter=16, momentum=momentum,
+                       length=y.size, init="zeros")
     np.testing.assert_allclose(ours.numpy(), ref, atol=1e-9)
 
 
@@ -121,7 +123,8 @@ def test_griffin_lim_converges_and_fast_beats_plain():
     S = F.stft(y, 512, 128).abs()
 
     def convergence(n_iter, momentum):
-        x = griffin_lim(S, 512, 128, n_iter=n_iter, momentum=momentum, length=y.numel(), seed=3)
+        x = griffin_lim(S, STFTSettings(512, 128, pad_mode="reflect"), n_iter=n_iter, momentum=momentum,
+                        length=y.numel(), seed=3)
         return _spectral_convergence(S, F.stft(x, 512, 128).abs())
 
     plain = [convergence(n, 0.0) for n in (1, 4, 16, 32)]
@@ -134,11 +137,12 @@ def test_griffin_lim_converges_and_fast_beats_plain():
 def test_griffin_lim_seed_batch_and_phase_init():
     S = F.stft(torch.tensor(_harmonic(seconds=0.2)), 256, 64).abs()
     batch = torch.stack([S, 0.5 * S])
-    a = griffin_lim(batch, 256, 64, n_iter=4, seed=7)
-    torch.testing.assert_close(a, griffin_lim(batch, 256, 64, n_iter=4, seed=7), rtol=0, atol=0)
+    settings = STFTSettings(256, 64, pad_mode="reflect")
+    a = griffin_lim(batch, settings, n_iter=4, seed=7)
+    torch.testing.assert_close(a, griffin_lim(batch, settings, n_iter=4, seed=7), rtol=0, atol=0)
     assert a.shape == (2, (S.shape[-1] - 1) * 64)
     true_phase = F.stft(torch.tensor(_harmonic(seconds=0.2)), 256, 64)
-    exact = griffin_lim(S, 256, 64, n_iter=0, init=true_phase.angle(), length=3200)
+    exact = griffin_lim(S, settings, n_iter=0, init=true_phase.angle(), length=3200)
     torch.testing.assert_close(exact, torch.tensor(_harmonic(seconds=0.2)), atol=1e-10, rtol=0)
 
 
@@ -265,8 +269,8 @@ def test_cuda_matches_cpu():
     gpu = invert_mel_powers(fe, fe.mel_power(sources.cuda()), mix.cuda(), "wiener")
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-5)
     S = fe.stft(mix[0]).abs()
-    gl_cpu = griffin_lim(S, fe.n_fft, fe.hop_length, n_iter=8, seed=0)
-    gl_gpu = griffin_lim(S.cuda(), fe.n_fft, fe.hop_length, n_iter=8, seed=0)
+    gl_cpu = griffin_lim(S, fe.stft_settings, n_iter=8, seed=0)
+    gl_gpu = griffin_lim(S.cuda(), fe.stft_settings, n_iter=8, seed=0)
     torch.testing.assert_close(gl_gpu.cpu(), gl_cpu, rtol=1e-3, atol=1e-4)
 
 

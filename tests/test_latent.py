@@ -10,6 +10,7 @@ from audiosep.errors import UserError
 from audiosep.separation.latent import (LatentConfig, LikelihoodCache, PairLikelihood, best_pair, common_prefix,
                                         effective_sample_size, likelihood_table, pair_marginal, pair_scores,
                                         sample_pairs, sample_pairs_reference, systematic_resample)
+from audiosep.spectral.stft import STFTSettings
 
 
 def _random_table(n: int, seed: int = 0) -> torch.Tensor:
@@ -248,7 +249,7 @@ def test_wiener_postfilter_sums_to_the_mixture_and_keeps_exact_estimates():
     sources = torch.stack([torch.sin(2 * math.pi * 220 * t), 0.5 * torch.randn(8000, generator=g)]).unsqueeze(1)
     mix = sources.sum(0)
     noisy = sources + 0.05 * torch.randn(sources.shape, generator=g)
-    out = wiener_from_waveforms(noisy, mix, n_fft=512, hop_length=128)
+    out = wiener_from_waveforms(noisy, mix, STFTSettings(512, 128))
     assert out.shape == sources.shape
     torch.testing.assert_close(out.sum(0), mix, atol=1e-4, rtol=0)
     # the masks come from the estimates' powers: the tone stays the tone

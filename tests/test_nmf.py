@@ -15,15 +15,15 @@ from audiosep.eval.metrics import si_sdr
 from audiosep.priors.base import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_prior
 from audiosep.separation.nmf import (
     NMFModel,
-    STFTDomain,
     fit_activations,
     learn_dictionary,
     separate_nmf,
     training_magnitudes,
 )
+from audiosep.spectral.stft import STFTSettings
 
 SR = 8000
-DOMAIN = STFTDomain(SR, 512, 128)
+DOMAIN = STFTSettings(512, 128, sample_rate=SR)
 
 
 def _positive_problem(F=40, R=6, T=50, seed=0):
@@ -148,7 +148,7 @@ def test_model_round_trip(tone_model, tmp_path):
 def test_load_rejects_wrong_domain_garbage_and_other_kinds(tone_model, tmp_path):
     path = tone_model.save(tmp_path / "m.pt")
     with pytest.raises(UserError, match="16000 Hz"):
-        NMFModel.load(path, expected_domain=STFTDomain(16000, 512, 128))
+        NMFModel.load(path, expected_domain=STFTSettings(512, 128, sample_rate=16000))
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(np.random.default_rng(0).bytes(1000))
     with pytest.raises(UserError, match="garbage.pt"):
@@ -162,6 +162,18 @@ def test_load_rejects_wrong_domain_garbage_and_other_kinds(tone_model, tmp_path)
         NMFModel.load(prior)
     with pytest.raises(UserError, match="nmf"):
         load_prior(path)  # an NMF model is not a prior
+
+
+def test_a_model_saved_with_the_earlier_stft_domain_loads_and_separates_alike(tone_model, tmp_path):
+    # checkpoints written before STFTSettings named only these keys (centred, zero padded)
+    path = tone_model.save(tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["domain"] = {"kind": "stft", "sample_rate": SR, "n_fft": 512, "hop_length": 128, "window": "hann"}
+    torch.save(payload, tmp_path / "old.pt")
+    old = NMFModel.load(tmp_path / "old.pt", expected_domain=DOMAIN)
+    assert old.domain == DOMAIN and old.domain.pad_mode == "constant" and old.domain.center
+    mix = torch.from_numpy(_tones(LOW, 1.0, 3) + _tones(HIGH, 1.0, 4))
+    torch.testing.assert_close(old(mix), tone_model(mix), rtol=0, atol=0)
 
 
 def test_load_rejects_dictionaries_that_do_not_fit_the_domain(tone_model, tmp_path):

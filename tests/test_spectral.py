@@ -219,3 +219,35 @@ def test_patchify_pads_the_end_and_unpatchify_averages_overlaps():
         patchify(spec, 8, 9)
     with pytest.raises(ValueError):
         unpatchify(patches[:1], *layout)
+
+
+# --- the one STFT settings type --------------------------------------------------------------
+
+def test_stft_settings_validate_round_trip_and_are_what_every_front_end_holds():
+    from audiosep.spectral.frontend import MagnitudeFrontend
+    from audiosep.spectral.stft import STFTSettings
+
+    settings = STFTSettings(512, 128, sample_rate=16000)
+    assert settings.win_length == 512 and settings.n_freqs == 257
+    assert STFTSettings.from_dict(settings.to_dict()) == settings
+    x = torch.randn(2, 3000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(settings.istft(settings.stft(x), 3000), x, atol=1e-5, rtol=0)
+    for bad, message in [(dict(n_fft=0, hop_length=1), "n_fft must be a positive integer"),
+                         (dict(n_fft=256, hop_length=512), "must not exceed n_fft"),
+                         (dict(n_fft=256, hop_length=64, window="kaiser"), "window must be one of"),
+                         (dict(n_fft=256, hop_length=64, pad_mode="wrap"), "pad_mode must be one of")]:
+        with pytest.raises(UserError, match=message):
+            STFTSettings(**bad)
+    with pytest.raises(UserError, match="expected STFT settings"):
+        STFTSettings.from_dict({"kind": "mel"})
+    with pytest.raises(UserError, match="malformed STFT settings"):
+        STFTSettings.from_dict({"kind": "stft", "n_fft": 256, "hop": 64})
+    fe = get_frontend("default")
+    assert fe.stft_settings == STFTSettings(fe.n_fft, fe.hop_length, fe.win_length, fe.window, fe.center,
+                                            fe.pad_mode, fe.sample_rate)
+    torch.testing.assert_close(fe.stft(x), fe.stft_settings.stft(x), rtol=0, atol=0)
+    assert dataclasses.replace(fe, n_fft=fe.n_fft).stft_settings == fe.stft_settings
+    magnitude = MagnitudeFrontend()
+    assert magnitude.stft_settings == STFTSettings(1024, 256, sample_rate=16000)  # centred, zero padded
+    with pytest.raises(UserError, match="front end 'custom': hop_length"):
+        dataclasses.replace(fe, hop_length=fe.n_fft * 2, name="custom")

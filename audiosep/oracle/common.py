@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..spectral import functional as F
+from ..spectral.stft import STFTSettings
 
 # sigsep-mus-oracle's analysis: Hann window of 2048 samples, hop 1024 (50 % overlap).
 N_FFT = 2048
@@ -47,19 +47,21 @@ def stft(wav: Tensor, n_fft: int = N_FFT, hop: int = HOP) -> Tensor:
     One signal at a time into a preallocated output, so the peak memory is the output's
     plus one signal's working set rather than several copies of the whole batch.
     """
+    settings = STFTSettings(n_fft, hop)
     flat = wav.reshape(-1, wav.shape[-1])
-    first = F.stft(flat[0], n_fft, hop, center=True, pad_mode="constant")
+    first = settings.stft(flat[0])
     out = torch.empty((flat.shape[0], *first.shape), dtype=first.dtype)
     out[0] = first
     for i in range(1, flat.shape[0]):
-        out[i] = F.stft(flat[i], n_fft, hop, center=True, pad_mode="constant")
+        out[i] = settings.stft(flat[i])
     return out.reshape(*wav.shape[:-1], *first.shape)
 
 
 def istft(spec: Tensor, length: int, n_fft: int = N_FFT, hop: int = HOP) -> Tensor:
     """The inverse of `stft`, one signal at a time: `(..., F, T)` → `(..., length)`."""
+    settings = STFTSettings(n_fft, hop)
     flat = spec.reshape(-1, *spec.shape[-2:])
-    out = torch.stack([F.istft(x, n_fft, hop, center=True, length=length) for x in flat])
+    out = torch.stack([settings.istft(x, length) for x in flat])
     return out.reshape(*spec.shape[:-2], length)
 
 

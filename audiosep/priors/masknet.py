@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..data.stems import separable_sources
 from ..devices import resolve_device
 from ..errors import UserError
-from ..spectral.functional import istft, stft
+from ..spectral.stft import STFTSettings
 from .base import Domain, Prior, load_prior, register_prior
 
 LOG_FLOOR = 1e-5  # magnitude floor of the log features (a −100 dB bin reads as −100 dB, not −∞)
@@ -60,8 +60,9 @@ class MaskNet(Prior):
         self.sources, self.sample_rate = tuple(sources), int(sample_rate)
         self.n_fft, self.hop_length, self.hidden, self.layers = int(n_fft), int(hop_length), int(hidden), int(layers)
         self.level_db = level_db
+        self.stft_settings = STFTSettings(self.n_fft, self.hop_length, pad_mode="reflect", sample_rate=self.sample_rate)
         self.channels = None  # any channel count: the masks come from the channel mean
-        n_freqs = self.n_fft // 2 + 1
+        n_freqs = self.stft_settings.n_freqs
         self.norm = nn.LayerNorm(n_freqs)
         self.encode = nn.Sequential(nn.Linear(n_freqs, self.hidden), nn.LayerNorm(self.hidden), nn.Tanh())
         self.lstm = nn.LSTM(self.hidden, self.hidden // 2, num_layers=self.layers, batch_first=True,
@@ -75,7 +76,7 @@ class MaskNet(Prior):
 
     def spectrum(self, x: Tensor) -> Tensor:
         """Complex STFT `(..., F, T)` of waveforms `x (..., N)` at the model's settings."""
-        return stft(x, self.n_fft, self.hop_length)
+        return self.stft_settings.stft(x)
 
     def masks(self, magnitude: Tensor) -> Tensor:
         """Soft masks `(B, K, F, T)` summing to one over K, from magnitudes `(B, F, T)`."""
@@ -102,7 +103,7 @@ def separate_masknet(mix: Tensor, model: MaskNet) -> Tensor:
     spectra = model.spectrum(x)  # (C, F, T)
     with torch.no_grad():
         masks = model.masks(spectra.abs().mean(dim=0, keepdim=True))[0]  # (K, F, T)
-    stems = istft(masks[:, None] * spectra[None], model.n_fft, model.hop_length, length=x.shape[-1])
+    stems = model.stft_settings.istft(masks[:, None] * spectra[None], x.shape[-1])
     return stems[..., :n].to(mix.dtype)
 
 

@@ -59,7 +59,7 @@ import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..spectral.functional import stft
+from ..spectral.stft import STFTSettings
 from .base import Domain, Prior, load_checkpoint, load_prior, register_prior
 
 STFT_FLOOR_DB = -80.0  # log-magnitude floor of the spectral loss, dB re a full-scale sine
@@ -445,14 +445,13 @@ def spectral_loss(estimate: Tensor, target: Tensor, sizes: Sequence[int]) -> Ten
     """Multi-resolution STFT loss of waveforms `(B, 1, N)` (scalar), averaged over `sizes`:
     spectral convergence ‖|X̂| − |X|‖_F / ‖|X|‖_F (the loud partials) plus the mean absolute
     difference of log magnitudes floored at `STFT_FLOOR_DB` re a full-scale sine (the quiet
-    ones). Hann windows, hop n_fft/2: half the cost of n_fft/4 (0.09 s instead of 0.19 s per
-    step, forward and backward, at sizes (2048, 512, 128), batch 16 of 16384 samples, one CPU
-    thread)."""
+    ones). Hann windows, centred with reflection, hop n_fft/2: half the cost of n_fft/4."""
     total = estimate.new_zeros(())
     for n_fft in sizes:
         floor = 10 ** (STFT_FLOOR_DB / 20) * n_fft / 4  # a full-scale sine peaks at n_fft/4
-        mag_est = stft(estimate[:, 0], n_fft, n_fft // 2).abs()
-        mag_ref = stft(target[:, 0], n_fft, n_fft // 2).abs()
+        settings = STFTSettings(n_fft, n_fft // 2, pad_mode="reflect")
+        mag_est = settings.stft(estimate[:, 0]).abs()
+        mag_ref = settings.stft(target[:, 0]).abs()
         convergence = (mag_est - mag_ref).norm() / mag_ref.norm().clamp_min(1e-12)
         log_distance = ((mag_est + floor).log() - (mag_ref + floor).log()).abs().mean()
         total = total + convergence + log_distance

@@ -20,7 +20,7 @@ _EXPORTS = {
     "Input": "separator", "RunSummary": "separator", "Separator": "separator", "find_inputs": "separator",
     "model_set_name": "separator", "separate": "separator", "separate_files": "separator",
     "MelBasis": "mel_basis",
-    "NMFModel": "nmf", "STFTDomain": "nmf", "fit_activations": "nmf", "learn_dictionary": "nmf",
+    "NMFModel": "nmf", "fit_activations": "nmf", "learn_dictionary": "nmf",
     "separate_nmf": "nmf", "train_nmf": "nmf",
     "Method": "protocol",
     "METHODS": "methods", "build_method": "methods", "separation_method": "methods",

@@ -16,8 +16,8 @@ to each channel's mixture STFT, then inverted.
 
 An `NMFModel` is saved in the project's checkpoint format (`audiosep.priors.base`:
 `format`, `kind` = "nmf", `config`, `domain`, `state_dict`, ...), loaded with
-`weights_only=True`. Its domain is an `STFTDomain` (sample rate and STFT settings), not
-one of the prior `Domain` kinds, so the model is written here rather than by
+`weights_only=True`. Its domain is an `STFTSettings` (STFT settings with the sample rate;
+centred, zero padded), not one of the prior `Domain` kinds, so the model is written here rather than by
 `save_checkpoint` (which takes registered priors only).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import platform
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,66 +40,13 @@ from ..errors import UserError
 from ..io import atomic_output, rms_db
 from ..priors.base import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
 from ..progress import progress_bar
-from ..spectral import functional as SF
 from ..spectral.inversion import wiener
+from ..spectral.stft import STFTSettings
 
 KIND = "nmf"
 # β-divergences by scikit-learn's names (β = 1: Kullback-Leibler, 2: squared Euclidean, 0: Itakura-Saito).
 BETA_LOSSES = {"kullback-leibler": 1.0, "frobenius": 2.0, "itakura-saito": 0.0}
 EPS = 1e-10  # floor of the model spectrum W·H in the multiplicative updates
-
-
-# ----------------------------------------------------------------------------- domain
-
-
-@dataclass(frozen=True)
-class STFTDomain:
-    """The time-frequency representation a spectral model works in.
-
-    Fields: sample_rate (Hz), n_fft and hop_length (samples), window ("hann" | "ones").
-    The STFT is centred with zero padding (any signal length works).
-    """
-
-    sample_rate: int
-    n_fft: int
-    hop_length: int
-    window: str = "hann"
-
-    def __post_init__(self) -> None:
-        if min(self.sample_rate, self.n_fft, self.hop_length) < 1 or self.hop_length > self.n_fft:
-            raise UserError(f"invalid STFT settings {self.describe()}: need positive values and hop ≤ n_fft")
-
-    @property
-    def n_freqs(self) -> int:
-        """Frequency bins F = n_fft // 2 + 1."""
-        return self.n_fft // 2 + 1
-
-    def stft(self, wav: Tensor) -> Tensor:
-        """Waveform `(..., N)` → complex spectrogram `(..., F, T)`."""
-        return SF.stft(wav, self.n_fft, self.hop_length, window=self.window, pad_mode="constant")
-
-    def istft(self, spec: Tensor, length: int) -> Tensor:
-        """Complex spectrogram `(..., F, T)` → waveform `(..., length)`."""
-        return SF.istft(spec, self.n_fft, self.hop_length, window=self.window, length=length)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values for a checkpoint (with `kind` = "stft"); `from_dict` inverts it."""
-        return {"kind": "stft", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> STFTDomain:
-        """Rebuild from `to_dict` output; UserError if it is not an STFT domain."""
-        if not isinstance(d, Mapping) or d.get("kind") != "stft":
-            kind = d.get("kind") if isinstance(d, Mapping) else d
-            raise UserError(f"expected an STFT domain, got {kind!r}")
-        try:
-            return cls(int(d["sample_rate"]), int(d["n_fft"]), int(d["hop_length"]), str(d["window"]))
-        except (KeyError, TypeError, ValueError) as err:
-            raise UserError(f"malformed STFT domain {dict(d)!r}: {err}") from None
-
-    def describe(self) -> str:
-        """One line, e.g. `STFT at 16000 Hz (n_fft=2048, hop_length=512, window=hann)`."""
-        return f"STFT at {self.sample_rate} Hz (n_fft={self.n_fft}, hop_length={self.hop_length}, window={self.window})"
 
 
 # ----------------------------------------------------------------------------- factorisation
@@ -190,7 +137,7 @@ class NMFModel:
     Attributes:
         sources: K source names, in the order of the outputs.
         dictionaries: `(K, F, R)` float32, unit-sum atoms (F = n_fft // 2 + 1).
-        domain: the `STFTDomain` the dictionaries were learnt in.
+        domain: the `STFTSettings` the dictionaries were learnt in.
         power: mask exponent p: masks (Wₖ Hₖ)^p / Σⱼ (Wⱼ Hⱼ)^p (2 = Wiener filter).
         n_iter: activation updates at separation. beta: divergence of the fit.
         level_db: RMS (dBFS) of the training mixtures; `Separator` scales inputs to it.
@@ -199,7 +146,7 @@ class NMFModel:
 
     sources: tuple[str, ...]
     dictionaries: Tensor
-    domain: STFTDomain
+    domain: STFTSettings
     power: float = 2.0
     n_iter: int = 100
     beta: str = "kullback-leibler"
@@ -213,6 +160,8 @@ class NMFModel:
             raise UserError(f"{K} dictionaries for {len(self.sources)} sources ({', '.join(self.sources)})")
         if F != self.domain.n_freqs:
             raise UserError(f"dictionaries have {F} frequency bins but {self.domain.describe()} has {self.domain.n_freqs}")
+        if self.domain.sample_rate is None:
+            raise UserError(f"an NMF model's domain states its sample rate; {self.domain.describe()} does not")
         beta_value(self.beta)
 
     @property
@@ -256,7 +205,7 @@ class NMFModel:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, expected_domain: STFTDomain | None = None,
+    def load(cls, path: str | os.PathLike, expected_domain: STFTSettings | None = None,
              device: str | torch.device = "cpu") -> NMFModel:
         """Read a model written by `save` (dictionaries on `device`).
 
@@ -269,7 +218,7 @@ class NMFModel:
         if payload["kind"] != KIND:
             raise UserError(f"{path}: a '{payload['kind']}' checkpoint, not an NMF model")
         try:
-            domain = STFTDomain.from_dict(payload["domain"])
+            domain = STFTSettings.from_dict(payload["domain"])
             config = dict(payload["config"])
             config.pop("n_atoms", None)
             dictionaries = payload["state_dict"]["dictionaries"].float()
@@ -311,7 +260,7 @@ def separate_nmf(mix: Tensor, model: NMFModel) -> Tensor:
 
 
 def training_magnitudes(
-    wav: np.ndarray, domain: STFTDomain, silence_db: float = -60.0
+    wav: np.ndarray, domain: STFTSettings, silence_db: float = -60.0
 ) -> Tensor:
     """STFT magnitudes `(F, T')` of a mono waveform `(1, N)`, without its silent frames.
 
@@ -365,7 +314,7 @@ def train_nmf(
     for name, value in (("n_atoms", n_atoms), ("n_iter", n_iter), ("max_frames", max_frames)):
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
-    domain = STFTDomain(sample_rate, n_fft, hop_length)
+    domain = STFTSettings(n_fft, hop_length, sample_rate=sample_rate)
     tracks = list_tracks(data, split)
     have = list_sources(tracks)
     sources = list(sources) if sources else have

@@ -163,9 +163,7 @@ def invert_mel_file(
             raise UserError(f"{mix}: {mix_stft.shape[-1]} frames, the mel spectrogram has {magnitude.shape[-1]}")
         wav = frontend.istft(mixture_phase(magnitude, mix_stft), length=length)
     elif method == "griffinlim":
-        wav = griffin_lim(magnitude, frontend.n_fft, frontend.hop_length, n_iter=n_iter, length=length,
-                          seed=seed, win_length=frontend.win_length, window=frontend.window,
-                          center=frontend.center, pad_mode=frontend.pad_mode)
+        wav = griffin_lim(magnitude, frontend.stft_settings, n_iter=n_iter, length=length, seed=seed)
     else:
         raise UserError(f"unknown inversion method {method!r}; choose griffinlim or phase")
     return write_audio(output, wav.numpy(), frontend.sample_rate)

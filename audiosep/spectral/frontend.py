@@ -30,10 +30,17 @@ from torch import Tensor
 from ..config import from_dict
 from ..errors import UserError
 from . import functional as F
+from .stft import STFTSettings
 
-_WINDOWS = ("hann", "ones")
-_PAD_MODES = ("reflect", "constant")
 _MEL_NORMS = ("slaney", None)
+
+
+def _stft_settings(owner: str, **settings: Any) -> STFTSettings:
+    """The `STFTSettings` a front end holds; an invalid one is a UserError naming the front end."""
+    try:
+        return STFTSettings(**settings)
+    except UserError as err:
+        raise UserError(f"{owner}: {str(err).removeprefix('STFT settings: ')}") from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -87,13 +94,13 @@ class Frontend:
             if not ok:
                 raise UserError(f"front end {self.name!r}: {what}")
 
-        for key in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels", "patch_frames"):
+        for key in ("sample_rate", "n_mels", "patch_frames"):
             value = getattr(self, key)
             need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                  f"{key} must be a positive integer, got {value!r}")
-        need(self.win_length <= self.n_fft, f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
-        need(self.window in _WINDOWS, f"window must be one of {_WINDOWS}, got {self.window!r}")
-        need(self.pad_mode in _PAD_MODES, f"pad_mode must be one of {_PAD_MODES}, got {self.pad_mode!r}")
+        object.__setattr__(self, "stft_settings", _stft_settings(
+            f"front end {self.name!r}", n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+            window=self.window, center=self.center, pad_mode=self.pad_mode, sample_rate=self.sample_rate))
         need(self.mel_norm in _MEL_NORMS, f"mel_norm must be 'slaney' or null, got {self.mel_norm!r}")
         need(0.0 <= self.fmin < self.fmax <= self.sample_rate / 2.0,
              f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin}, fmax={self.fmax}")
@@ -103,7 +110,7 @@ class Frontend:
     @property
     def n_freqs(self) -> int:
         """Number of STFT bins, n_fft // 2 + 1."""
-        return self.n_fft // 2 + 1
+        return self.stft_settings.n_freqs
 
     @property
     def amin(self) -> float:
@@ -112,11 +119,11 @@ class Frontend:
 
     def stft(self, wav: Tensor) -> Tensor:
         """Waveform `(..., samples)` → complex STFT `(..., n_freqs, frames)`."""
-        return F.stft(wav, self.n_fft, self.hop_length, self.win_length, self.window, self.center, self.pad_mode)
+        return self.stft_settings.stft(wav)
 
     def istft(self, spec: Tensor, length: int | None = None) -> Tensor:
         """Complex STFT `(..., n_freqs, frames)` → waveform `(..., length)`."""
-        return F.istft(spec, self.n_fft, self.hop_length, self.win_length, self.window, self.center, length)
+        return self.stft_settings.istft(spec, length)
 
     def filterbank(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         """Mel filterbank `(n_mels, n_freqs)` on `device` in `dtype` (cached)."""
@@ -220,14 +227,12 @@ class MagnitudeFrontend:
     normalisation: str = "patch-max"
 
     def __post_init__(self) -> None:
-        for key in ("sample_rate", "n_fft", "hop_length", "patch_frames"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"magnitude front end: {key} must be a positive integer, got {value!r}")
-        if self.hop_length > self.n_fft:
-            raise UserError(f"magnitude front end: hop_length {self.hop_length} exceeds n_fft {self.n_fft}")
-        if self.window not in _WINDOWS:
-            raise UserError(f"magnitude front end: window must be one of {_WINDOWS}, got {self.window!r}")
+        value = self.patch_frames
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"magnitude front end: patch_frames must be a positive integer, got {value!r}")
+        object.__setattr__(self, "stft_settings", _stft_settings(
+            "magnitude front end", n_fft=self.n_fft, hop_length=self.hop_length, window=self.window,
+            sample_rate=self.sample_rate))  # centred, zero padded
         if self.normalisation not in NORMALISATIONS:
             raise UserError(f"magnitude front end: normalisation must be one of {NORMALISATIONS}, "
                             f"got {self.normalisation!r}")
@@ -235,7 +240,7 @@ class MagnitudeFrontend:
     @property
     def n_freqs(self) -> int:
         """Number of STFT bins, n_fft // 2 + 1."""
-        return self.n_fft // 2 + 1
+        return self.stft_settings.n_freqs
 
     @property
     def patch_shape(self) -> tuple[int, int, int]:
@@ -249,11 +254,11 @@ class MagnitudeFrontend:
 
     def stft(self, wav: Tensor) -> Tensor:
         """Waveform `(..., samples)` → centred complex STFT `(..., n_freqs, frames)`."""
-        return F.stft(wav, self.n_fft, self.hop_length, window=self.window, pad_mode="constant")
+        return self.stft_settings.stft(wav)
 
     def istft(self, spec: Tensor, length: int) -> Tensor:
         """Complex STFT `(..., n_freqs, frames)` → waveform `(..., length)` (inverse of `stft`)."""
-        return F.istft(spec, self.n_fft, self.hop_length, window=self.window, length=length)
+        return self.stft_settings.istft(spec, length)
 
     def normalise(self, magnitude: Tensor) -> tuple[Tensor, Tensor]:
         """Patches of magnitudes `(..., n_freqs, frames)` → (the patches in [0, 1], their scales
@@ -266,7 +271,7 @@ class MagnitudeFrontend:
         """A crop `(..., crop_samples)` → its normalised magnitude patch `(..., n_freqs, patch_frames)`."""
         if crop.shape[-1] != self.crop_samples:
             raise ValueError(f"a crop has {self.crop_samples} samples, got {crop.shape[-1]}")
-        spec = F.stft(crop, self.n_fft, self.hop_length, window=self.window, center=False)
+        spec = dataclasses.replace(self.stft_settings, center=False).stft(crop)
         return self.normalise(spec.abs())[0]
 
     def to_dict(self) -> dict[str, Any]:

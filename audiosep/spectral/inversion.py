@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from . import functional as F
+from .stft import STFTSettings
 
 if TYPE_CHECKING:
     from .frontend import Frontend
@@ -109,17 +109,12 @@ def _initial_phase(init: str | Tensor, shape: torch.Size, like: Tensor, seed: in
 
 def griffin_lim(
     magnitude: Tensor,
-    n_fft: int,
-    hop_length: int,
+    settings: STFTSettings,
     n_iter: int = 32,
     momentum: float = 0.99,
     length: int | None = None,
     init: str | Tensor = "random",
     seed: int | None = None,
-    win_length: int | None = None,
-    window: str | Tensor = "hann",
-    center: bool = True,
-    pad_mode: str = "reflect",
 ) -> Tensor:
     """Phase retrieval by Griffin-Lim, plain (momentum 0) or fast (Perraudin et al. 2013).
 
@@ -130,7 +125,7 @@ def griffin_lim(
 
     Args:
         magnitude: `(..., n_fft // 2 + 1, T)`.
-        n_fft, hop_length, win_length, window, center, pad_mode: the STFT's settings.
+        settings: the STFT's settings (`STFTSettings`, e.g. a front end's `stft_settings`).
         n_iter: iterations. momentum: α ≥ 0.
         length: output length in samples.
         init: "random" (uniform phase; `seed` makes it reproducible), "zeros", or a tensor
@@ -141,17 +136,15 @@ def griffin_lim(
     """
     if momentum < 0:
         raise ValueError(f"momentum must be >= 0, got {momentum}")
-    stft_args = dict(n_fft=n_fft, hop_length=hop_length, win_length=win_length, window=window, center=center)
     phasor = _initial_phase(init, magnitude.shape, magnitude, seed)
     tiny = torch.finfo(magnitude.dtype).tiny
     previous = None
     for _ in range(n_iter):
-        wav = F.istft(magnitude * phasor, length=length, **stft_args)
-        rebuilt = F.stft(wav, pad_mode=pad_mode, **stft_args)
+        rebuilt = settings.stft(settings.istft(magnitude * phasor, length))
         accelerated = rebuilt if previous is None else rebuilt - (momentum / (1.0 + momentum)) * previous
         phasor = accelerated / (accelerated.abs() + tiny)
         previous = rebuilt
-    return F.istft(magnitude * phasor, length=length, **stft_args)
+    return settings.istft(magnitude * phasor, length)
 
 
 def mixture_phase(magnitude: Tensor, mix_stft: Tensor) -> Tensor:
@@ -184,7 +177,10 @@ def wiener(source_power: Tensor, mix_stft: Tensor, eps: float = 1e-10) -> Tensor
     return mask * mix_stft
 
 
-def wiener_from_waveforms(estimates: Tensor, mix: Tensor, n_fft: int = 2048, hop_length: int = 512) -> Tensor:
+WIENER_STFT = STFTSettings(2048, 512)  # of `wiener_from_waveforms`: centred, zero padding (inputs shorter than n_fft too)
+
+
+def wiener_from_waveforms(estimates: Tensor, mix: Tensor, settings: STFTSettings = WIENER_STFT) -> Tensor:
     """Re-estimate sources from waveform estimates by single-channel Wiener masks on the mixture.
 
     The estimates' STFT powers |Ŝⱼ|² become masks (`wiener`) on the mixture's STFT, so the
@@ -194,14 +190,12 @@ def wiener_from_waveforms(estimates: Tensor, mix: Tensor, n_fft: int = 2048, hop
     Args:
         estimates: `(K, ..., N)` waveforms of the K sources.
         mix: `(..., N)` the mixture waveform.
-        n_fft, hop_length: STFT settings in samples (Hann window, centred).
+        settings: the STFT of the masks.
     Returns:
         `(K, ..., N)` float waveforms.
     """
-    n = mix.shape[-1]
-    power = F.stft(estimates, n_fft, hop_length, pad_mode="constant").abs().square()
-    mix_stft = F.stft(mix, n_fft, hop_length, pad_mode="constant")  # zero padding: inputs shorter than n_fft too
-    return F.istft(wiener(power, mix_stft), n_fft, hop_length, length=n)
+    power = settings.stft(estimates).abs().square()
+    return settings.istft(wiener(power, settings.stft(mix)), mix.shape[-1])
 
 
 def multichannel_wiener(
@@ -325,10 +319,7 @@ def invert_mel_powers(
     magnitude = mel_to_stft_magnitude(mel_powers, fb, frontend.power, nnls_iter, reference)  # (K, F, T)
     if method == "griffinlim":
         init = frontend.stft(mix.mean(dim=0)) if gl_init == "mixture" else gl_init
-        mono = griffin_lim(
-            magnitude, frontend.n_fft, frontend.hop_length, gl_iter, momentum, n_samples, init, seed,
-            frontend.win_length, frontend.window, frontend.center, frontend.pad_mode,
-        )  # (K, N)
+        mono = griffin_lim(magnitude, frontend.stft_settings, gl_iter, momentum, n_samples, init, seed)  # (K, N)
         return mono[:, None].expand(-1, n_chan, -1).contiguous()
     if method == "wiener":
         spec = wiener(magnitude.square()[:, None], mix_stft, eps)  # (K, C, F, T)
