@@ -176,7 +176,8 @@ def _check_checkpoint_output(path: Path) -> None:
 
 
 def _cmd_train_ncsn(args: argparse.Namespace) -> None:
-    from .training.ncsn import NCSNRun, train_ncsn, train_ncsn_images
+    from .training.data import Images, MelPatches
+    from .training.ncsn import NCSNRun, train_ncsn
 
     _check_checkpoint_output(args.output)
     if args.init_from is not None and (args.version is not None or args.nf is not None):
@@ -184,36 +185,29 @@ def _cmd_train_ncsn(args: argparse.Namespace) -> None:
     run = _run_settings(NCSNRun, args, ("version", "nf"))
     model_config, config = run.model, run.train
     _set_threads(args.threads)
-    if _trains_on_images(args, "source", "init_from"):
-        result = train_ncsn_images(args.images, args.output, model_config=model_config, config=config,
-                                   device=args.device)
-    else:
-        result = train_ncsn(args.data, args.source, args.output, preset=args.preset, model_config=model_config,
-                            config=config, device=args.device, init_from=args.init_from,
-                            train_sigma_max=run.train_sigma_max)
+    images = _trains_on_images(args, "source", "init_from")
+    if images and run.train_sigma_max is not None:
+        raise UserError("train_sigma_max is for mel patches (BASIS from a baseline's stems), not for --images")
+    data = Images(args.images) if images else MelPatches(args.data, args.source, args.preset)
+    result = train_ncsn(data, args.output, model_config=model_config, config=config, device=args.device,
+                        init_from=args.init_from, train_sigma_max=run.train_sigma_max)
     print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
           f"{_valid_text(result['valid_loss'], 'valid loss')}")
 
 
 def _cmd_train_flow(args: argparse.Namespace) -> None:
-    from .training.flow import FlowRun, train_flow, train_flow_images
+    from .training.data import Images, MelPatches
+    from .training.flow import FlowRun, train_flow
 
     _check_checkpoint_output(args.output)
     run = _run_settings(FlowRun, args, ("conditioning", "levels", "depth", "hidden"))
     finetune_steps = args.finetune_steps if args.finetune_steps is not None else run.finetune_steps
     model_config, config = run.model, run.train
     _set_threads(args.threads)
-    if _trains_on_images(args, "source"):
-        result = train_flow_images(args.images, args.output, arch=args.kind, model_config=model_config,
-                                   config=config, finetune_steps=finetune_steps, device=args.device,
-                                   denoising=run.denoising)
-    else:
-        if run.denoising.mode != "none":
-            raise UserError("a denoising: section is for flows on --images; mel-patch flows take "
-                            "model.conditioning and noise_sigma")
-        result = train_flow(args.data, args.source, args.output, arch=args.kind, preset=args.preset,
-                            model_config=model_config, config=config, finetune_steps=finetune_steps,
-                            device=args.device)
+    data = Images(args.images) if _trains_on_images(args, "source") else MelPatches(args.data, args.source,
+                                                                                   args.preset)
+    result = train_flow(data, args.output, arch=args.kind, model_config=model_config, config=config,
+                        finetune_steps=finetune_steps, device=args.device, denoising=run.denoising)
     for member in result.get("members", []):
         print(f"  sigma {member['sigma']:.4g}: step {member['step']}, "
               f"{_valid_text(member['valid_loss'], 'valid', ' bits/dim')}")
@@ -224,7 +218,8 @@ def _cmd_train_flow(args: argparse.Namespace) -> None:
 def _cmd_train_vae(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from .training.vae import VAERun, train_vae, train_vae_mixtures
+    from .training.data import Images, MixturePatches
+    from .training.vae import VAERun, train_vae
 
     _check_checkpoint_output(args.output)
     run = _run_settings(VAERun, args, ("n_sources", "arch", "latent_dim"))
@@ -235,10 +230,8 @@ def _cmd_train_vae(args: argparse.Namespace) -> None:
             raise UserError("--mix averages images into mixtures (--images); --data patches are mixtures already")
         run = dataclasses.replace(run, loss=dataclasses.replace(run.loss, n_mix=args.n_mix))
     _set_threads(args.threads)
-    if args.data is not None:
-        result = train_vae_mixtures(args.data, args.output, run, device=args.device)
-    else:
-        result = train_vae(args.images, args.output, run, device=args.device)
+    data = MixturePatches(args.data, run.frontend) if args.data is not None else Images(args.images)
+    result = train_vae(data, args.output, run, device=args.device)
     print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
           f"{_valid_text(result['valid_loss'], 'valid loss')} (nats per training input)")
 

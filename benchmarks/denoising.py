@@ -50,7 +50,7 @@ from audiosep.priors.flows import FlowBundle, dequantize
 from audiosep.priors.vae import LAPLACE_SCALE, vae_loss
 from images import named_paths  # benchmarks/images.py (this folder is on sys.path when run as a script)
 
-FLOW_RANGE = (-0.5, 0.5)  # flows model images centred by −0.5 (`training.flow.train_flow_images`)
+FLOW_RANGE = (-0.5, 0.5)  # flows model images centred by −0.5 (`training.flow.train_flow` on `Images`)
 FLOW_CHUNK = 250  # images per flow forward / Tweedie pass (autograd through the whole flow)
 
 
@@ -95,7 +95,7 @@ def test_log_likelihood(model, images: torch.Tensor, bins: int, seed: int) -> fl
 
 def stored_bins(path: str) -> int:
     """The dequantisation bins an image flow was trained with; SystemExit for a flow trained
-    without (before `train_flow_images` dequantised: its density is not bounded)."""
+    without (before `train_flow` dequantised images: its density is not bounded)."""
     bins = load_checkpoint(path)["extra"].get("data", {}).get("dequantized")
     if not bins:
         raise SystemExit(f"{path}: an image flow trained without dequantisation; retrain it "

@@ -24,6 +24,7 @@ import torch
 from audiosep.config import TrainConfig
 from audiosep.errors import run_reporting_user_errors
 from audiosep.priors.ncsn import NCSNConfig
+from audiosep.training.data import MelPatches
 from audiosep.training.ncsn import train_ncsn
 
 
@@ -33,9 +34,9 @@ def one_run(args: argparse.Namespace, precision: str, folder: Path) -> dict:
                          checkpoint_every=args.steps, valid_batches=args.valid_batches, seed=args.seed,
                          progress=False, precision=precision)
     start = time.perf_counter()
-    result = train_ncsn(args.data, args.source, folder / f"{precision}.pt", model_config=NCSNConfig(nf=args.nf),
-                        config=config, init_from=args.init_from, train_sigma_max=args.train_sigma_max,
-                        valid_items=args.valid_batches * args.batch_size)
+    data = MelPatches(args.data, args.source, valid_items=args.valid_batches * args.batch_size)
+    result = train_ncsn(data, folder / f"{precision}.pt", model_config=NCSNConfig(nf=args.nf),
+                        config=config, init_from=args.init_from, train_sigma_max=args.train_sigma_max)
     wall = time.perf_counter() - start
     return {"precision": precision, "samples/s": args.steps * args.batch_size / wall,
             "s/step": wall / args.steps, "train loss": result["loss"], "valid loss": result["valid_loss"]}

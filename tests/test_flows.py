@@ -435,12 +435,13 @@ def test_cli_flow_error_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("conditioning", ["sigma", "bundle"])
 def test_flows_train_on_centred_images(tmp_path, conditioning):
-    from audiosep.training.flow import train_flow_images
+    from audiosep.training.data import Images
+    from audiosep.training.flow import train_flow
 
     out = tmp_path / "g.pt"
     config = FlowConfig(conditioning=conditioning, levels=2, depth=1, hidden=4, n_sigmas=2)
-    result = train_flow_images("digits", out, model_config=config, finetune_steps=1, valid_items=8,
-                               config=TrainConfig(steps=2, batch_size=4, valid_batches=1, progress=False))
+    result = train_flow(Images("digits", valid_items=8), out, model_config=config, finetune_steps=1,
+                        config=TrainConfig(steps=2, batch_size=4, valid_batches=1, progress=False))
     prior = load_prior(out, expected_domain=Domain.image((1, 8, 8), (-0.5, 0.5)))
     assert np.isfinite(result["valid_loss"])
     sigma = prior.fixed_sigmas[0] if prior.fixed_sigmas else 0.5
@@ -453,7 +454,8 @@ def test_image_flows_learn_the_dequantised_8_bit_images(tmp_path, monkeypatch):
     """Every training batch is dequantised within its 8-bit bins (over [−0.5, 0.5)) and the
     loss is the discrete images' bits/dim: log2(256) = 8 above the density's bits."""
     import audiosep.training.flow as training_flow
-    from audiosep.training.flow import train_flow_images
+    from audiosep.training.data import Images
+    from audiosep.training.flow import train_flow
 
     seen = []
     def spy(model, x, n_bins=None, low=0.0):
@@ -462,8 +464,8 @@ def test_image_flows_learn_the_dequantised_8_bit_images(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training_flow, "flow_nll", spy)
     config = FlowConfig(conditioning="none", noise_sigma=0.0, levels=2, depth=1, hidden=4)
-    result = train_flow_images("digits", tmp_path / "g.pt", model_config=config, valid_items=8,
-                               config=TrainConfig(steps=1, batch_size=4, valid_batches=1, progress=False))
+    result = train_flow(Images("digits", valid_items=8), tmp_path / "g.pt", model_config=config,
+                        config=TrainConfig(steps=1, batch_size=4, valid_batches=1, progress=False))
     x, n_bins, low = seen[0]
     assert (n_bins, low) == (256, -0.5)
     k = torch.round((x + 0.5) * 255)

@@ -320,13 +320,14 @@ def _write_stems(root, seconds=3.0):
 
 def test_short_flow_bundle_run_validates_every_member(tmp_path):
     from audiosep.priors.flows import FlowConfig
+    from audiosep.training.data import MelPatches
     from audiosep.training.flow import bundle_member_path, train_flow
 
     data = _write_stems(tmp_path / "data")
     model = FlowConfig(conditioning="bundle", levels=2, depth=1, hidden=4, n_sigmas=2)
     config = TrainConfig(steps=2, batch_size=2, valid_batches=1, progress=False)  # valid_every 500
-    result = train_flow(data, "src0", tmp_path / "bundle.pt", arch="glow", preset="audiosourcesep",
-                        model_config=model, config=config, finetune_steps=1, valid_items=2)
+    result = train_flow(MelPatches(data, "src0", "audiosourcesep", valid_items=2), tmp_path / "bundle.pt",
+                        arch="glow", model_config=model, config=config, finetune_steps=1)
     assert [m["step"] for m in result["members"]] == [2, 1]
     for member in result["members"]:
         assert np.isfinite(member["valid_loss"])

@@ -11,6 +11,7 @@ from audiosep.errors import UserError
 from audiosep.priors.base import Domain, load_checkpoint, load_prior
 from audiosep.priors.vae import LAPLACE_SCALE, VAE, kl_standard_normal, vae_loss
 from audiosep.separation.vae_bss import vae_separate, vaem_mask
+from audiosep.training.data import Images
 from audiosep.training.vae import LossConfig, VAEConfig, VAELoss, VAERun, train_vae
 
 
@@ -98,14 +99,14 @@ def test_beta_warms_up_through_the_training_loop(tmp_path, monkeypatch):
     run = VAERun(model=VAEConfig(hidden=(16, 8), latent_dim=3),
                  train=TrainConfig(steps=3, batch_size=8, progress=False, valid_batches=1),
                  loss=LossConfig(warmup_steps=4))
-    result = train_vae("digits", tmp_path / "v.pt", run, valid_items=16)
+    result = train_vae(Images("digits", valid_items=16), tmp_path / "v.pt", run)
     assert seen == [1, 2, 3]
     payload = load_checkpoint(tmp_path / "v.pt")
     assert payload["kind"] == "vae" and payload["extra"]["data"]["images"] == "digits"
     model = load_prior(tmp_path / "v.pt", expected_domain=Domain.image((1, 8, 8)))
     assert model.n_sources == 2 and result["step"] == 3
     with pytest.raises(UserError, match="n_mix"):  # resuming with another mixing is refused
-        train_vae("digits", tmp_path / "v.pt", dataclasses.replace(run, loss=LossConfig(warmup_steps=4, n_mix=4)), valid_items=16)
+        train_vae(Images("digits", valid_items=16), tmp_path / "v.pt", dataclasses.replace(run, loss=LossConfig(warmup_steps=4, n_mix=4)))
 
 
 def test_unknown_config_keys_and_bad_values_are_refused():
@@ -116,7 +117,7 @@ def test_unknown_config_keys_and_bad_values_are_refused():
     with pytest.raises(UserError, match="n_mix"):
         LossConfig(n_mix=0)
     with pytest.raises(UserError, match="multiple of n_mix"):
-        train_vae("digits", "unused.pt", VAERun(train=TrainConfig(batch_size=7)))
+        train_vae(Images("digits"), "unused.pt", VAERun(train=TrainConfig(batch_size=7)))
 
 
 def test_cli_trains_vae_and_ncsn_on_images(tmp_path, capsys):
@@ -210,7 +211,7 @@ def test_cd_training_stores_its_denoising_settings(tmp_path):
                              "loss": {"n_mix": 1},
                              "train": {"steps": 2, "batch_size": 8, "progress": False, "valid_batches": 1},
                              "denoising": {"mode": "cd", "c_max": 0.4}})
-    train_vae("digits", tmp_path / "cd.pt", run, valid_items=16)
+    train_vae(Images("digits", valid_items=16), tmp_path / "cd.pt", run)
     payload = load_checkpoint(tmp_path / "cd.pt")
     assert payload["config"]["sigma_conditioned"] is True
     assert payload["extra"]["data"]["denoising"] == {"mode": "cd", "sigma": 0.1, "c_max": 0.4}
@@ -219,10 +220,10 @@ def test_cd_training_stores_its_denoising_settings(tmp_path):
 def test_a_checkpoint_from_before_a_new_keyword_resumes(tmp_path):
     run = VAERun(model=VAEConfig(hidden=(16, 8), latent_dim=3),
                  train=TrainConfig(steps=2, batch_size=8, progress=False, valid_batches=1))
-    train_vae("digits", tmp_path / "v.pt", run, valid_items=16)
+    train_vae(Images("digits", valid_items=16), tmp_path / "v.pt", run)
     payload = torch.load(tmp_path / "v.pt", weights_only=True)
     del payload["config"]["sigma_conditioned"]  # as written before the keyword existed
     torch.save(payload, tmp_path / "v.pt")
-    result = train_vae("digits", tmp_path / "v.pt", dataclasses.replace(run, train=dataclasses.replace(run.train, steps=3)),
-                       valid_items=16)
+    result = train_vae(Images("digits", valid_items=16), tmp_path / "v.pt",
+                       dataclasses.replace(run, train=dataclasses.replace(run.train, steps=3)))
     assert result["step"] == 3

@@ -17,7 +17,9 @@ from audiosep.priors.base import Domain, load_checkpoint, load_prior, save_check
 from audiosep.priors.vae import VAE
 from audiosep.separation.vae_bss import VAEBSS, align_slots, permute_slots
 from audiosep.spectral.frontend import MagnitudeFrontend
-from audiosep.training.vae import LossConfig, VAERun, mixture_patch_sets, train_vae, train_vae_mixtures
+from audiosep.training.data import Images, MixturePatches
+from audiosep.training.mel import mixture_patch_sets
+from audiosep.training.vae import LossConfig, VAERun, train_vae
 
 SR = 16000
 TINY_FE = MagnitudeFrontend(n_fft=64, hop_length=16, patch_frames=4)
@@ -125,9 +127,9 @@ def test_mixture_crops_depend_only_on_seed_and_index(tmp_path):
 
 def test_config_sections_belong_to_their_data(tmp_path):
     with pytest.raises(UserError, match="frontend: section is for --data"):
-        train_vae("digits", tmp_path / "v.pt", VAERun(frontend=TINY_FE))
+        train_vae(Images("digits"), tmp_path / "v.pt", VAERun(frontend=TINY_FE))
     with pytest.raises(UserError, match="n_mix 2: with --data"):
-        train_vae_mixtures(tmp_path, tmp_path / "v.pt", VAERun(loss=LossConfig(n_mix=2)))
+        train_vae(MixturePatches(tmp_path), tmp_path / "v.pt", VAERun(loss=LossConfig(n_mix=2)))
 
 
 # --- separation ------------------------------------------------------------------------------

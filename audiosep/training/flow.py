@@ -1,4 +1,4 @@
-"""Flow entry points: `audiosep train glow|realnvp` on mel patches or images (one flow,
+"""Flow entry point: `audiosep train glow|realnvp` on mel patches or images (one flow,
 σ-conditioned, or a per-σ bundle; on images also the denoising experiment's ND/TD/CD flows
 of a `denoising:` section, `priors.denoising.DenoisingConfig`)."""
 from __future__ import annotations
@@ -30,9 +30,8 @@ from ..priors.flows import (
     flow_nll,
     member_config,
 )
-from .images import image_sets
+from .data import DataSpec, Images
 from .loop import seed_everything, train
-from .mel import patch_sets
 
 DataSets = Callable[[TrainConfig], tuple[Dataset, Dataset]]  # train config → (train, valid) datasets
 
@@ -50,59 +49,57 @@ class FlowRun:
     denoising: DenoisingConfig = dataclasses.field(default_factory=DenoisingConfig)
 
 
-def train_flow(data: str | os.PathLike, source: str, out_path: str | os.PathLike, arch: str = "glow",
-               preset: str = "default", model_config: FlowConfig | None = None, config: TrainConfig | None = None,
-               finetune_steps: int | None = None, device: str = "cpu", valid_items: int = 256) -> dict[str, Any]:
-    """Train a flow prior (Glow or RealNVP) on the mel patches of one source: `audiosep train glow|realnvp`.
+def train_flow(data: DataSpec, out_path: str | os.PathLike, arch: str = "glow",
+               model_config: FlowConfig | None = None, config: TrainConfig | None = None,
+               finetune_steps: int | None = None, device: str = "cpu",
+               denoising: DenoisingConfig | None = None) -> dict[str, Any]:
+    """Train a flow prior (Glow or RealNVP): `audiosep train glow|realnvp`.
 
-    The loss is bits per dimension of the noisy patches (`flow_nll`), so the progress bar
-    and the validation loss read in bits/dim. Conditioning "none" and "sigma" train one
-    model to `out_path` like `train_ncsn`; "bundle" trains one flow per σ (`train_flow_bundle`).
-    The patch shape is checked against the architecture before any training.
+    The loss is bits per dimension of the (noisy) items (`flow_nll`), so the progress bar and
+    the validation loss read in bits/dim. Conditioning "none" and "sigma" train one model to
+    `out_path`; "bundle" trains one flow per σ (`train_flow_bundle`). The item shape is checked
+    against the architecture before any training.
+
+    data: `MelPatches` of one source, or `Images`. Images are centred to [−0.5, 0.5] (the
+    BASIS-Glow convention, mixtures m = (x₁ + x₂)/2) and dequantised: every batch gets uniform
+    noise within its 8-bit pixel bins (`priors.flows.dequantize`, `PIXEL_LEVELS` bins over
+    [−0.5, 0.5)), so the losses are the discrete images' bits/dim and an unconditional flow
+    with noise_sigma 0 learns a bounded density; the checkpoint records this as
+    `extra["data"]["dequantized"]`. `denoising` (the `denoising:` section, images only) makes
+    the flow of the denoising experiment (`build_flow`: ND/TD one flow at its σ, CD σ ~ U(0,
+    c_max) as an input), stored as `extra["data"]["denoising"]` (modes other than none).
 
     Returns:
         {"step", "loss", "valid_loss"} (bits/dim), plus "members" for a bundle.
-    """
-    from ..spectral.frontend import get_frontend
-
-    frontend = get_frontend(preset)
-
-    def sets(member_train: TrainConfig) -> tuple[Dataset, Dataset]:
-        return patch_sets(data, source, frontend, member_train, valid_items)
-
-    return _train_flow(sets, Domain.mel(frontend), {"source": source}, out_path, arch, model_config, config,
-                       finetune_steps, device)
-
-
-def train_flow_images(images: str, out_path: str | os.PathLike, arch: str = "glow",
-                      model_config: FlowConfig | None = None, config: TrainConfig | None = None,
-                      finetune_steps: int | None = None, device: str = "cpu",
-                      valid_items: int | None = None, denoising: DenoisingConfig | None = None) -> dict[str, Any]:
-    """Train a flow prior on an image dataset: `audiosep train glow|realnvp --images SPEC`.
-
-    Images are centred to [−0.5, 0.5] (the BASIS-Glow convention, mixtures m = (x₁ + x₂)/2)
-    and dequantised: every batch gets uniform noise within its 8-bit pixel bins
-    (`priors.flows.dequantize`, `PIXEL_LEVELS` bins over [−0.5, 0.5)), so the loss and the
-    validation loss are the discrete images' bits/dim and an unconditional flow with
-    noise_sigma 0 learns a bounded density; noise_sigma (0.01 unless set) and the σ of
-    conditioned flows add Gaussian noise on top. The checkpoint records this as
-    `extra["data"]["dequantized"]` (the number of bins). The last `valid_items` train images
-    (default a tenth, at most 1000) validate. `denoising` (the `denoising:` section) makes the flow of the denoising
-    experiment (`build_flow`: ND/TD one flow at its σ, CD σ ~ U(0, c_max) as an input) and
-    is stored in the checkpoint as `extra["data"]["denoising"]` (modes other than none), as
-    `train_vae` does. Otherwise as `train_flow`, every conditioning included.
+    Raises:
+        UserError: a denoising section with mel patches, and as `_train_flow`.
     """
     denoising = denoising or DenoisingConfig()
-    train_ds, valid_ds, domain, name = image_sets(images, valid_items, center=True)
+    config = config or TrainConfig()
     model_config = model_config or FlowConfig()
-    if model_config.channels != domain.shape[0]:
-        model_config = dataclasses.replace(model_config, channels=domain.shape[0])
-    data = {"images": name, "dequantized": PIXEL_LEVELS}
-    if denoising.mode != "none":
-        data["denoising"] = dataclasses.asdict(denoising)
-    loss = functools.partial(flow_nll, n_bins=PIXEL_LEVELS, low=domain.value_range[0])
-    return _train_flow(lambda member_train: (train_ds, valid_ds), domain, data, out_path, arch,
-                       model_config, config, finetune_steps, device, denoising, loss)
+    loss: Callable[..., Any] = flow_nll
+    if isinstance(data, Images):
+        data = dataclasses.replace(data, center=True)
+    elif denoising.mode != "none":
+        raise UserError("a denoising: section is for flows on --images; mel-patch flows take "
+                        "model.conditioning and noise_sigma")
+    probe = data.sets(config)
+    tag = dict(probe.tag)
+    if probe.domain.kind == "image":
+        if model_config.channels != probe.domain.shape[0]:
+            model_config = dataclasses.replace(model_config, channels=probe.domain.shape[0])
+        tag["dequantized"] = PIXEL_LEVELS
+        if denoising.mode != "none":
+            tag["denoising"] = dataclasses.asdict(denoising)
+        loss = functools.partial(flow_nll, n_bins=PIXEL_LEVELS, low=probe.domain.value_range[0])
+
+    def sets(member_train: TrainConfig) -> tuple[Dataset, Dataset]:
+        """A member's datasets: mel crops follow its seed and epoch items; images are fixed."""
+        chosen = probe if member_train == config or isinstance(data, Images) else data.sets(member_train)
+        return chosen.train, chosen.valid
+
+    return _train_flow(sets, probe.domain, tag, out_path, arch, model_config, config, finetune_steps, device,
+                       denoising, loss)
 
 
 def _train_flow(sets: DataSets, domain: Domain, data: dict[str, Any], out_path: str | os.PathLike, arch: str,

@@ -1,4 +1,5 @@
-"""Mel-patch training data shared by every mel prior kind (NCSN, flows)."""
+"""Spectrogram-patch training data: mel patches of one source (NCSN, flows) and STFT-magnitude
+patches of mixtures (VAE-BSS)."""
 from __future__ import annotations
 
 import os
@@ -30,3 +31,21 @@ def patch_sets(data: str | os.PathLike, source: str, frontend: Any, config: Trai
     train_ds = mel_patches(data, source, frontend, "train", config.epoch_items, config.seed)
     valid_ds = mel_patches(data, source, frontend, "valid", valid_items, config.seed + 1)
     return train_ds, valid_ds
+
+
+def mixture_patch_sets(data: str | os.PathLike, frontend: Any, config: TrainConfig
+                       ) -> tuple[Dataset, Dataset]:
+    """(train patches: `epoch_items` items of the train split, drawn with `config.seed`;
+    valid patches: `valid_batches × batch_size` fixed items of the valid split, drawn with
+    `config.seed + 1`): normalised STFT-magnitude patches `(1, n_freqs, patch_frames)` of mono
+    mixture crops at the front end's rate (near-silent crops redrawn); item i depends only on
+    (seed, epoch, i)."""
+    from ..data.stems import MixtureCrops, SourcePatches
+
+    def patches(split: str, length: int, seed: int) -> Dataset:
+        crops = MixtureCrops(data, split=split, crop_samples=frontend.crop_samples,
+                             sample_rate=frontend.sample_rate, channels=1, length=length, seed=seed)
+        return SourcePatches(crops, frontend.encode_crop)
+
+    return (patches("train", config.epoch_items, config.seed),
+            patches("valid", config.valid_batches * config.batch_size, config.seed + 1))

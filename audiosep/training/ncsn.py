@@ -1,4 +1,4 @@
-"""NCSN entry points: `audiosep train ncsn` on mel patches of one source (and fine-tuning), or on images."""
+"""NCSN entry point: `audiosep train ncsn` on mel patches of one source (and fine-tuning), or on images."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +12,8 @@ from ..config import TrainConfig
 from ..errors import UserError
 from ..priors.base import Domain, Prior, load_prior
 from ..priors.ncsn import NCSNConfig, build_ncsn, dsm_loss
-from .images import image_sets
+from .data import DataSpec
 from .loop import seed_everything, train
-from .mel import patch_sets
 
 
 @dataclasses.dataclass
@@ -53,57 +52,36 @@ def trained_levels(sigmas: torch.Tensor, sigma_max: float) -> torch.Tensor:
     return kept
 
 
-def train_ncsn(data: str | os.PathLike, source: str, out_path: str | os.PathLike, preset: str = "default",
-               model_config: NCSNConfig | None = None, config: TrainConfig | None = None, device: str = "cpu",
-               valid_items: int = 256, init_from: str | os.PathLike | None = None,
+def train_ncsn(data: DataSpec, out_path: str | os.PathLike, model_config: NCSNConfig | None = None,
+               config: TrainConfig | None = None, device: str = "cpu", init_from: str | os.PathLike | None = None,
                train_sigma_max: float | None = None) -> dict[str, float]:
-    """Train an NCSN prior on the mel patches of one source: `audiosep train ncsn`.
+    """Train an NCSN prior: `audiosep train ncsn`.
 
-    Every step draws random crops from the `train` split (`config.epoch_items` per epoch, new
-    ones every epoch); the validation loss uses `valid_items` fixed crops of the `valid` split. With
-    NCSNv2 rules (null sigma_max / n_levels in `model_config`) the schedule is set from 500
-    training patches. The checkpoint carries the model config and the mel domain.
+    data: `MelPatches` of one source (random crops of the train split, `config.epoch_items`
+    per epoch; fixed crops of the valid split), or `Images` in [0, 1] (the BASIS/NCSN
+    convention, m = x₁ + x₂; the network's channels follow the images'). With NCSNv2 rules
+    (null sigma_max / n_levels in `model_config`) the schedule is set from 500 training items.
+    The checkpoint carries the model config and the data's domain.
 
     init_from: fine-tune: start from the weights (EMA weights if stored), network and σ
     schedule of this NCSN checkpoint (`model_config` is then not used); it must have been
-    trained on the same front end. The step count starts at 0 with a fresh optimiser.
+    trained on the same domain. The step count starts at 0 with a fresh optimiser.
     train_sigma_max: only the levels σ ≤ it are trained (`NCSNRun`); stored with the data.
     """
-    from ..spectral.frontend import get_frontend
-
-    frontend = get_frontend(preset)
     model_config = model_config or NCSNConfig()
     config = config or TrainConfig()
-    train_ds, valid_ds = patch_sets(data, source, frontend, config, valid_items)
+    sets = data.sets(config)
+    if sets.domain.kind == "image" and model_config.channels != sets.domain.shape[0]:
+        model_config = dataclasses.replace(model_config, channels=sets.domain.shape[0])
     if init_from is not None:
-        model = initial_prior(init_from, Domain.mel(frontend), "ncsn")
+        model = initial_prior(init_from, sets.domain, "ncsn")
     else:
-        model = _fresh_ncsn(model_config, config, train_ds)
+        model = _fresh_ncsn(model_config, config, sets.train)
     loss = levels_loss(model.sigmas, train_sigma_max)  # refuses a bound below every level
-    data_spec = {"source": source}
+    tag = dict(sets.tag)
     if train_sigma_max is not None:
-        data_spec["train_sigma_max"] = train_sigma_max
-    return train(model, loss, train_ds, valid_ds, config, out_path, Domain.mel(frontend), device, data=data_spec)
-
-
-def train_ncsn_images(images: str, out_path: str | os.PathLike, model_config: NCSNConfig | None = None,
-                      config: TrainConfig | None = None, device: str = "cpu",
-                      valid_items: int | None = None) -> dict[str, float]:
-    """Train an NCSN prior on an image dataset: `audiosep train ncsn --images SPEC`.
-
-    Images are `(C, H, W)` in [0, 1] (the BASIS/NCSN convention, m = x₁ + x₂); the last
-    `valid_items` images of the train split (default: a tenth, at most 1000) are the
-    validation set (`training.images`).
-    The checkpoint's domain is the image shape and value range, so BASIS refuses it on
-    images of another size.
-    """
-    model_config = model_config or NCSNConfig()
-    config = config or TrainConfig()
-    train_ds, valid_ds, domain, name = image_sets(images, valid_items)
-    if model_config.channels != domain.shape[0]:
-        model_config = dataclasses.replace(model_config, channels=domain.shape[0])
-    model = _fresh_ncsn(model_config, config, train_ds)
-    return train(model, dsm_loss, train_ds, valid_ds, config, out_path, domain, device, data={"images": name})
+        tag["train_sigma_max"] = train_sigma_max
+    return train(model, loss, sets.train, sets.valid, config, out_path, sets.domain, device, data=tag)
 
 
 def _fresh_ncsn(model_config: NCSNConfig, config: TrainConfig, train_ds) -> Prior:

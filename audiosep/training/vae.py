@@ -1,12 +1,12 @@
 """VAE / VAE-BSS entry points (VAE-BSS: trained on mixtures only).
 
-`audiosep train vae --images SPEC` (`train_vae`): every training step takes `batch_size`
+`audiosep train vae --images SPEC` (`train_vae` with `Images`): every training step takes `batch_size`
 images of the train split, in the loop's shuffled order, and mixes them `n_mix` at a time
 (`data.images.batch_mixtures`: the mean, so a mixture stays in [0, 1]); the model never sees
 a source. Validation uses the same mixing of the held-out images
 (`training.images.image_sets`), with the full β.
 
-`audiosep train vae --data DIR` (`train_vae_mixtures`): the items are patches of the STFT
+`audiosep train vae --data DIR` (`train_vae` with `MixturePatches`): the items are patches of the STFT
 magnitude of the *mixtures* of a stems dataset (`MagnitudeFrontend`, the `frontend:`
 section: linear magnitude, each patch divided by its maximum), random crops of the train
 split's mix files (`data.stems.MixtureCrops`; the sum of the stems only for a track without
@@ -19,21 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Literal
 
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from ..config import TrainConfig
 from ..data.images import batch_mixtures
-from ..data.stems import MixtureCrops, SourcePatches
 from ..errors import UserError
-from ..priors.base import Domain
 from ..priors.denoising import DenoisingConfig, training_noise
 from ..priors.vae import CONV_CHANNELS, MLP_HIDDEN, VAE, vae_loss
 from ..spectral.frontend import MagnitudeFrontend
-from .images import image_sets
+from .data import DataSpec, MixturePatches
 from .loop import seed_everything, train
 
 
@@ -119,76 +115,48 @@ class VAELoss:
         return self._loss(model, batch, self.config.beta)
 
 
-def train_vae(images: str, out_path: str | os.PathLike, run: VAERun | None = None, device: str = "cpu",
-              valid_items: int | None = None) -> dict[str, float]:
-    """Train a VAE-BSS model on mixtures of an image dataset: `audiosep train vae`.
+def train_vae(data: DataSpec, out_path: str | os.PathLike, run: VAERun | None = None,
+              device: str = "cpu") -> dict[str, float]:
+    """Train a VAE / VAE-BSS model on mixtures: `audiosep train vae`.
 
     Args:
-        images: an image dataset spec (`data.images.load_images`).
-        out_path: the checkpoint (resumed when it exists); its domain is the image shape in [0, 1].
-        run: model, train and loss settings (`VAERun`).
-        valid_items: images held out from the end of the train split for validation
-            (None: a tenth, at most 1000, a multiple of n_mix).
+        data: `Images` (mixed `loss.n_mix` at a time as they are drawn, `IMAGE_N_MIX` unless
+            set; its valid images a multiple of n_mix), or `MixturePatches` of a stems
+            dataset (each patch a mixture already: loss.n_mix unset or 1; the spec's front end
+            is the checkpoint's domain, `Domain.magnitude`).
+        out_path: the checkpoint (resumed when it exists).
+        run: model, train, loss and denoising settings (`VAERun`; its frontend section is the
+            one a `MixturePatches` spec is built with, and must stay the default with images).
     Returns:
-        {"step", "loss", "valid_loss"} (nats per training input: a mixture, or an image when n_mix is 1).
-    """
-    run = run or VAERun()
-    if run.frontend != MagnitudeFrontend():
-        raise UserError("a frontend: section is for --data (STFT-magnitude patches), not for --images")
-    run = dataclasses.replace(run, loss=dataclasses.replace(run.loss, n_mix=run.loss.n_mix or IMAGE_N_MIX))
-    if run.train.batch_size % run.loss.n_mix:
-        raise UserError(f"batch_size {run.train.batch_size} must be a multiple of n_mix {run.loss.n_mix}")
-    if valid_items is not None and valid_items % run.loss.n_mix:
-        raise UserError(f"valid_items {valid_items} must be a multiple of n_mix {run.loss.n_mix}")
-    train_ds, valid_ds, domain, name = image_sets(images, valid_items, multiple=run.loss.n_mix)
-    seed_everything(run.train.seed)
-    model = VAE(domain.shape, **dataclasses.asdict(run.model), sigma_conditioned=run.denoising.conditioned)
-    data = {"images": name, **dataclasses.asdict(run.loss)}
-    if run.denoising.mode != "none":
-        data["denoising"] = dataclasses.asdict(run.denoising)
-    return train(model, VAELoss(run.loss, run.denoising), train_ds, valid_ds, run.train, out_path, domain,
-                 device, data=data)
-
-
-def mixture_patch_sets(data: str | os.PathLike, frontend: MagnitudeFrontend, config: TrainConfig
-                       ) -> tuple[Dataset, Dataset]:
-    """(train patches: `epoch_items` items of the train split, drawn with `config.seed`;
-    valid patches: `valid_batches × batch_size` fixed items of the valid split, drawn with
-    `config.seed + 1`): normalised STFT-magnitude patches `(1, n_freqs, patch_frames)` of mono
-    mixture crops at the front end's rate (near-silent crops redrawn); item i depends only on
-    (seed, epoch, i)."""
-    def patches(split: str, length: int, seed: int) -> Dataset:
-        crops = MixtureCrops(data, split=split, crop_samples=frontend.crop_samples,
-                             sample_rate=frontend.sample_rate, channels=1, length=length, seed=seed)
-        return SourcePatches(crops, frontend.encode_crop)
-
-    return (patches("train", config.epoch_items, config.seed),
-            patches("valid", config.valid_batches * config.batch_size, config.seed + 1))
-
-
-def train_vae_mixtures(data: str | os.PathLike, out_path: str | os.PathLike, run: VAERun | None = None,
-                       device: str = "cpu") -> dict[str, float]:
-    """Train VAE-BSS on STFT-magnitude patches of a stems dataset's mixtures: `audiosep train vae --data`.
-
-    Args:
-        data: a stems dataset `DATA/{train,valid}/<track>/` (stems, MUSDB18 or Slakh2100 layout).
-        out_path: the checkpoint (resumed when it exists); its domain is `Domain.magnitude(run.frontend)`.
-        run: model, train, loss, denoising and frontend settings (`VAERun`); loss.n_mix unset or 1.
-    Returns:
-        {"step", "loss", "valid_loss"} (nats per patch).
+        {"step", "loss", "valid_loss"} (nats per training input: a mixture, an image when
+        n_mix is 1, or a patch).
     Raises:
-        UserError: a dataset without train or valid split, loss.n_mix above 1, and as `train`.
+        UserError: a frontend section with images, a batch or valid count that is not a multiple
+            of n_mix, loss.n_mix above 1 with mixture patches, and as `train`.
     """
     run = run or VAERun()
-    if run.loss.n_mix not in (None, 1):
-        raise UserError(f"loss.n_mix {run.loss.n_mix}: with --data every patch is a mixture already; "
-                        "leave n_mix unset (or 1)")
-    loss = dataclasses.replace(run.loss, n_mix=1)
-    train_ds, valid_ds = mixture_patch_sets(data, run.frontend, run.train)
+    if isinstance(data, MixturePatches):
+        if run.loss.n_mix not in (None, 1):
+            raise UserError(f"loss.n_mix {run.loss.n_mix}: with --data every patch is a mixture already; "
+                            "leave n_mix unset (or 1)")
+        loss = dataclasses.replace(run.loss, n_mix=1)
+        stored = {"beta": loss.beta, "warmup_steps": loss.warmup_steps}
+    else:
+        if run.frontend != MagnitudeFrontend():
+            raise UserError("a frontend: section is for --data (STFT-magnitude patches), not for --images")
+        loss = dataclasses.replace(run.loss, n_mix=run.loss.n_mix or IMAGE_N_MIX)
+        if run.train.batch_size % loss.n_mix:
+            raise UserError(f"batch_size {run.train.batch_size} must be a multiple of n_mix {loss.n_mix}")
+        if data.valid_items is not None and data.valid_items % loss.n_mix:
+            raise UserError(f"valid_items {data.valid_items} must be a multiple of n_mix {loss.n_mix}")
+        data = dataclasses.replace(data, multiple=loss.n_mix)
+        stored = dataclasses.asdict(loss)
+    sets = data.sets(run.train)
     seed_everything(run.train.seed)
-    model = VAE(run.frontend.patch_shape, **dataclasses.asdict(run.model), sigma_conditioned=run.denoising.conditioned)
-    stored = {"mixtures": Path(data).name, "beta": loss.beta, "warmup_steps": loss.warmup_steps}
+    model = VAE(sets.domain.shape if sets.domain.kind == "image" else data.frontend.patch_shape,
+                **dataclasses.asdict(run.model), sigma_conditioned=run.denoising.conditioned)
+    tag = {**sets.tag, **stored}
     if run.denoising.mode != "none":
-        stored["denoising"] = dataclasses.asdict(run.denoising)
-    return train(model, VAELoss(loss, run.denoising), train_ds, valid_ds, run.train, out_path,
-                 Domain.magnitude(run.frontend), device, data=stored)
+        tag["denoising"] = dataclasses.asdict(run.denoising)
+    return train(model, VAELoss(loss, run.denoising), sets.train, sets.valid, run.train, out_path, sets.domain,
+                 device, data=tag)
