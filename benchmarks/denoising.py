@@ -2,7 +2,7 @@
 
     python benchmarks/denoising.py --images digits --vae vanilla=v.pt nd=nd.pt cd=cd.pt \
         --flow vanilla=fv.pt nd=fnd.pt cd=fcd.pt
-    python benchmarks/denoising.py --images mnist:../shared/data/mnist --vae ... --flow ...
+    python benchmarks/denoising.py --images mnist:MNIST_DIR --vae ... --flow ...
 
 Models (`--vae` and/or `--flow`, NAME=PATH each), with the denoising mode stored in each
 checkpoint (`denoising:` of its config, `extra["data"]["denoising"]`): vanilla, ND (noise σ

@@ -1,6 +1,6 @@
 """Image-domain separation: one table of PSNR / SSIM on fixed test mixtures.
 
-    python benchmarks/images.py --images mnist:../shared/data/mnist \
+    python benchmarks/images.py --images mnist:MNIST_DIR \
         --vae K2=exp/vae_mnist_k2.pt K3=exp/vae_mnist_k3.pt --ncsn exp/ncsn_mnist.pt
     python benchmarks/images.py --images digits --vae K2=vae_digits.pt      # minutes, no download
 

@@ -1,6 +1,6 @@
 """The inversion stage (mel powers → waveforms) against the oracles, on one split of one or more datasets.
 
-    python benchmarks/inversion.py                                   # /work/data/pv and /work/data/pv_timgm, test split
+    python benchmarks/inversion.py                                   # data/piano_violin and data/piano_violin_timgm, test split
     python benchmarks/inversion.py --data DATA --tracks 2 -o reports/inversion
 
 For every track of `DATA/<split>` (one table per `--data` folder) two sets of source mel
@@ -74,7 +74,7 @@ from separation import median_table  # benchmarks/separation.py (this folder is 
 Inversion = Callable[[Frontend, Tensor, Tensor, Tensor | None, int], Tensor]
 MEL_SETS = ("true-mel", "basis")
 ORACLES = ("ibm", "irm1", "irm2", "mwf", "mix")
-DEFAULT_DATA = [Path("/work/data/pv"), Path("/work/data/pv_timgm")]
+DEFAULT_DATA = [Path("data/piano_violin"), Path("data/piano_violin_timgm")]  # recipes/piano_violin/run.sh stage 0
 
 
 def by_method(method: str, **options) -> Inversion:
@@ -170,7 +170,7 @@ def ordering(table: pd.DataFrame, mel_set: str) -> tuple[str, bool]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, nargs="+", default=DEFAULT_DATA,
-                        help="stems dataset folders, one table each (default: /work/data/pv /work/data/pv_timgm)")
+                        help="stems dataset folders, one table each (default: data/piano_violin data/piano_violin_timgm, the recipe's)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--tracks", type=int, help="only the first N tracks of each split")
     parser.add_argument("--priors", type=Path, nargs="+", default=bundled("basis"),

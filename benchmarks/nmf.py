@@ -1,7 +1,7 @@
 """Quality and speed of the bundled supervised NMF model, beside the IRM2 oracle and the
 mixture-as-estimate baseline measured in the same run.
 
-    python benchmarks/nmf.py                                  # /work/data/pv, test and valid splits
+    python benchmarks/nmf.py                                  # data/piano_violin, test and valid splits
     python benchmarks/nmf.py --data DATA --splits test --model my_nmf.pt -o reports/nmf
 
 Every track of each split is separated by `Separator` (the path `audiosep separate` takes:
@@ -66,7 +66,7 @@ def print_summary(split: str, table: pd.DataFrame, cpu: float, wall: float, audi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("/work/data/pv"), help="stems dataset folder")
+    parser.add_argument("--data", type=Path, default=Path("data/piano_violin"), help="stems dataset folder (default: the piano/violin recipe's)")
     parser.add_argument("--splits", nargs="+", default=["test", "valid"])
     parser.add_argument("--model", type=Path, default=bundled("nmf")[0], help="NMF model file (default: the bundled one)")
     parser.add_argument("--win", type=float, default=1.0, help="BSSEval window in seconds")

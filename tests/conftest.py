@@ -22,3 +22,11 @@ def _seeded():
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def device(request):
+    """The device of a tensor test: every test that takes it runs on the CPU always and on a GPU
+    when there is one (one test body for both, torchaudio's cpu/cuda test split)."""
+    return torch.device(request.param)

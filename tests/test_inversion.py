@@ -146,17 +146,17 @@ def test_griffin_lim_seed_batch_and_phase_init():
     torch.testing.assert_close(exact, torch.tensor(_harmonic(seconds=0.2)), atol=1e-10, rtol=0)
 
 
-def test_mixture_phase():
-    X = F.stft(torch.tensor(_harmonic(seconds=0.2)), 256, 64)
+def test_mixture_phase(device):
+    X = F.stft(torch.tensor(_harmonic(seconds=0.2), device=device), 256, 64)
     out = mixture_phase(torch.stack([X.abs(), 2 * X.abs()]), X)
     torch.testing.assert_close(out[0], X)
     torch.testing.assert_close(out[1], 2 * X)
 
 
-def test_wiener_sums_to_mixture_and_matches_closed_form():
+def test_wiener_sums_to_mixture_and_matches_closed_form(device):
     gen = torch.Generator().manual_seed(0)
-    power = torch.rand(3, 2, 33, 20, generator=gen, dtype=torch.float64) + 1e-3
-    X = torch.randn(2, 33, 20, generator=gen, dtype=torch.complex128)
+    power = (torch.rand(3, 2, 33, 20, generator=gen, dtype=torch.float64) + 1e-3).to(device)
+    X = torch.randn(2, 33, 20, generator=gen, dtype=torch.complex128).to(device)
     est = wiener(power, X)
     assert est.shape == (3, 2, 33, 20)
     torch.testing.assert_close(est.sum(dim=0), X, rtol=1e-6, atol=0)
@@ -274,13 +274,13 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(gl_gpu.cpu(), gl_cpu, rtol=1e-3, atol=1e-4)
 
 
-def test_wiener_shares_the_mixture_where_no_source_has_power():
-    X = torch.randn(3, 8, dtype=torch.complex128)
-    power = torch.zeros(2, 3, 8, dtype=torch.float64)
+def test_wiener_shares_the_mixture_where_no_source_has_power(device):
+    X = torch.randn(3, 8, dtype=torch.complex128, device=device)
+    power = torch.zeros(2, 3, 8, dtype=torch.float64, device=device)
     power[0, 0] = 1.0  # only source 0 has power, and only in bin 0
     est = wiener(power, X)
     torch.testing.assert_close(est.sum(dim=0), X, rtol=1e-12, atol=0)
     torch.testing.assert_close(est[0, 0], X[0], rtol=1e-9, atol=0)
     torch.testing.assert_close(est[:, 1:], (X[1:] / 2).expand(2, 2, 8), rtol=1e-12, atol=0)
-    images = multichannel_wiener(power, torch.ones(2, 3, 1, 1, dtype=torch.float64), X[None])
+    images = multichannel_wiener(power, torch.ones(2, 3, 1, 1, dtype=torch.float64, device=device), X[None])
     torch.testing.assert_close(images[:, 0], est, rtol=1e-9, atol=1e-15)

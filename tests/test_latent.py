@@ -44,11 +44,11 @@ def test_gaussian_likelihood_is_the_codebook_distance_of_the_sum_code():
             assert loglik[a, b].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_blocked_marginal_equals_the_full_joint():
+def test_blocked_marginal_equals_the_full_joint(device):
     n, chains = 9, 5
-    lp0 = torch.log_softmax(torch.randn(chains, n), -1)
-    lp1 = torch.log_softmax(torch.randn(chains, n), -1)
-    loglik = -torch.rand(n, n) * 3
+    lp0 = torch.log_softmax(torch.randn(chains, n), -1).to(device)
+    lp1 = torch.log_softmax(torch.randn(chains, n), -1).to(device)
+    loglik = (-torch.rand(n, n) * 3).to(device)
     full = torch.logsumexp(lp0.unsqueeze(2) + lp1.unsqueeze(1) + loglik, dim=2)
     for max_elements in (1, chains * n, 10 ** 6):
         torch.testing.assert_close(pair_marginal(lp0, lp1, loglik, max_elements), full)

@@ -85,9 +85,9 @@ def test_mel_power_matches_librosa_melspectrogram(fe):
     assert ours64.dtype == np.float64 and _rel_err(ours64, ref64) <= 1e-10
 
 
-def test_mel_power_is_batched():
+def test_mel_power_is_batched(device):
     fe = get_frontend("audiosourcesep")
-    y = torch.tensor(np.stack([_harmonic(f0=f) for f in (110.0, 220.0, 440.0)]), dtype=torch.float32)
+    y = torch.tensor(np.stack([_harmonic(f0=f) for f in (110.0, 220.0, 440.0)]), dtype=torch.float32, device=device)
     batched = fe.mel_power(y.reshape(3, 1, -1))
     assert batched.shape == (3, 1, fe.n_mels, 16)
     for i in range(3):
@@ -180,9 +180,9 @@ def test_filterbank_cached_per_device_and_dtype():
     assert fb64.dtype == torch.float64 and fb64 is not fe.filterbank()
 
 
-def test_stft_istft_round_trip_float64():
+def test_stft_istft_round_trip_float64(device):
     fe = get_frontend("audiosourcesep")
-    y = torch.tensor(_harmonic(seconds=0.3))
+    y = torch.tensor(_harmonic(seconds=0.3), device=device)
     spec = fe.stft(y)
     assert spec.dtype == torch.complex128 and spec.shape == (1025, 1 + y.numel() // 512)
     torch.testing.assert_close(fe.istft(spec, length=y.numel()), y, atol=1e-10, rtol=0)
