@@ -14,8 +14,7 @@ constraint Σₖ powerₖ = mixture power (up to the likelihood width), and a we
 powers keeps that sum, whereas a mean in dB does not where patches disagree on which
 source holds the energy (one patch gives it all to source 1, the next to source 2: the dB
 means put both sources halfway between the mixture and the front end's floor, tens of dB
-too low). With broad Gaussian priors (tests/test_mel_basis.py) the dB mean left an RMS
-error of ≈ 5 dB (up to 40 dB) on Σₖ powerₖ, the power mean 0.8 dB.
+too low; tests/test_mel_basis.py checks the sum with broad Gaussian priors).
 
 The front end is the one the priors were trained on (their common mel `Domain`), and the
 mixture is levelled (by `Separator`) to `LEVEL_DB`, the level of the training mixtures,
@@ -45,31 +44,21 @@ from .mixing import DbPowerMixing
 from .nmf import NMFModel
 from .protocol import Method
 
-# Mixture RMS (dBFS) the piano/violin priors were trained at: the median over the synthesized
-# training mixtures. The FluidR3 set of the recipe (every source at RMS 0.1, so two
-# uncorrelated sources give ≈ −17.0 dBFS): −17.02 dBFS, range −17.26 to −16.92; the augmented
-# set the bundled priors are fine-tuned on (sources ±8 dB around equal RMS): median −17.43,
-# 5th–95th percentile −21.8 to −14.0 dBFS.
+# Mixture RMS (dBFS) the piano/violin priors were trained at: the recipe renders every source at
+# RMS 0.1, so two uncorrelated sources give 20·log10(0.1·√2) ≈ −17.0 dBFS.
 LEVEL_DB = -17.0
 
-# Patches per `basis_separate` call (MelBasis.batch_patches). Default BASIS (bundled priors,
-# started from NMF) on 30 s of audio, 1 CPU thread, per second of audio (user / system / wall s,
-# minor page faults), measured in one process after a warm-up run, with `keep_freed_memory`:
-#   all patches of a 30 s chunk (29): 3.22 / 0.49 / 3.72 s, 293 k faults, peak RSS 1.0 GB
-#   4 patches:                        3.30 / 0.00 / 3.31 s,   2 k faults, peak RSS 0.6 GB
-# (without `keep_freed_memory`, all patches: 3.24 / 1.76 / 5.01 s, 1007 k faults; and a 10 s
-# segment cost less than a 30 s one, 4.29 s wall). 2 patches: 3.67 s user (too small to vectorise).
+# Patches per `basis_separate` call (MelBasis.batch_patches): 4 costs the same user time as all
+# the patches of a 30 s chunk at once, without their page faults and system time and at about
+# half the peak memory; 2 is too small a batch to vectorise well.
 BATCH_PATCHES: int | None = 4
 
 # The BASIS settings `audiosep separate --model A.pt B.pt` uses, per initialisation (see
-# `default_basis`), chosen on 4 tracks of the validation split of the synthesized piano/violin
-# set with the NCSNv2 priors of `recipes/piano_violin/run.sh` (step 1800), under the budget
-# of 4 CPU s per second of audio (SDR piano / violin, CPU s/s, half-patch hop):
-#   uniform, σ 1 → 0.01, 10 levels × 10 steps + Tweedie:   5.09 / 4.97 dB, 5.7 s/s
-#   mixture, σ 0.3 → 0.01, 7 levels × 10 steps + Tweedie:  8.58 / 8.47 dB, 4.2 s/s (3.4 in the
-#       benchmark, with channels-last convolutions); 6 levels 7.91 / 7.53; no patch overlap 6.41 / 6.15
-#   nmf, σ 0.05 → 0.01, 4 levels × 10 steps + Tweedie:     15.58 / 15.52 dB, 2.5 s/s (NMF alone 16.87 / 16.97)
-# The paper's schedule (σ 1 → 0.01, 10 levels × 100 steps, U(0, 1) start) is `BasisConfig()`.
+# `default_basis`), chosen on the validation split of the synthesized piano/violin set under the
+# budget of 4 CPU s per second of audio: the closer the start is to the answer, the lower the
+# σ the anneal starts from and the fewer levels it needs (the trade-off table of
+# `benchmarks/separation.py --tradeoff` measures steps × levels). The paper's schedule (σ 1 →
+# 0.01, 10 levels × 100 steps, U(0, 1) start) is `BasisConfig()`.
 # Chains started from NMF hold the mixture exactly (the Dirac likelihood), which allows the
 # longer step of DEFAULT_DELTA (measured there).
 DEFAULT_SCHEDULES = {
@@ -79,10 +68,10 @@ DEFAULT_SCHEDULES = {
 }
 
 # The Langevin step δ (η = δ·σ²/σ_L²) per likelihood, when not given. The Gaussian constraint
-# (weight 1/σ²) bounds δ: with the bundled priors from NMF, on the first 8 TimGM6mb valid
-# excerpts (SDR piano / violin), δ 2e-5 9.54 / 9.77 dB, 5e-5 9.47 / 9.79, 1e-4 4.54 / 4.58
-# (unstable). Projected onto the mixture (dirac) there is no such term and only the prior bounds
-# the step (η/σ² = δ/σ_L² < 2): δ 2e-5 9.82 / 9.88, 1e-4 10.93 / 10.72 dB at the same cost.
+# (weight 1/σ²) bounds δ: a step past 5e-5 became unstable. Projected onto the mixture (dirac)
+# there is no such term and only the prior bounds the step (η/σ² = δ/σ_L² < 2), so the longer
+# 1e-4 is stable there and better at the same cost (`benchmarks/separation.py --variant` compares
+# steps).
 DEFAULT_DELTA = {"gaussian": 2e-5, "dirac": 1e-4}
 
 
