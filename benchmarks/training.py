@@ -1,6 +1,7 @@
 """Training cost of an NCSN prior: float32 against bfloat16 autocast, at equal samples.
 
     python benchmarks/training.py --data data/piano_violin_real --source piano --steps 100
+    python benchmarks/training.py --images mnist:MNIST_DIR --steps 20 --batch-size 64 --ch-mult 1 2 2
     python benchmarks/training.py --data D --init-from audiosep/pretrained/ncsn_piano_violin/piano.pt \\
         --train-sigma-max 0.05
 
@@ -24,7 +25,7 @@ import torch
 from audiosep.config import TrainConfig
 from audiosep.errors import run_reporting_user_errors
 from audiosep.priors.ncsn import NCSNConfig
-from audiosep.training.data import MelPatches
+from audiosep.training.data import Images, MelPatches
 from audiosep.training.ncsn import train_ncsn
 
 
@@ -34,8 +35,11 @@ def one_run(args: argparse.Namespace, precision: str, folder: Path) -> dict:
                          checkpoint_every=args.steps, valid_batches=args.valid_batches, seed=args.seed,
                          progress=False, precision=precision)
     start = time.perf_counter()
-    data = MelPatches(args.data, args.source, valid_items=args.valid_batches * args.batch_size)
-    result = train_ncsn(data, folder / f"{precision}.pt", model_config=NCSNConfig(nf=args.nf),
+    valid_items = args.valid_batches * args.batch_size
+    data = Images(args.images, valid_items) if args.images else MelPatches(args.data, args.source,
+                                                                          valid_items=valid_items)
+    model = NCSNConfig(nf=args.nf, ch_mult=tuple(args.ch_mult)) if args.ch_mult else NCSNConfig(nf=args.nf)
+    result = train_ncsn(data, folder / f"{precision}.pt", model_config=model,
                         config=config, init_from=args.init_from, train_sigma_max=args.train_sigma_max)
     wall = time.perf_counter() - start
     return {"precision": precision, "samples/s": args.steps * args.batch_size / wall,
@@ -47,6 +51,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "piano_violin_real",
                         help="stems dataset (default: the recipe's augmented set, data/piano_violin_real)")
     parser.add_argument("--source", default="piano")
+    parser.add_argument("--images", metavar="SPEC", help="an image dataset instead (digits, mnist:DIR, ...)")
+    parser.add_argument("--ch-mult", type=int, nargs="+", help="NCSN channel multipliers (default: NCSNConfig's)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--valid-batches", type=int, default=4)
@@ -60,7 +66,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [one_run(args, precision, Path(tmp)) for precision in ("fp32", "bf16")]
     table = pd.DataFrame(rows).set_index("precision")
-    print(f"NCSN training, {args.source} of {args.data}, {args.steps} steps x batch {args.batch_size}, "
+    what = args.images if args.images else f"{args.source} of {args.data}"
+    print(f"NCSN training, {what}, {args.steps} steps x batch {args.batch_size}, "
           f"{args.threads} torch thread(s), CPU" + (f", from {args.init_from}" if args.init_from else "") +
           (f", levels σ <= {args.train_sigma_max:g}" if args.train_sigma_max else ""))
     print(table.round(4).to_string())
