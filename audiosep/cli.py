@@ -99,15 +99,13 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def _cmd_plot(args: argparse.Namespace) -> None:
     from .io import check_output_file, check_output_kind
-    from .training.log import plot_logs, read_log
+    from .training.log import plot_logs
 
     check_output_file(args.output)
     if args.output.suffix.lower() != ".png":
         raise UserError(f"{args.output}: the training curves are a PNG picture; name it .png")
     check_output_kind(args.output, "a PNG picture")
-    for path in args.logs:
-        read_log(path)  # every log is checked before anything is drawn
-    plot_logs(args.logs, args.output)
+    plot_logs(args.logs, args.output)  # reads and checks every log before it draws
     print(f"wrote {args.output}")
 
 

@@ -35,7 +35,7 @@ import torch
 from ..errors import UserError
 from ..io import atomic_output, convert_channels, read_audio, resample
 from ..progress import progress_bar
-from ..spectral.files import mel_picture
+from ..spectral.files import mel_picture, png_bytes
 from ..spectral.frontend import get_frontend
 from .report import METRICS, MIXTURE_NAMES, RUN_FILE, summarize
 
@@ -243,10 +243,7 @@ def _sdr_over_time_picture(rows: pd.DataFrame) -> bytes:
     axes[0, 0].set_ylabel("SDR (dB)", fontsize=8)
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=100, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def _sdr_picture(summary: pd.DataFrame) -> bytes:
@@ -263,10 +260,7 @@ def _sdr_picture(summary: pd.DataFrame) -> bytes:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.legend(title="target", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=100, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def _table_html(frame: pd.DataFrame) -> str:

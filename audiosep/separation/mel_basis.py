@@ -235,7 +235,7 @@ class MelBasis:
         batches = [slice(start, start + size) for start in range(0, patches.shape[0], size)]
         parts = []
         for i, b in enumerate(progress_bar(batches, desc="BASIS patches", unit="batch", leave=False,
-                                   disable=not self.progress or len(batches) == 1)):
+                                           disable=not self.progress or len(batches) == 1)):
             parts.append(basis_separate(self.priors, patches[b], self.mixing, self.config,
                                         init=None if init is None else init[:, b], generator=generator,
                                         progress=self.progress and len(batches) == 1))

@@ -152,7 +152,7 @@ class Separator:
         bounds = chunk_bounds(length, segment, overlap)
         out = np.zeros((len(self.sources), *x.shape), dtype=np.float32)
         bar = progress_bar(total=round(length / self.sample_rate, 2), unit="s", disable=not self.progress,
-                   desc="separate", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
+                           desc="separate", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
         done = 0
         with bar, torch.no_grad():
             for i, (start, stop) in enumerate(bounds):

@@ -61,8 +61,6 @@ def mel_picture(unit: np.ndarray, frontend: Frontend, compact: bool = False) -> 
     """PNG bytes of a (C, n_mels, frames) [0, 1] mel spectrogram, one panel per channel, its
     frequency axis in Hz (ticks at the bands holding them) and time in s; `compact`: a small
     picture without colour bar or title (for the listening report)."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,6 +86,15 @@ def mel_picture(unit: np.ndarray, frontend: Frontend, compact: bool = False) -> 
                      label=f"[0, 1] ↔ [{frontend.db_lo:g}, {frontend.db_hi:g}] dB")
         fig.suptitle(f"{frontend.name}: {n_mels} mels, {frontend.fmin:g}–{frontend.fmax:g} Hz, "
                      f"{frontend.sample_rate} Hz")
+    return png_bytes(fig)
+
+
+def png_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (100 dpi), the figure closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=100, format="png")
     plt.close(fig)

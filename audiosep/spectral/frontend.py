@@ -229,9 +229,10 @@ class MagnitudeFrontend:
         value = self.patch_frames
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"magnitude front end: patch_frames must be a positive integer, got {value!r}")
-        object.__setattr__(self, "stft_settings", _stft_settings(
-            "magnitude front end", n_fft=self.n_fft, hop_length=self.hop_length, window=self.window,
-            sample_rate=self.sample_rate))  # centred, zero padded
+        settings = _stft_settings("magnitude front end", n_fft=self.n_fft, hop_length=self.hop_length,
+                                  window=self.window, sample_rate=self.sample_rate)  # centred, zero padded
+        object.__setattr__(self, "stft_settings", settings)
+        object.__setattr__(self, "_crop_stft", dataclasses.replace(settings, center=False))  # `encode_crop`'s
         if self.normalisation not in NORMALISATIONS:
             raise UserError(f"magnitude front end: normalisation must be one of {NORMALISATIONS}, "
                             f"got {self.normalisation!r}")
@@ -270,7 +271,7 @@ class MagnitudeFrontend:
         """A crop `(..., crop_samples)` → its normalised magnitude patch `(..., n_freqs, patch_frames)`."""
         if crop.shape[-1] != self.crop_samples:
             raise ValueError(f"a crop has {self.crop_samples} samples, got {crop.shape[-1]}")
-        spec = dataclasses.replace(self.stft_settings, center=False).stft(crop)
+        spec = self._crop_stft.stft(crop)
         return self.normalise(spec.abs())[0]
 
     def to_dict(self) -> dict[str, Any]:

@@ -440,7 +440,7 @@ def _run(
     params = [p for p in model.parameters() if p.requires_grad]
     batches = _train_batches(train_dataset, config, rank, world, step)
     bar = progress_bar(total=config.steps, initial=step, disable=not (config.progress and is_main),
-               desc=f"train {model.kind}", unit="step", dynamic_ncols=True)
+                       desc=f"train {model.kind}", unit="step", dynamic_ncols=True)
     loss_value = math.nan
     save = functools.partial(_checkpoint, out_path, model, domain, ema, optimizer, config=config,
                              is_main=is_main, world=world, data=data)
