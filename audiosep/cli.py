@@ -49,11 +49,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_mel(args: argparse.Namespace) -> None:
-    from .io import check_output_file, check_output_kind
     from .spectral.files import save_mel
 
-    check_output_file(args.output)
-    check_output_kind(args.output, "a NumPy .npy file")
     paths = save_mel(args.input, args.output, args.preset, picture=not args.no_png)
     print("wrote " + ", ".join(str(p) for p in paths))
 
@@ -115,6 +112,8 @@ def _cmd_oracle(args: argparse.Namespace) -> None:
     from .spectral.frontend import get_frontend
 
     get_frontend(args.preset)  # an unknown preset is refused whatever the method, before any work
+    if args.output.suffix.lower() == ".csv":
+        raise UserError(f"{args.output}: -o is a folder (the estimates and their reports go in it)")
     check_report_output(args.output)
     table, paths = oracle_dataset(args.method, args.data, args.output, split=args.split,
                                   preset=args.preset, win_seconds=args.win)
@@ -165,12 +164,13 @@ def _trains_on_images(args: argparse.Namespace, *data_only: str) -> bool:
 
 
 def _check_checkpoint_output(path: Path) -> None:
-    """The checkpoint a training writes (and resumes from) can be written, and an existing file
-    there is a checkpoint: checked before the data is read, so nothing runs on a doomed output."""
-    from .io import check_output_file, check_output_kind
+    """The checkpoint a training writes (and resumes from) can be written, an existing file
+    there is a checkpoint and one at its log's path (`training.log.log_path`) a training log:
+    checked before the data is read, so nothing runs on a doomed output."""
+    from .io import check_outputs
+    from .training.log import log_path
 
-    check_output_file(path)
-    check_output_kind(path, "a checkpoint (torch.save)")
+    check_outputs({path: "a checkpoint (torch.save)", log_path(path): "a training log"})
 
 
 def _cmd_train_ncsn(args: argparse.Namespace) -> None:
@@ -269,15 +269,23 @@ def _cmd_train_masknet(args: argparse.Namespace) -> None:
           f"{_valid_text(result['valid_loss'], 'valid loss')} (error energy relative to the mixture's)")
 
 
-def _cmd_train_nmf(args: argparse.Namespace) -> None:
+def _check_model_output(path: Path, overwrite: bool, why: str) -> None:
+    """The output of a command that writes a finished model (train nmf, export): a checkpoint
+    file or nothing, never a training checkpoint (its optimiser state would be lost, even with
+    --overwrite), and an existing model only with --overwrite (a bundled one, say)."""
     from .priors.base import refuse_training_checkpoint
+
+    _check_checkpoint_output(path)
+    refuse_training_checkpoint(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path}: a model is there; {why}, so it would be replaced: choose another output, "
+                        "or pass --overwrite")
+
+
+def _cmd_train_nmf(args: argparse.Namespace) -> None:
     from .separation.nmf import train_nmf
 
-    _check_checkpoint_output(args.output)
-    refuse_training_checkpoint(args.output)
-    if args.output.exists() and not args.overwrite:  # a model someone trained (a bundled one, say)
-        raise UserError(f"{args.output}: a model is there; an NMF training does not resume, so it would be "
-                        "replaced: choose another output, or pass --overwrite")
+    _check_model_output(args.output, args.overwrite, "an NMF training does not resume")
     model = train_nmf(args.data, args.output, args.sources, n_atoms=args.atoms, split=args.split,
                       max_minutes=args.max_minutes, max_frames=args.max_frames, n_iter=args.iters,
                       sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop, seed=args.seed)
@@ -287,10 +295,8 @@ def _cmd_train_nmf(args: argparse.Namespace) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> None:
     from .priors import export_prior
-    from .priors.base import refuse_training_checkpoint
 
-    _check_checkpoint_output(args.output)
-    refuse_training_checkpoint(args.output)
+    _check_model_output(args.output, args.overwrite, "export writes a new copy")
     path = export_prior(args.checkpoint, args.output, args.dtype)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -513,6 +519,21 @@ def _thread_count(text: str) -> int:
     return value
 
 
+def _path(text: str) -> Path:
+    """argparse type: a non-empty path (an empty one would silently mean the current folder)."""
+    if not text.strip():
+        raise ValueError(text)
+    return Path(text)
+
+
+def _sample_rate(text: str) -> int:
+    """argparse type: a sample rate in Hz, 1000 to 384000 (below, an STFT frame spans seconds)."""
+    value = int(text)
+    if not 1000 <= value <= 384000:
+        raise ValueError(text)
+    return value
+
+
 def _fraction(text: str) -> float:
     """argparse type: a number in [0, 1]."""
     value = float(text)
@@ -522,6 +543,8 @@ def _fraction(text: str) -> float:
 
 
 _finite_float.__name__ = "finite number"
+_path.__name__ = "non-empty path"
+_sample_rate.__name__ = "sample rate in Hz, 1000 to 384000"
 _non_negative_float.__name__ = "finite number >= 0"
 _seed.__name__ = "integer in [0, 2**32 - 1]"
 _thread_count.__name__ = f"integer in [1, {_MAX_THREADS}] (4 per CPU core of this machine)"
@@ -534,7 +557,7 @@ _count.__name__ = "integer >= 0"
 def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="render a multi-stem dataset from the music21 corpus with FluidSynth")
     p.add_argument("preset", choices=["piano_violin", "drums_bass"])
-    p.add_argument("-o", "--output", type=Path, help="dataset folder (DATA/<split>/<track>/{mix,<source>}.wav)")
+    p.add_argument("-o", "--output", type=_path, help="dataset folder (DATA/<split>/<track>/{mix,<source>}.wav)")
     p.add_argument("--list", action="store_true", help="list the usable corpus pieces and their splits, then exit")
     p.add_argument("--tracks", type=_count, help="excerpts in all (shared by the split fractions); default: all pieces")
     p.add_argument("--train", type=_count, help="excerpts in the train split (with --valid/--test)")
@@ -542,9 +565,9 @@ def _add_synth(sub) -> None:
     p.add_argument("--test", type=_count, help="excerpts in the test split")
     p.add_argument("--excerpts-per-piece", type=_positive_int, default=4)
     p.add_argument("--duration", type=_positive_float, default=10.0, help="excerpt length in seconds (default 10)")
-    p.add_argument("--sample-rate", type=_positive_int, default=16000, help="Hz (default 16000)")
+    p.add_argument("--sample-rate", type=_sample_rate, default=16000, help="Hz (default 16000)")
     p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--soundfont", type=Path, nargs="+", help="one or more .sf2/.sf3 files (one drawn per piece; "
+    p.add_argument("--soundfont", type=_path, nargs="+", help="one or more .sf2/.sf3 files (one drawn per piece; "
                    "the MuseScore General ones are reserved for evaluation and refused)")
     p.add_argument("--font-per-source", action="store_true", help="draw a soundfont for every source of a piece")
     p.add_argument("--piece", nargs="+", help="restrict to these corpus paths (e.g. bach/bwv66.6.mxl)")
@@ -585,8 +608,8 @@ def _add_synth(sub) -> None:
 
 def _add_mel(sub) -> None:
     p = sub.add_parser("mel", help="audio → normalised mel spectrogram (.npy, .json settings, .png picture)")
-    p.add_argument("input", type=Path, help="audio file (wav/flac/ogg/mp3)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output .npy (C, n_mels, frames) in [0, 1]")
+    p.add_argument("input", type=_path, help="audio file (wav/flac/ogg/mp3)")
+    p.add_argument("-o", "--output", type=_path, required=True, help="output .npy (C, n_mels, frames) in [0, 1]")
     p.add_argument("--preset", default="default", help="front-end preset (default, audiosourcesep)")
     p.add_argument("--no-png", action="store_true", help="do not draw the picture")
     p.set_defaults(run=_cmd_mel)
@@ -594,11 +617,11 @@ def _add_mel(sub) -> None:
 
 def _add_invert(sub) -> None:
     p = sub.add_parser("invert", help="mel spectrogram (.npy written by `audiosep mel`) → audio")
-    p.add_argument("input", type=Path, help=".npy written by `audiosep mel` (its .json must be beside it)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output audio file")
+    p.add_argument("input", type=_path, help=".npy written by `audiosep mel` (its .json must be beside it)")
+    p.add_argument("-o", "--output", type=_path, required=True, help="output audio file")
     p.add_argument("--method", choices=["griffinlim", "phase"], default="griffinlim",
                    help="phase from Griffin-Lim, or from --mix")
-    p.add_argument("--mix", type=Path, help="audio whose STFT phase to use (with --method phase)")
+    p.add_argument("--mix", type=_path, help="audio whose STFT phase to use (with --method phase)")
     p.add_argument("--iters", type=_positive_int, default=64, help="Griffin-Lim iterations (fast variant)")
     p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(run=_cmd_invert)
@@ -606,9 +629,9 @@ def _add_invert(sub) -> None:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="BSSEval v4 of estimates against references (museval-compatible)")
-    p.add_argument("references", type=Path, help="folder of tracks: REF_DIR/<track>/<source>.wav, or one track's folder of stems")
-    p.add_argument("estimates", type=Path, help="folder of tracks: EST_DIR/<track>/<source>.wav (one track's folder for one track)")
-    p.add_argument("-o", "--output", type=Path, required=True,
+    p.add_argument("references", type=_path, help="folder of tracks: REF_DIR/<track>/<source>.wav, or one track's folder of stems")
+    p.add_argument("estimates", type=_path, help="folder of tracks: EST_DIR/<track>/<source>.wav (one track's folder for one track)")
+    p.add_argument("-o", "--output", type=_path, required=True,
                    help="report folder, or a .csv path (summary.csv and json/ go beside it)")
     p.add_argument("--win", type=_positive_float, default=1.0, help="window in seconds (default 1)")
     p.add_argument("--hop", type=_positive_float, help="hop in seconds (default: the window)")
@@ -618,9 +641,9 @@ def _add_evaluate(sub) -> None:
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="HTML listening report of the evaluations under a run folder")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+    p.add_argument("run_dir", type=_path, metavar="RUN_DIR",
                    help="folder searched for evaluations (written by `audiosep evaluate` / `oracle`)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="the HTML file (self-contained)")
+    p.add_argument("-o", "--output", type=_path, required=True, help="the HTML file (self-contained)")
     p.add_argument("--max-tracks", type=_positive_int, default=10, help="tracks with players and pictures (default 10)")
     p.add_argument("--seconds", type=_positive_float, default=30.0, help="length of each clip (default 30)")
     p.add_argument("--preset", default="default", help="front end of the mel pictures")
@@ -629,18 +652,18 @@ def _add_report(sub) -> None:
 
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="training curves (loss, valid loss, samples/s) of training logs, as a PNG")
-    p.add_argument("logs", type=Path, nargs="+", metavar="LOG",
+    p.add_argument("logs", type=_path, nargs="+", metavar="LOG",
                    help="training logs MODEL.log.csv (written beside each checkpoint by `audiosep train`)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="the PNG file")
+    p.add_argument("-o", "--output", type=_path, required=True, help="the PNG file")
     p.set_defaults(run=_cmd_plot)
 
 
 def _add_oracle(sub) -> None:
     p = sub.add_parser("oracle", help="oracle separation of a stems dataset, written and evaluated")
-    p.add_argument("data", type=Path, help="dataset folder DATA/<split>/<track>/{mix,<source>}.wav (or MUSDB18/Slakh)")
+    p.add_argument("data", type=_path, help="dataset folder DATA/<split>/<track>/{mix,<source>}.wav (or MUSDB18/Slakh)")
     p.add_argument("--method", required=True,
                    help="ibm, irm1, irm2, mwf, mix (mixture / K), mel-ibm, mel-irm, mel-ideal (mel-oracle ceiling)")
-    p.add_argument("-o", "--output", type=Path, required=True,
+    p.add_argument("-o", "--output", type=_path, required=True,
                    help="folder for OUT/<track>/<source>.wav and the reports")
     p.add_argument("--split", default="test", help="dataset split (default test)")
     p.add_argument("--preset", default="default", help="front end for the mel oracles")
@@ -652,14 +675,14 @@ def _add_prior_data(p, images: bool = False) -> None:
     """The data and output options every `train PRIOR` command shares (`images`: it also
     trains on an image dataset, `--images`, instead of a source of a stems dataset)."""
     data = p.add_mutually_exclusive_group(required=True) if images else p
-    data.add_argument("--data", type=Path, required=not images,
-                      help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
+    data.add_argument("--data", type=_path, nargs="+", required=not images, metavar="DATA",
+                      help="stems dataset(s) DATA/{train,valid}/<track>/<source>.wav (several: their tracks pooled)")
     if images:
         data.add_argument("--images", metavar="SPEC",
                           help="image dataset instead: digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR or a folder")
     p.add_argument("--source", required=not images, help="the source to model, e.g. piano" +
                    (" (with --data)" if images else ""))
-    p.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
+    p.add_argument("-o", "--output", type=_path, required=True, help="checkpoint file (rewritten atomically)")
     p.add_argument("--preset", default="default", help="front end (default, audiosourcesep)")
 
 
@@ -684,11 +707,11 @@ def _add_train(sub) -> None:
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")  # ncsn, glow, realnvp, nmf
     ncsn = kinds.add_parser("ncsn", help="NCSN score network on [0, 1] mel patches or images (resumes from -o)")
     _add_prior_data(ncsn, images=True)
-    ncsn.add_argument("--config", type=Path, help="YAML with `model:` (NCSNConfig) and `train:` (TrainConfig)")
+    ncsn.add_argument("--config", type=_path, help="YAML with `model:` (NCSNConfig) and `train:` (TrainConfig)")
     ncsn.add_argument("--version", choices=["v1", "v2"], help="network (default v2)")
     ncsn.add_argument("--nf", type=_positive_int, help="base width of the network")
     ncsn.add_argument("--steps", type=_positive_int, help="total optimiser steps (across resumes)")
-    ncsn.add_argument("--init-from", type=Path, metavar="PRIOR",
+    ncsn.add_argument("--init-from", type=_path, metavar="PRIOR",
                       help="fine-tune: start from this NCSN checkpoint's weights, network and sigma schedule "
                            "(same front end); steps count from 0")
     _add_prior_run(ncsn)
@@ -703,11 +726,11 @@ def _add_train(sub) -> None:
     vae_data = vae.add_mutually_exclusive_group(required=True)
     vae_data.add_argument("--images", metavar="SPEC",
                           help="image dataset: digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR or a folder")
-    vae_data.add_argument("--data", type=Path, metavar="DIR",
+    vae_data.add_argument("--data", type=_path, metavar="DIR",
                           help="stems dataset DATA/{train,valid}/<track>/: patches of the mixtures' STFT magnitudes "
                                "(mix files; no stem is read alone), validated on the valid split")
-    vae.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
-    vae.add_argument("--config", type=Path, help="YAML with `model:` (VAEConfig), `train:` (TrainConfig), `loss:`, "
+    vae.add_argument("-o", "--output", type=_path, required=True, help="checkpoint file (rewritten atomically)")
+    vae.add_argument("--config", type=_path, help="YAML with `model:` (VAEConfig), `train:` (TrainConfig), `loss:`, "
                                                  "`denoising:` and, with --data, `frontend:` (MagnitudeFrontend)")
     vae.add_argument("--sources", dest="n_sources", type=_positive_int, help="K, sources decoded per mixture (default 2)")
     vae.add_argument("--arch", choices=["mlp", "conv"], help="network (default mlp, the paper's)")
@@ -721,10 +744,10 @@ def _add_train(sub) -> None:
 
     lq = kinds.add_parser("lqvae", help="LQ-VAE: a waveform VQ-VAE linear in its code space, trained on crops of "
                                         "every source, for --method latent (resumes from -o)")
-    lq.add_argument("--data", type=Path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
+    lq.add_argument("--data", type=_path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
     lq.add_argument("--sources", nargs="+", help="sources whose crops it learns (default: all in the train split)")
-    lq.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
-    lq.add_argument("--config", type=Path, help="YAML with `model:` (LQVAEConfig), `train:` (TrainConfig), `loss:`")
+    lq.add_argument("-o", "--output", type=_path, required=True, help="checkpoint file (rewritten atomically)")
+    lq.add_argument("--config", type=_path, help="YAML with `model:` (LQVAEConfig), `train:` (TrainConfig), `loss:`")
     lq.add_argument("--codes", dest="n_codes", type=_positive_int, help="codebook size (default 256)")
     lq.add_argument("--width", type=_positive_int, help="channels next to the codes (default 32)")
     lq.add_argument("--steps", type=_positive_int, help="total optimiser steps (across resumes)")
@@ -733,11 +756,11 @@ def _add_train(sub) -> None:
 
     tr = kinds.add_parser("transformer", help="autoregressive code prior: a causal transformer over one "
                                               "source's LQ-VAE codes, for --method latent (resumes from -o)")
-    tr.add_argument("--lqvae", type=Path, required=True, metavar="LQVAE", help="the trained LQ-VAE whose codes it models")
-    tr.add_argument("--data", type=Path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
+    tr.add_argument("--lqvae", type=_path, required=True, metavar="LQVAE", help="the trained LQ-VAE whose codes it models")
+    tr.add_argument("--data", type=_path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
     tr.add_argument("--source", required=True, help="the source to model, e.g. drums")
-    tr.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
-    tr.add_argument("--config", type=Path, help="YAML with `model:` (CodePriorConfig) and `train:` (TrainConfig)")
+    tr.add_argument("-o", "--output", type=_path, required=True, help="checkpoint file (rewritten atomically)")
+    tr.add_argument("--config", type=_path, help="YAML with `model:` (CodePriorConfig) and `train:` (TrainConfig)")
     tr.add_argument("--context", type=_positive_int, help="codes the prior sees (default 256)")
     tr.add_argument("--width", type=_positive_int, help="model width (default 128)")
     tr.add_argument("--layers", type=_positive_int, help="transformer blocks (default 4)")
@@ -747,11 +770,11 @@ def _add_train(sub) -> None:
 
     mask = kinds.add_parser("masknet", help="supervised mask network (BiLSTM over STFT frames) on the stems of "
                                             "a dataset, for --method masknet and as the start of BASIS (resumes from -o)")
-    mask.add_argument("--data", type=Path, nargs="+", required=True,
+    mask.add_argument("--data", type=_path, nargs="+", required=True,
                       help="stems dataset(s) DATA/{train,valid}/<track>/<source>.wav (several: their tracks pooled)")
     mask.add_argument("--sources", nargs="+", help="the sources, in output order (default: all in the train split)")
-    mask.add_argument("-o", "--output", type=Path, required=True, help="checkpoint file (rewritten atomically)")
-    mask.add_argument("--config", type=Path, help="YAML with `model:` (MaskNetConfig), `train:` (TrainConfig), "
+    mask.add_argument("-o", "--output", type=_path, required=True, help="checkpoint file (rewritten atomically)")
+    mask.add_argument("--config", type=_path, help="YAML with `model:` (MaskNetConfig), `train:` (TrainConfig), "
                                                   "crop_seconds, gain_db, sample_rate")
     mask.add_argument("--hidden", type=_positive_int, help="features per frame (default 256)")
     mask.add_argument("--layers", type=_positive_int, help="BiLSTM layers (default 2)")
@@ -760,15 +783,15 @@ def _add_train(sub) -> None:
     mask.set_defaults(run=_cmd_train_masknet)
 
     nmf = kinds.add_parser("nmf", help="supervised NMF: one spectral dictionary per source")
-    nmf.add_argument("--data", type=Path, required=True, help="stems dataset DATA/<split>/<track>/{mix,<source>}.wav")
-    nmf.add_argument("-o", "--output", type=Path, required=True, help="model file to write (.pt)")
+    nmf.add_argument("--data", type=_path, required=True, help="stems dataset DATA/<split>/<track>/{mix,<source>}.wav")
+    nmf.add_argument("-o", "--output", type=_path, required=True, help="model file to write (.pt)")
     nmf.add_argument("--sources", nargs="+", help="sources to learn (default: all in the split)")
     nmf.add_argument("--atoms", type=_positive_int, default=64, help="atoms per source (default 64)")
     nmf.add_argument("--split", default="train", help="dataset split (default train)")
     nmf.add_argument("--max-minutes", type=_positive_float, help="read at most this much audio (default: all)")
     nmf.add_argument("--max-frames", type=_positive_int, default=20000, help="STFT frames per source kept (default 20000)")
     nmf.add_argument("--iters", type=_positive_int, default=200, help="NMF iterations (default 200)")
-    nmf.add_argument("--sample-rate", type=_positive_int, default=16000, help="Hz (default 16000)")
+    nmf.add_argument("--sample-rate", type=_sample_rate, default=16000, help="Hz (default 16000)")
     nmf.add_argument("--n-fft", type=_positive_int, default=4096, help="STFT size in samples (default 4096)")
     nmf.add_argument("--hop", type=_positive_int, default=1024, help="STFT hop in samples (default 1024)")
     nmf.add_argument("--seed", type=_seed, default=0)
@@ -778,7 +801,7 @@ def _add_train(sub) -> None:
 
 def _add_train_flow(flow) -> None:
     _add_prior_data(flow, images=True)
-    flow.add_argument("--config", type=Path,
+    flow.add_argument("--config", type=_path,
                       help="YAML with `model:` (FlowConfig), `train:` (TrainConfig), `finetune_steps` and, "
                            "with --images, `denoising:` (ND/TD/CD flows of the denoising experiment)")
     flow.add_argument("--conditioning", choices=["none", "sigma", "bundle"],
@@ -796,11 +819,13 @@ def _add_train_flow(flow) -> None:
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="weights-only copy of a prior's training checkpoint (to bundle or share)")
-    p.add_argument("checkpoint", type=Path, help="a prior checkpoint written by `audiosep train`")
-    p.add_argument("-o", "--output", type=Path, required=True,
+    p.add_argument("checkpoint", type=_path, help="a prior checkpoint written by `audiosep train`")
+    p.add_argument("-o", "--output", type=_path, required=True,
                    help="the copy: EMA weights, config, domain, step; no optimiser state")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="precision of the stored weights (fp16/bf16: half the size; they load back as float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already at -o (never a training "
+                   "checkpoint)")
     p.set_defaults(run=_cmd_export)
 
 
@@ -813,7 +838,7 @@ def _add_method_options(p) -> None:
                    help="; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items())
                         + " (default: the model set's, or inferred from --model)")
     types = {"positive_int": _positive_int, "count": _count, "positive_float": _positive_float,
-             "fraction": _fraction, "path": Path, None: None}
+             "fraction": _fraction, "path": _path, None: None}
     group = p.add_argument_group("method options (default: the method's own)")
     fields: dict[str, list] = {}
     for spec in METHODS.values():
@@ -834,17 +859,17 @@ def _add_models(sub) -> None:
 
 def _add_separate(sub) -> None:
     p = sub.add_parser("separate", help="separate audio files, folders or dataset splits into OUT/<name>/<track>/<source>.wav")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+    p.add_argument("inputs", nargs="+", type=_path, metavar="INPUT",
                    help="audio files (wav/flac/ogg/mp3/aiff, any rate/channels), folders (searched recursively; "
                         "tracks named by their relative paths) or dataset splits DATA/<split> (stems, MUSDB18 or "
                         "Slakh2100 layout: each track's mixture, named after its folder)")
-    p.add_argument("-o", "--output", type=Path, default=Path("separated"), help="output folder (default: separated)")
+    p.add_argument("-o", "--output", type=_path, default=Path("separated"), help="output folder (default: separated)")
     p.add_argument("-n", "--name", metavar="NAME",
                    help="the bundled model set to run (audiosep models lists them; default piano_violin), its "
                         "stems in OUT/<NAME>/<track>/ (OUT/<NAME>_<method>/ for a method other than the set's "
                         "default); with --model, the name of the output folder instead (default: the file's stem, "
                         "or the folder the --model files share)")
-    p.add_argument("--model", type=Path, nargs="+", metavar="PATH",
+    p.add_argument("--model", type=_path, nargs="+", metavar="PATH",
                    help="your own model files instead of a bundled set: one NMF model or mask network file, one "
                         "prior checkpoint per source for BASIS (named after the files: piano.pt violin.pt → "
                         "piano, violin), an LQ-VAE and one code prior per source for latent, or one VAE for "
@@ -924,6 +949,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print_ending("audiosep: interrupted")
         return 130
+    except MemoryError:  # an allocation the sizes asked for cannot get (torch's own says "not enough memory")
+        _print_ending(f"audiosep {args.command}: error: out of memory: the sizes asked for need more memory "
+                      "than this machine has")
+        return 2
+    except RuntimeError as err:
+        if "not enough memory" not in str(err) and "DefaultCPUAllocator" not in str(err):
+            raise
+        from .io import first_line
+
+        _print_ending(f"audiosep {args.command}: error: out of memory ({first_line(err)})")
+        return 2
     except BrokenPipeError:  # e.g. `audiosep synth --list | head`: the reader left
         _silence_stdout()
         return 0

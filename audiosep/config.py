@@ -12,6 +12,7 @@ float field also accepts a string that parses as a number.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -52,7 +53,12 @@ class TrainConfig:
     across precisions); lr_decay_start, lr_decay_steps, lr_final (None: a constant lr; else
     after step lr_decay_start the lr falls from lr to lr_final along half a cosine over
     lr_decay_steps steps, then stays at lr_final: a function of the step alone, so a resumed or
-    continued run follows the schedule one run would).
+    continued run follows the schedule one run would); state_dtype ("fp32", or "bf16": the
+    checkpoint stores the EMA weights and Adam's moments in bfloat16, which halves what a
+    training carried between machines weighs; the model's own weights stay float32, since
+    bf16's 8-bit mantissa would swallow small updates. At every checkpoint the loop rounds
+    them in memory as well, so a run resumed from the file goes on exactly as the
+    uninterrupted one).
     """
 
     steps: int = 20000
@@ -74,17 +80,22 @@ class TrainConfig:
     lr_decay_start: int | None = None
     lr_decay_steps: int = 1
     lr_final: float = 1e-4
+    state_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "checkpoint_every", "valid_every", "valid_batches", "epoch_items"):
             if getattr(self, key) < 1:
                 raise UserError(f"train config: {key} must be >= 1, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise UserError(f"train config: lr must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"train config: lr must be a finite number > 0, got {self.lr}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise UserError(f"train config: adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise UserError(f"train config: weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"train config: ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise UserError(f"train config: grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
+            raise UserError(f"train config: grad_clip must be a finite number > 0 or null, got {self.grad_clip}")
         if self.num_workers < 0:
             raise UserError(f"train config: num_workers must be >= 0, got {self.num_workers}")
         if self.lr_decay_start is not None and (self.lr_decay_start < 0 or self.lr_decay_steps < 1
@@ -93,6 +104,9 @@ class TrainConfig:
                             f"(0, lr]; got {self.lr_decay_start}, {self.lr_decay_steps}, {self.lr_final}")
         if self.precision not in PRECISIONS:
             raise UserError(f"train config: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.state_dtype not in PRECISIONS:
+            raise UserError(f"train config: state_dtype must be one of {', '.join(PRECISIONS)}, "
+                            f"got {self.state_dtype!r}")
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:

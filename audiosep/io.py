@@ -12,7 +12,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -53,7 +53,7 @@ def atomic_outputs(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
             temps.append(_temp_beside(path))
         yield temps
         for tmp, path in zip(temps, paths):
-            os.replace(tmp, path)
+            _replace(tmp, path)
     finally:
         for tmp in temps:
             if tmp.exists():
@@ -61,6 +61,15 @@ def atomic_outputs(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
         for folder in reversed(created):
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only succeeds if nothing landed in it
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Rename the written temporary file onto `path`; a folder in the way is a UserError
+    naming `path` (not the temporary file, which the caller removes)."""
+    try:
+        os.replace(tmp, path)
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, expected a file name") from None
 
 
 def _make_parents(folder: Path) -> list[Path]:
@@ -108,10 +117,16 @@ def check_output_file(path: str | os.PathLike) -> Path:
     return path
 
 
-# the first bytes of the files the CLI writes, by the kind `check_output_file` is told
+# the first bytes of the files the CLI writes, by the kind `check_output_kind` is told (the
+# CSV and JSON files start with the header / first key their writers always put first)
 OUTPUT_MAGIC = {"a NumPy .npy file": (b"\x93NUMPY",), "a checkpoint (torch.save)": (b"PK\x03\x04",),
                 "an HTML page": (b"<!DOCTYPE html", b"<!doctype html", b"<html"),
-                "a PNG picture": (b"\x89PNG",)}
+                "a PNG picture": (b"\x89PNG",),
+                "an evaluation table": (b"time,target,metric,score,",),
+                "an evaluation summary": (b"method,target,metric,score,",),
+                "a training log": (b"step,loss,valid_loss,",),
+                "a mel settings file": (b'{\n  "frontend"',),
+                "a run record": (b'{\n  "report"',)}
 
 
 def check_output_kind(path: str | os.PathLike, kind: str) -> None:
@@ -129,11 +144,20 @@ def check_output_kind(path: str | os.PathLike, kind: str) -> None:
             pass
     else:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(32)
         if head.startswith(OUTPUT_MAGIC[kind]):
             return
     raise UserError(f"{path}: exists and is not {'an audio file' if kind == 'audio' else kind}; it is not "
                     "replaced (move it, or name another output)")
+
+
+def check_outputs(kinds: Mapping[str | os.PathLike, str]) -> None:
+    """`check_output_file` and `check_output_kind` for every {path: kind} a command will write:
+    the one check a writer makes of all its files before any work, so none is written when one
+    of them could not be."""
+    for path, kind in kinds.items():
+        check_output_file(path)
+        check_output_kind(path, kind)
 
 
 def _unwritable(folder: Path) -> str | None:
@@ -169,7 +193,7 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise UserError(f"{path}: not a readable audio file ({_first_line(err)})") from None
+        raise UserError(f"{path}: not a readable audio file ({first_line(err)})") from None
     return int(info.samplerate), int(info.channels), int(info.frames)
 
 
@@ -193,7 +217,7 @@ def read_audio(
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-        raise UserError(f"{path}: not a readable audio file ({_first_line(err)})") from None
+        raise UserError(f"{path}: not a readable audio file ({first_line(err)})") from None
     if data.shape[0] == 0:
         raise UserError(f"{path}: contains no audio samples")
     _warn_if_truncated(path)
@@ -389,11 +413,12 @@ def _write_file(tmp: Path, wav: np.ndarray, sample_rate: int, subtype: str | Non
     try:
         sf.write(str(tmp), wav.T, int(sample_rate), subtype=subtype, format=path.suffix.lstrip(".").upper() or None)
     except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-        raise UserError(f"{path}: cannot be written ({_first_line(err)})") from None
+        raise UserError(f"{path}: cannot be written ({first_line(err)})") from None
     except OSError as err:
         raise UserError(f"{path}: cannot be written ({err.strerror or err})") from None
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__

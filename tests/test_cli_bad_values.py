@@ -25,6 +25,7 @@ BAD_VALUES = {
     cli._positive_float: ["0", "-1", "nan", "inf", "1e400", "", HUGE_FLOAT],
     cli._non_negative_float: ["-1", "nan", "inf", "", HUGE_FLOAT],
     cli._fraction: ["-0.1", "1.5", "nan", "inf", ""],
+    cli._sample_rate: ["0", "999", "-1", "1.5", "", HUGE_INT],
 }
 # (option, value): why the parser accepts it (checked where the bound is known, or a run's length)
 _LONG_RUN = "a longer run or a larger model is the user's to ask for (Ctrl-C keeps a training's checkpoint)"
@@ -39,7 +40,6 @@ ACCEPTED = {
         "--max-minutes", "--seconds", "--segment", "--timeout")},
     ("--patch-hop", HUGE_INT): "checked against the priors' patch width when they are loaded",
     ("--window", HUGE_INT): "latent: checked against the code priors' context when they are loaded",
-    ("--sample-rate", HUGE_INT): "synth checks FluidSynth's 8000-96000 Hz before any render; train nmf resamples",
     ("--n-fft", HUGE_INT): "train nmf: as --sample-rate, a model the user asks for",
     ("--hop", HUGE_INT): "train nmf: as --n-fft",
     ("--hop", HUGE_FLOAT): "evaluate: windows longer than a track give one window, as BSSEval does",
@@ -74,7 +74,7 @@ def _options(kind):
                 continue
             if action.nargs == 0:
                 found = "flag"
-            elif action.type is Path:
+            elif action.type is cli._path:
                 found = "path"
             elif action.type in BAD_VALUES or action.choices:
                 found = "typed"
@@ -212,6 +212,8 @@ def test_every_path_option_refuses_a_path_under_a_file_and_a_file_of_the_wrong_k
     monkeypatch.chdir(world)
     for value in ("afile/x", "junk.bin"):
         _refused(_with_value(words, flag, action, value), capsys, world, [value, "afile", Path(value).stem])
+    # an empty path would mean the current folder: refused by the parser, naming the option
+    _refused(_with_value(words, flag, action, ""), capsys, world, [flag, action.dest, str(action.metavar)])
 
 
 def test_an_existing_output_of_another_kind_is_not_replaced(world, capsys, monkeypatch):

@@ -134,7 +134,7 @@ def test_outputs_are_written_atomically_into_track_folders(tmp_path):
     sf.write(tmp_path / "b.flac", mix.T, 16000)
     stale = tmp_path / "out/a/low.wav"
     stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"old")
+    sf.write(stale, np.zeros((400, 2), np.float32), 8000)  # an earlier output: replaced
     separate_files([tmp_path / "a.wav", tmp_path / "b.flac"], tmp_path / "out",
                    Separator(FixedMask(), progress=False), progress=False)
     for track in ("a", "b"):

@@ -249,5 +249,5 @@ def test_stft_settings_validate_round_trip_and_are_what_every_front_end_holds():
     assert dataclasses.replace(fe, n_fft=fe.n_fft).stft_settings == fe.stft_settings
     magnitude = MagnitudeFrontend()
     assert magnitude.stft_settings == STFTSettings(1024, 256, sample_rate=16000)  # centred, zero padded
-    with pytest.raises(UserError, match="front end 'custom': hop_length"):
+    with pytest.raises(UserError, match="front end 'custom': the hop"):
         dataclasses.replace(fe, hop_length=fe.n_fft * 2, name="custom")

@@ -211,9 +211,10 @@ def test_hanging_piece_is_skipped_with_a_warning(tmp_path, monkeypatch):
     monkeypatch.setattr(synth, "check_soundfont_voices", lambda *args: None)  # the font's probe would hang first
     monkeypatch.setattr(synth, "_fluidsynth_command", lambda *args: ["sleep", "30"])
     piece = _chorales()[0]
-    with pytest.warns(UserWarning, match=f"skipping {piece}.*timeout"):
-        index = synth.synthesize("piano_violin", tmp_path, pieces=[piece], timeout=0.3, progress=False)
-    assert index["tracks"] == [] and "timeout" in index["skipped"][piece]
+    with pytest.warns(UserWarning, match=f"skipping {piece}.*timeout"), \
+            pytest.raises(UserError, match="no track could be made .* is left as it was"):
+        synth.synthesize("piano_violin", tmp_path, pieces=[piece], timeout=0.3, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no index, no split folder, no staging folder left
 
 
 @needs_fluidsynth

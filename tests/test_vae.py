@@ -116,7 +116,7 @@ def test_unknown_config_keys_and_bad_values_are_refused():
         from_dict(VAERun, {"loss": {"sigma_denoising": 0.1}})
     with pytest.raises(UserError, match="n_mix"):
         LossConfig(n_mix=0)
-    with pytest.raises(UserError, match="multiple of n_mix"):
+    with pytest.raises(UserError, match="multiple of the images per mixture"):
         train_vae(Images("digits"), "unused.pt", VAERun(train=TrainConfig(batch_size=7)))
 
 

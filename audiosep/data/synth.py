@@ -25,18 +25,20 @@ expression, timbre shift, EQ, room reverb), all drawn from the piece's seed.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import math
+import os
 import shutil
 import subprocess
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -581,12 +583,31 @@ def synthesize(
     require_fluidsynth()
     for font in fonts:
         check_soundfont_voices(font, chosen, sample_rate, timeout)
-    out_dir = _prepare_out_dir(Path(out_dir), overwrite)
-
+    final = _check_out_dir(Path(out_dir), overwrite)
     index = {"preset": preset, "sources": list(chosen.sources), "sample_rate": sample_rate,
              "duration": duration, "seed": seed, "splits": dict(zip(SPLITS, fractions)),
              "soundfonts": [str(f) for f in fonts], "font_per_source": font_per_source, "gain_db": gain_db,
              "augmentation": dataclasses.asdict(augmentation), "tracks": [], "skipped": {}}
+    with _staged_dataset(final) as out_dir:
+        make_piece = functools.partial(_make_piece, preset=chosen, out_dir=out_dir, duration=duration,
+                                       sample_rate=sample_rate, seed=seed, fonts=fonts, gain_db=gain_db,
+                                       threshold_db=threshold_db, timeout=timeout, augmentation=augmentation,
+                                       font_per_source=font_per_source)
+        counts = _render_pieces(index, candidates, targets, excerpts_per_piece, make_piece, out_dir, progress)
+        if not index["tracks"]:
+            raise UserError(f"no track could be made ({len(index['skipped'])} pieces skipped: see the warnings); "
+                            f"{final} is left as it was")
+    for split, target in (targets or {}).items():
+        if counts[split] < target:
+            warnings.warn(f"{split}: only {counts[split]} of {target} tracks (ran out of usable pieces)", stacklevel=2)
+    return index
+
+
+def _render_pieces(index: dict, candidates: list[Piece], targets: dict | None, excerpts_per_piece: int,
+                   make_piece: Callable[..., list[dict]], out_dir: Path, progress: bool) -> dict[str, int]:
+    """Render the candidates' excerpts (`make_piece(piece, wanted=n)`) until each split has its
+    target, adding their records and skipped pieces to `index`, written to `out_dir` after each
+    piece; returns the tracks per split."""
     counts = dict.fromkeys(SPLITS, 0)
     bar = progress_bar(total=len(candidates) if targets is None else None, unit="piece", disable=not progress)
     for piece in candidates:
@@ -597,8 +618,7 @@ def synthesize(
             continue
         bar.update()
         try:
-            records = _make_piece(piece, chosen, out_dir, wanted, duration, sample_rate, seed,
-                                  fonts, gain_db, threshold_db, timeout, augmentation, font_per_source)
+            records = make_piece(piece, wanted=wanted)
         except Exception as err:  # noqa: BLE001 — any parse/render failure skips the piece
             reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
             index["skipped"][piece.path] = reason
@@ -612,10 +632,7 @@ def synthesize(
         _write_index(out_dir, index)
     bar.close()
     _write_index(out_dir, index)
-    for split, target in (targets or {}).items():
-        if counts[split] < target:
-            warnings.warn(f"{split}: only {counts[split]} of {target} tracks (ran out of usable pieces)", stacklevel=2)
-    return index
+    return counts
 
 
 def _make_piece(piece: Piece, preset: Preset, out_dir: Path, wanted: int, duration: float,
@@ -668,14 +685,34 @@ def _write_index(out_dir: Path, index: dict) -> None:
         tmp.write_text(json.dumps(index, indent=1))
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path:
-    existing = [p for p in [out_dir / "index.json", *(out_dir / s for s in SPLITS)] if p.exists()]
+def _dataset_files(out_dir: Path) -> list[Path]:
+    """The files and split folders of a dataset in `out_dir` that exist."""
+    return [p for p in [out_dir / "index.json", *(out_dir / s for s in SPLITS)] if p.exists()]
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> Path:
+    """`out_dir`, refused if it holds a dataset and not `overwrite` (nothing is removed yet)."""
+    existing = _dataset_files(out_dir)
     if existing and not overwrite:
         raise UserError(f"{out_dir} already holds a dataset ({existing[0].name}); use --overwrite to replace it")
-    for path in existing:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
+
+
+@contextlib.contextmanager
+def _staged_dataset(final: Path) -> Iterator[Path]:
+    """Yield a hidden folder in `final` to render into; when the body succeeds, the dataset
+    already in `final` (if any) is removed and the new one moved in. On an error or Ctrl-C the
+    staging folder is removed and `final` is left as it was: a dataset is never half replaced."""
+    final.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".synth.", dir=final))
+    try:
+        yield staging
+        for path in _dataset_files(final):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in _dataset_files(staging):
+            os.replace(path, final / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- argument checks

@@ -33,11 +33,11 @@ import soundfile as sf
 import torch
 
 from ..errors import UserError
-from ..io import atomic_output, convert_channels, read_audio, resample
+from ..io import AUDIO_SUFFIXES, atomic_output, convert_channels, read_audio, resample
 from ..progress import progress_bar
-from ..spectral.files import mel_picture, png_bytes
+from ..spectral.files import mel_picture, min_frames, png_bytes
 from ..spectral.frontend import get_frontend
-from .report import METRICS, MIXTURE_NAMES, RUN_FILE, summarize
+from .report import METRICS, MIXTURE_NAMES, RUN_FILE, audio_files, summarize
 
 REPORT_COLUMNS = ("track", "method", "target", "metric", "score")  # what the report reads of report.csv
 
@@ -69,6 +69,9 @@ def find_evaluations(run_dir: str | os.PathLike) -> list[Evaluation]:
             references, estimates = (run_file.parent / Path(run[key]) for key in ("references", "estimates"))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{run_file}: not a run description written by `audiosep evaluate` ({err})") from None
+        for what, folder in (("references", references), ("estimates", estimates)):
+            if not folder.is_dir():
+                raise UserError(f"{run_file}: the {what} folder it names, {folder}, is missing (moved or deleted?)")
         found.append(Evaluation(_read_report(report), references, estimates))
     if not found:
         raise UserError(f"{run_dir}: no evaluations in it (folders with {RUN_FILE}, written by `audiosep evaluate` "
@@ -81,16 +84,19 @@ def _read_report(path: Path) -> pd.DataFrame:
     one finite score.
 
     Raises:
-        UserError naming the file: unreadable, not CSV, a missing column, a score that is not a
-            number, or no finite score at all.
+        UserError naming the file: unreadable, not CSV, a missing column or key, a score that is
+            not a number, or no finite score at all.
     """
+    keys = [c for c in REPORT_COLUMNS if c != "score"]
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, dtype=dict.fromkeys(keys, str))  # a track named 001 stays "001"
     except (OSError, ValueError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not a report written by `audiosep evaluate` ({type(err).__name__})") from None
     missing = [c for c in REPORT_COLUMNS if c not in table.columns]
     if missing:
         raise UserError(f"{path}: not a report written by `audiosep evaluate` (no column {', '.join(missing)})")
+    if table[keys].isna().any(axis=None):
+        raise UserError(f"{path}: not a report written by `audiosep evaluate` (a row without a {', '.join(keys)})")
     scores = pd.to_numeric(table["score"], errors="coerce")
     if (scores.isna() & table["score"].notna()).any():
         raise UserError(f"{path}: not a report written by `audiosep evaluate` (a score that is not a number)")
@@ -114,9 +120,12 @@ def write_listening_report(run_dir: str | os.PathLike, output: str | os.PathLike
     Returns:
         the path written (atomically).
     """
+    frontend = get_frontend(preset)
+    least = (min_frames(frontend) - 1) * frontend.hop_length / frontend.sample_rate
+    if not seconds >= least:
+        raise UserError(f"clips of {seconds:g} s are too short for a mel picture: at least {least:g} s")
     evaluations = find_evaluations(run_dir)
     table = pd.concat([e.table for e in evaluations], ignore_index=True)
-    frontend = get_frontend(preset)
     tracks = sorted(table["track"].unique())
     sections = [
         _track_section(track, evaluations, table[table.track == track], frontend, seconds, len(tracks) > 1)
@@ -137,12 +146,12 @@ def _track_section(track: str, evaluations: list[Evaluation], rows: pd.DataFrame
     references = next((folder for e in evaluations if (folder := _track_folder(e.references, track))), None)
     clips: list[tuple[str, Path]] = []
     if references is not None:
-        stems = [p for p in sorted(references.glob("*.wav")) if p.stem.lower() not in MIXTURE_NAMES]
+        stems = [p for p in audio_files(references) if p.stem.lower() not in MIXTURE_NAMES]
         clips += [("mixture", p) for p in _mixture(references)] + [(f"reference: {p.stem}", p) for p in stems]
     for evaluation in evaluations:
         methods = evaluation.table["method"].unique()
         estimates = _track_folder(evaluation.estimates, track)
-        for path in sorted(estimates.glob("*.wav")) if estimates else []:
+        for path in audio_files(estimates) if estimates else []:
             clips.append((f"{', '.join(methods)}: {path.stem}", path))
     cells = "".join(_clip_cell(label, path, frontend, seconds) for label, path in clips)
     over_time = base64.b64encode(_sdr_over_time_picture(rows)).decode("ascii")
@@ -158,15 +167,15 @@ def _track_folder(root: Path, track: str) -> Path | None:
     `root` itself when the evaluation scored one track folder (`evaluate examples/drums_bass ...`)."""
     if (root / track).is_dir():
         return root / track
-    return root if root.is_dir() and any(root.glob("*.wav")) and not any(p.is_dir() for p in root.iterdir()) else None
+    return root if root.is_dir() and audio_files(root) and not any(p.is_dir() for p in root.iterdir()) else None
 
 
 def _mixture(references: Path) -> list[Path]:
     """The mixture of a reference track folder: its `mix.wav` (or `mixture.wav`), else the file
     `<track>.wav` beside the folder (the layout of `examples/`); [] if neither exists."""
-    inside = [p for p in sorted(references.glob("*.wav")) if p.stem.lower() in MIXTURE_NAMES]
-    beside = references.parent / f"{references.name}.wav"
-    return inside[:1] or ([beside] if beside.is_file() else [])
+    inside = [p for p in audio_files(references) if p.stem.lower() in MIXTURE_NAMES]
+    beside = [references.parent / f"{references.name}{suffix}" for suffix in AUDIO_SUFFIXES]
+    return inside[:1] or [p for p in beside if p.is_file()][:1]
 
 
 def _clip_cell(label: str, path: Path, frontend, seconds: float) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..io import AUDIO_SUFFIXES, atomic_output, check_output_dir, check_output_file, read_audio
+from ..io import AUDIO_SUFFIXES, atomic_output, check_output_dir, check_outputs, read_audio
 from ..progress import progress_bar
 from .bsseval import bss_eval_v4
 
@@ -173,15 +173,17 @@ def test_set_summaries(exp_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
 def report_paths(output: str | os.PathLike) -> tuple[Path, Path]:
     """(folder, long-table CSV) of a report `output`: a folder, or a `.csv` path (see `write_reports`)."""
     output = Path(output)
-    return (output.parent, output) if output.suffix == ".csv" else (output, output / "report.csv")
+    return (output.parent, output) if output.suffix.lower() == ".csv" else (output, output / "report.csv")
 
 
 def check_report_output(output: str | os.PathLike) -> None:
     """UserError unless the reports of `write_reports(df, output)` can be written (checked
-    before scoring, so no evaluation is lost at the end)."""
+    before scoring, so no evaluation is lost at the end): none of its files is a folder or a
+    file of another kind (a user's CSV is never replaced by a report)."""
     folder, report = report_paths(output)
     check_output_dir(folder)
-    check_output_file(report)
+    check_outputs({report: "an evaluation table", folder / "summary.csv": "an evaluation summary",
+                   folder / RUN_FILE: "a run record"})
     if (folder / "json").exists() and not (folder / "json").is_dir():
         raise UserError(f"{folder / 'json'}: is a file; the per-track JSON reports go in this folder")
 
@@ -293,7 +295,7 @@ def _load_estimates(est_dir: Path, targets: list[str], refs: np.ndarray, rate: i
     return ests
 
 
-def _audio_files(folder: Path) -> list[Path]:
+def audio_files(folder: Path) -> list[Path]:
     """The audio files directly in `folder` (hidden ones, e.g. a writer's temporary files, left out), sorted."""
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith("."))
@@ -305,6 +307,14 @@ def _warn_unscored(where: Path, names: Sequence[str], why: str) -> None:
     if names:
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         warnings.warn(f"{where}: not scored ({why}): {shown}", stacklevel=3)
+
+
+def check_window(win_seconds: float, rate: int, hop_seconds: float | None = None) -> None:
+    """UserError unless the BSSEval window (and hop) are at least one sample at `rate` Hz:
+    checked before any work by the commands that write estimates first."""
+    _window_samples(win_seconds, rate, "window")
+    if hop_seconds is not None:
+        _window_samples(hop_seconds, rate, "hop")
 
 
 def _window_samples(seconds: float, rate: int, what: str) -> int:
@@ -343,7 +353,7 @@ def evaluate_track(
     ref_track, est_track = Path(ref_track), Path(est_track)
     targets, refs, rate = _load_references(ref_track)
     ests = _load_estimates(est_track, targets, refs, rate)
-    _warn_unscored(est_track, [p.name for p in _audio_files(est_track) if p.stem not in targets],
+    _warn_unscored(est_track, [p.name for p in audio_files(est_track) if p.stem not in targets],
                    f"no reference stem in {ref_track}")
     return score_track(ref_track.name, targets, refs, ests, rate, win_seconds, hop_seconds, method)
 
@@ -419,7 +429,7 @@ def evaluate_dirs(
         raise UserError(f"{ref_dir}: no track folders with .wav stems (expected {ref_dir}/<track>/<source>.wav)")
     names = {track.name for track in tracks}
     _warn_unscored(est_dir, [p.name for p in sorted(est_dir.iterdir())
-                             if p.is_dir() and p.name not in names and _audio_files(p)],
+                             if p.is_dir() and p.name not in names and audio_files(p)],
                    f"no reference track in {ref_dir}")
     tables = [
         evaluate_track(track, est_dir / track.name, win_seconds, hop_seconds, method)

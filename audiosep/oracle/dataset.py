@@ -9,8 +9,8 @@ import pandas as pd
 
 from ..data.stems import check_complete, list_tracks, load_track
 from ..errors import UserError
-from ..eval.report import score_track, write_reports
-from ..io import write_audio
+from ..eval.report import check_window, score_track, write_reports
+from ..io import audio_info, check_outputs, write_audio
 from ..progress import progress_bar
 from ..spectral.frontend import get_frontend
 from . import check_oracle, run_oracle
@@ -35,7 +35,9 @@ def oracle_dataset(
         (the long table of all tracks, the paths of the reports).
     Raises:
         UserError: (before any work) a track lacking a source the others have, or a single source
-            (the mixture would be that source).
+            (the mixture would be that source); a stem that is not readable audio; a window
+            shorter than a sample; an output inside the split folder (its references would be
+            replaced) or an output stem path holding a file that is not audio.
     """
     check_oracle(name)
     output = Path(output)
@@ -46,6 +48,7 @@ def oracle_dataset(
     if len(sources) < 2:
         raise UserError(f"{data}: the tracks of split '{split}' have one source ({sources[0]}); an oracle "
                         "separates a mixture of two or more")
+    _check_before_work(tracks, sources, output, win_seconds)
     for track in progress_bar(tracks, desc=f"oracle {name}", unit="track", disable=not progress):
         _, stems, rate = load_track(track)
         targets = sorted(stems)
@@ -57,3 +60,17 @@ def oracle_dataset(
     table = pd.concat(tables, ignore_index=True)
     split_dir = next((t.mix.parent.parent for t in tracks if t.mix is not None), None)
     return table, write_reports(table, output, win_seconds, references=split_dir, estimates=output)
+
+
+def _check_before_work(tracks: list, sources: list[str], output: Path, win_seconds: float) -> None:
+    """Every check `oracle_dataset` can make before it writes the first estimate (see its Raises)."""
+    rates = {audio_info(path)[0] for track in tracks for paths in track.sources.values() for path in paths}
+    for rate in rates:
+        check_window(win_seconds, rate)
+    folders = {p.parent.parent.resolve() for t in tracks for paths in t.sources.values() for p in paths}
+    out = output.resolve()
+    for folder in folders:
+        if out == folder or folder in out.parents:
+            raise UserError(f"{output}: inside the dataset split {folder}; its reference "
+                            "stems would be replaced: name an output folder outside it")
+    check_outputs({output / t.name / f"{s}.wav": "audio" for t in tracks for s in sources})

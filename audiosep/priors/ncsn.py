@@ -395,6 +395,19 @@ class NCSNConfig:
     sigma_min: float = 0.01
     n_levels: int | None = 10
 
+    def __post_init__(self) -> None:
+        sizes = {"channels": self.channels, "nf": self.nf, "n_res_blocks": self.n_res_blocks,
+                 **({"n_levels": self.n_levels} if self.n_levels is not None else {})}
+        for key, value in sizes.items():
+            if value < 1:
+                raise UserError(f"NCSN config: {key} must be >= 1, got {value}")
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            raise UserError(f"NCSN config: ch_mult must be one or more integers >= 1, got {list(self.ch_mult)}")
+        # σ far above the data's scale makes float32 overflow (1e300 squared), not a slow training
+        if not 0 < self.sigma_min < (self.sigma_max if self.sigma_max is not None else 1e6) <= 1e6:
+            raise UserError(f"NCSN config: need 0 < sigma_min < sigma_max <= 1e6, got {self.sigma_min}, "
+                            f"{self.sigma_max}")
+
 
 def schedule_from_config(config: NCSNConfig, samples: Tensor | None = None) -> Tensor:
     """The geometric σ schedule `(L,)` of `config`, applying the NCSNv2 rules where asked.

@@ -315,6 +315,9 @@ def train_nmf(
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
     domain = STFTSettings(n_fft, hop_length, sample_rate=sample_rate)
+    if n_atoms > domain.n_freqs:  # scikit-learn's NMF cannot hold more atoms than bins
+        raise UserError(f"{n_atoms} atoms per source need at least as many frequency bins; n_fft {n_fft} has "
+                        f"{domain.n_freqs}: lower the atoms or raise n_fft")
     tracks = list_tracks(data, split)
     have = list_sources(tracks)
     sources = list(sources) if sources else have

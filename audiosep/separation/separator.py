@@ -30,7 +30,7 @@ from ..progress import progress_bar
 from ..zoo import DEFAULT_SET, model_set
 from .protocol import Method
 from .methods import build_method
-from ..io import (AUDIO_SUFFIXES, OutputFormat, audio_info, check_output_dir, convert_channels, fit_length,
+from ..io import (AUDIO_SUFFIXES, OutputFormat, audio_info, check_output_dir, check_outputs, convert_channels, fit_length,
                   limit_peaks, read_audio, resample, write_stems)
 
 DEFAULT_LEVEL_DB = -20.0  # mixture RMS (dBFS) for methods that state none
@@ -356,9 +356,14 @@ def _separate_one(inp: Input, output_dir: str | os.PathLike, separator: Separato
 
 
 def _check_not_output(inp: Input, outputs: dict[str, Path]) -> None:
-    """UserError if separating `inp` would overwrite it."""
+    """UserError if separating `inp` would overwrite it, write into its own folder (where a
+    dataset track keeps its reference stems), or replace a folder or a file that is not audio."""
     if inp.path.resolve() in {p.resolve() for p in outputs.values()}:
         raise UserError(f"{inp.path}: separating would overwrite this input with itself")
+    if any(p.parent.resolve() == inp.path.parent.resolve() for p in outputs.values()):
+        raise UserError(f"{inp.path}: its stems would be written into its own folder, over the stems a dataset "
+                        "track keeps there: name an output folder (-o / -n) elsewhere")
+    check_outputs({p: "audio" for p in outputs.values()})
 
 
 def _to_input(stem: np.ndarray, method_rate: int, rate: int, channels: int, length: int) -> np.ndarray:

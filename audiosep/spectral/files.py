@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import AUDIO_SUFFIXES, atomic_output, read_audio, write_audio
+from ..io import AUDIO_SUFFIXES, atomic_output, check_outputs, read_audio, write_audio
 from .frontend import Frontend, get_frontend
 from .functional import hz_to_mel
 from .inversion import griffin_lim, mel_to_stft_magnitude, mixture_phase
@@ -29,6 +29,10 @@ def save_mel(audio: str | Path, output: str | Path, preset: str = "default", pic
     output = Path(output)
     if output.suffix != ".npy":
         raise UserError(f"{output}: the mel output must be a .npy file")
+    outputs = {output: "a NumPy .npy file", _sidecar(output): "a mel settings file"}
+    if picture:
+        outputs[output.with_suffix(".png")] = "a PNG picture"
+    check_outputs(outputs)  # all three, before any work
     frontend = get_frontend(preset)
     wav, sr_in = read_audio(audio, sample_rate=frontend.sample_rate)
     least = (min_frames(frontend) - 1) * frontend.hop_length
@@ -125,21 +129,25 @@ def min_frames(frontend: Frontend) -> int:
 def load_mel(npy: str | Path) -> tuple[np.ndarray, Frontend, dict]:
     """Read a mel file written by `save_mel`: ([0, 1] array (C, n_mels, T), front end, metadata)."""
     npy = Path(npy)
-    meta_path = _sidecar(npy)
     if not npy.is_file():
         raise UserError(f"{npy}: no such file")
+    meta_path = _sidecar(npy)
     if not meta_path.is_file():
         raise UserError(f"{meta_path}: missing (the settings written beside the .npy by `audiosep mel`)")
     try:
         unit = np.load(npy, allow_pickle=False)
         meta = json.loads(meta_path.read_text())
         frontend = Frontend.from_dict(meta["frontend"])
-        int(meta["samples"])
+        samples = int(meta["samples"])
     except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"{npy}: not a mel file written by `audiosep mel` ({type(err).__name__}: {err})") from None
+        raise UserError(f"{npy}: not a mel file written by `audiosep mel` ({type(err).__name__}: {err}; "
+                        f"settings {meta_path})") from None
     least = min_frames(frontend)
     if unit.ndim != 3 or unit.shape[1] != frontend.n_mels or unit.shape[2] < least:
         raise UserError(f"{npy}: expected shape (channels, {frontend.n_mels}, frames >= {least}), got {unit.shape}")
+    if samples // frontend.hop_length + 1 != unit.shape[2]:  # the centred STFT's frame count
+        raise UserError(f"{meta_path}: 'samples' {meta['samples']} does not match the {unit.shape[2]} frames of "
+                        f"{npy} (hop {frontend.hop_length})")
     finite = np.isfinite(unit)
     if not finite.all():
         raise UserError(f"{npy}: {int((~finite).sum())} values are NaN or infinite; a mel file holds values in [0, 1]")
@@ -157,20 +165,22 @@ def invert_mel_file(
     fast Griffin-Lim ("griffinlim") or from the STFT of `mix` ("phase")."""
     if Path(output).suffix.lower() not in AUDIO_SUFFIXES:
         raise UserError(f"{output}: the audio output needs one of the suffixes {', '.join(AUDIO_SUFFIXES)}")
+    if method not in ("phase", "griffinlim"):
+        raise UserError(f"unknown inversion method {method!r}; choose griffinlim or phase")
+    if method == "phase" and mix is None:
+        raise UserError("--method phase needs --mix AUDIO (the file whose phase to use)")
     unit, frontend, meta = load_mel(npy)
+    length = int(meta["samples"])
+    if method == "phase":  # read and checked before the slow NNLS
+        mix_wav, _ = read_audio(mix, sample_rate=frontend.sample_rate, channels=unit.shape[0])
+        frames = mix_wav.shape[1] // frontend.hop_length + 1
+        if frames != unit.shape[-1]:
+            raise UserError(f"{mix}: {mix_wav.shape[1] / frontend.sample_rate:.3f} s gives {frames} frames, the mel "
+                            f"spectrogram has {unit.shape[-1]} ({length / frontend.sample_rate:.3f} s)")
     magnitude = mel_to_stft_magnitude(frontend.from_unit(torch.from_numpy(unit)),
                                       frontend.filterbank(), frontend.power)  # (C, F, T)
-    length = int(meta["samples"])
     if method == "phase":
-        if mix is None:
-            raise UserError("--method phase needs --mix AUDIO (the file whose phase to use)")
-        mix_wav, _ = read_audio(mix, sample_rate=frontend.sample_rate, channels=unit.shape[0])
-        mix_stft = frontend.stft(torch.from_numpy(mix_wav))
-        if mix_stft.shape[-1] != magnitude.shape[-1]:
-            raise UserError(f"{mix}: {mix_stft.shape[-1]} frames, the mel spectrogram has {magnitude.shape[-1]}")
-        wav = frontend.istft(mixture_phase(magnitude, mix_stft), length=length)
-    elif method == "griffinlim":
-        wav = griffin_lim(magnitude, frontend.stft_settings, n_iter=n_iter, length=length, seed=seed)
+        wav = frontend.istft(mixture_phase(magnitude, frontend.stft(torch.from_numpy(mix_wav))), length=length)
     else:
-        raise UserError(f"unknown inversion method {method!r}; choose griffinlim or phase")
+        wav = griffin_lim(magnitude, frontend.stft_settings, n_iter=n_iter, length=length, seed=seed)
     return write_audio(output, wav.numpy(), frontend.sample_rate)

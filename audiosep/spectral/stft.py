@@ -51,9 +51,10 @@ class STFTSettings:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"STFT settings: {key} must be a positive integer, got {value!r}")
-        if self.hop_length > self.n_fft or self.win_length > self.n_fft:
-            raise UserError(f"STFT settings: hop_length {self.hop_length} and win_length {self.win_length} "
-                            f"must not exceed n_fft {self.n_fft}")
+        if self.hop_length > self.n_fft:
+            raise UserError(f"STFT settings: the hop ({self.hop_length}) must not exceed n_fft ({self.n_fft})")
+        if self.win_length > self.n_fft:
+            raise UserError(f"STFT settings: win_length {self.win_length} must not exceed n_fft {self.n_fft}")
         if self.window not in WINDOWS:
             raise UserError(f"STFT settings: window must be one of {WINDOWS}, got {self.window!r}")
         if self.pad_mode not in PAD_MODES:

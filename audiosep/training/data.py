@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,12 @@ class TrainingSets:
 
 @dataclasses.dataclass(frozen=True)
 class MelPatches:
-    """Mel patches `(1, n_mels, patch_frames)` of `source` in the stems dataset `data`, at the
+    """Mel patches `(1, n_mels, patch_frames)` of `source` in the stems dataset `data` (a folder,
+    or several whose tracks are pooled), at the
     front end `preset`: `config.epoch_items` random crops of the train split per epoch,
     `valid_items` fixed crops of the valid split (seed + 1)."""
 
-    data: str | os.PathLike
+    data: str | os.PathLike | Sequence[str | os.PathLike]
     source: str
     preset: str = "default"
     valid_items: int = 256

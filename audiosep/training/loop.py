@@ -442,7 +442,7 @@ def _run(
     bar = progress_bar(total=config.steps, initial=step, disable=not (config.progress and is_main),
                        desc=f"train {model.kind}", unit="step", dynamic_ncols=True)
     loss_value = math.nan
-    save = functools.partial(_checkpoint, out_path, model, domain, ema, optimizer, config=config,
+    save = functools.partial(_checkpoint, out_path, model, loss_fn, domain, ema, optimizer, config=config,
                              is_main=is_main, world=world, data=data)
     try:
         with _signals_deferred(enabled=world == 1) as received:
@@ -458,7 +458,7 @@ def _run(
                     logs["valid_loss"] = valid_loss
                 saved = step % config.checkpoint_every == 0 or step == config.steps
                 if saved:
-                    save(step=step, valid_loss=valid_loss, loss=loss_value)
+                    save(step=step, valid_loss=valid_loss, loss=loss_value, batch=batch)
                 if log is not None:
                     log.add_loss(loss_value)
                     if saved or "valid_loss" in logs or received:
@@ -468,7 +468,7 @@ def _run(
                     callback(step, logs)
                 if received:
                     if not saved:
-                        save(step=step, valid_loss=valid_loss, loss=loss_value)
+                        save(step=step, valid_loss=valid_loss, loss=loss_value, batch=batch)
                     tqdm.write(f"{out_path}: interrupted; checkpoint written at step {step}")
                     raise Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()
     finally:
@@ -516,19 +516,75 @@ def _signals_deferred(enabled: bool = True) -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
+def _is_moment(key: Any, value: Any) -> bool:
+    """Whether an optimiser state entry is a floating tensor moment (Adam's `exp_avg`,
+    `exp_avg_sq`), not its `step` count, which bfloat16 could not count past 256."""
+    return key != "step" and torch.is_tensor(value) and value.is_floating_point()
+
+
+@torch.no_grad()
+def _stored_states(ema: EMA, optimizer: torch.optim.Optimizer, state_dtype: str
+                   ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The EMA and optimiser state dicts a checkpoint stores (`TrainConfig.state_dtype`): as
+    they are with "fp32"; with "bf16" every floating EMA tensor and Adam moment is rounded to
+    bfloat16 in memory and stored as bfloat16, so the file is smaller and a resume from it
+    continues exactly as the run that wrote it (both go on from the rounded values)."""
+    if state_dtype == "fp32":
+        return ema.state_dict(), optimizer.state_dict()
+    low = torch.bfloat16
+    for value in ema.shadow.values():
+        if value.is_floating_point():
+            value.copy_(value.to(low))
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if _is_moment(key, value):
+                value.copy_(value.to(low))
+    ema_state = {k: v.to(low) if v.is_floating_point() else v for k, v in ema.shadow.items()}
+    optimizer_state = optimizer.state_dict()
+    optimizer_state["state"] = {index: {k: v.to(low) if _is_moment(k, v) else v for k, v in state.items()}
+                                for index, state in optimizer_state["state"].items()}
+    return ema_state, optimizer_state
+
+
+def _finite_after_update(model: Prior, loss_fn: LossFn, batch: Any, config: TrainConfig, world: int) -> bool:
+    """Whether the updated weights are finite and give a finite loss on the step's batch, on
+    every process: the loss the loop checks is the one before the update, so an update that
+    diverged would otherwise be saved over a good checkpoint. Evaluated in eval mode, without
+    gradients and with the generators isolated, so the run goes on exactly as without it."""
+    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    if finite:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), _isolated_rng(config.seed):
+            finite = math.isfinite(loss_fn(model, batch).item())
+        model.train(was_training)
+    if world > 1:
+        flag = torch.tensor(float(finite), device=next(model.parameters()).device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        finite = bool(flag.item())
+    return finite
+
+
 def _checkpoint(
-    out_path: Path, model: Prior, domain: Domain, ema: EMA, optimizer: torch.optim.Optimizer, *, step: int,
-    config: TrainConfig, valid_loss: float, loss: float, is_main: bool, world: int, data: Mapping[str, Any],
+    out_path: Path, model: Prior, loss_fn: LossFn, domain: Domain, ema: EMA, optimizer: torch.optim.Optimizer, *,
+    step: int, config: TrainConfig, valid_loss: float, loss: float, is_main: bool, world: int,
+    data: Mapping[str, Any], batch: Any,
 ) -> None:
-    """Gather every process's RNG state; rank 0 writes the checkpoint."""
+    """Gather every process's RNG state; rank 0 writes the checkpoint. A diverged update
+    (`_finite_after_update`) is a UserError instead, and the checkpoint there is kept."""
+    if not _finite_after_update(model, loss_fn, batch, config, world):
+        kept = "is left as it was" if out_path.exists() else "is not written"
+        raise UserError(f"training diverged at step {step} (the updated weights give a loss that is not finite); "
+                        f"{out_path} {kept}: lower --lr or set train.grad_clip")
     if world > 1:
         rng = [None] * world
         dist.all_gather_object(rng, _rng_state())
     else:
         rng = [_rng_state()]
+    ema_state, optimizer_state = _stored_states(ema, optimizer, config.state_dtype)
     if is_main:
         save_checkpoint(
-            out_path, model, domain, ema_state=ema.state_dict(), optimizer_state=optimizer.state_dict(),
+            out_path, model, domain, ema_state=ema_state, optimizer_state=optimizer_state,
             step=step, extra={"train_config": to_dict(config), "valid_loss": valid_loss, "loss": loss,
                               "rng": rng, "world_size": world, "data": dict(data)},
         )

@@ -11,7 +11,6 @@ Validation uses fixed crops of the valid split (seed + 100) at the loop's fixed 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Sequence
 
@@ -51,9 +50,11 @@ class MaskNetRun:
     sample_rate: int = 16000
 
     def __post_init__(self) -> None:
-        if not (self.crop_seconds > 0 and math.isfinite(self.crop_seconds)) or not self.gain_db >= 0:
-            raise UserError(f"masknet config: crop_seconds must be > 0 and gain_db >= 0, got "
+        if not (0 < self.crop_seconds <= 600) or not (0 <= self.gain_db <= 60):
+            raise UserError(f"masknet config: crop_seconds must be in (0, 600] and gain_db in [0, 60], got "
                             f"{self.crop_seconds}, {self.gain_db}")
+        if not 1000 <= self.sample_rate <= 384000:
+            raise UserError(f"masknet config: sample_rate must be 1000 to 384000 Hz, got {self.sample_rate}")
 
 
 class StemCrops(Dataset):

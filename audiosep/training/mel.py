@@ -3,6 +3,7 @@ patches of mixtures (VAE-BSS)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -10,9 +11,10 @@ from torch.utils.data import Dataset
 from ..config import TrainConfig
 
 
-def mel_patches(data: str | os.PathLike, source: str, frontend: Any, split: str, length: int,
+def mel_patches(data: str | os.PathLike | Sequence[str | os.PathLike], source: str, frontend: Any, split: str, length: int,
                 seed: int) -> Dataset:
-    """Random [0, 1] mel patches `(1, n_mels, patch_frames)` of one source of a stems dataset.
+    """Random [0, 1] mel patches `(1, n_mels, patch_frames)` of one source of a stems dataset
+    (or several, their tracks pooled).
 
     Crops are mono at the front end's rate, just long enough for `frontend.patch_frames`
     frames; near-silent crops are redrawn. Item i depends only on (seed, i).
@@ -24,7 +26,7 @@ def mel_patches(data: str | os.PathLike, source: str, frontend: Any, split: str,
     return SourcePatches(crops, frontend.encode, frames=frontend.patch_frames)
 
 
-def patch_sets(data: str | os.PathLike, source: str, frontend: Any, config: TrainConfig,
+def patch_sets(data: str | os.PathLike | Sequence[str | os.PathLike], source: str, frontend: Any, config: TrainConfig,
                 valid_items: int) -> tuple[Dataset, Dataset]:
     """(train patches: `config.epoch_items` items per epoch, drawn with `config.seed`; valid patches:
     `valid_items` fixed crops of the valid split, drawn with `config.seed + 1`), for every prior kind."""

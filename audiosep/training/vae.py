@@ -145,8 +145,10 @@ def train_vae(data: DataSpec, out_path: str | os.PathLike, run: VAERun | None = 
         if run.frontend != MagnitudeFrontend():
             raise UserError("a frontend: section is for --data (STFT-magnitude patches), not for --images")
         loss = dataclasses.replace(run.loss, n_mix=run.loss.n_mix or IMAGE_N_MIX)
-        if run.train.batch_size % loss.n_mix:
-            raise UserError(f"batch_size {run.train.batch_size} must be a multiple of n_mix {loss.n_mix}")
+        if run.train.batch_size % loss.n_mix or run.train.batch_size < 2 * loss.n_mix:
+            raise UserError(f"the batch size (--batch-size, train.batch_size) {run.train.batch_size} must be a multiple "
+                            f"of the images per mixture (--mix, loss.n_mix) {loss.n_mix}, with at least two "
+                            "mixtures per batch (batch statistics need two)")
         if data.valid_items is not None and data.valid_items % loss.n_mix:
             raise UserError(f"valid_items {data.valid_items} must be a multiple of n_mix {loss.n_mix}")
         data = dataclasses.replace(data, multiple=loss.n_mix)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Piano/violin separation, end to end: synth → train → separate → evaluate → report.
 #
-#   recipes/piano_violin/run.sh                       # every stage
+#   recipes/piano_violin/run.sh                       # stages 0-5
 #   stage=2 stop_stage=3 recipes/piano_violin/run.sh  # some stages
 #   stage=5 recipes/piano_violin/run.sh               # only the honest folds
+#   stage=6 stop_stage=6 recipes/piano_violin/run.sh  # go on with the long NCSN training
 #
 # Variables (environment): data (the FluidR3 dataset folder), data_real (the augmented
 # multi-soundfont training set of Bach pieces), data_poly (the same augmentation on pieces of the
@@ -13,7 +14,9 @@
 # (1 to train the NCSN / Glow priors too; then BASIS is separated and scored beside NMF with
 # each: from the mixture, and started from the NMF stems), train_vae (1 to train VAE-BSS on the
 # mixtures too; its stems are unnamed, source0/source1, so it is scored by
-# benchmarks/vae_bss_audio.py, which names them per track), ncsn_steps, finetune_steps, device,
+# benchmarks/vae_bss_audio.py, which names them per track), ncsn_long_steps (how far stage 6,
+# the long NCSN training, goes this time), ncsn_steps,
+# finetune_steps, device,
 # folds (the honest test folds of stage 5: composers no model trained on × each soundfont).
 # Run it after `make test` or `make demo` has set up .venv. The test split comes from held-out
 # pieces; Haydn and Mozart are never used, nor the MuseScore General soundfonts (reserved for
@@ -33,10 +36,11 @@ data_misc=${data_misc:-data/piano_violin_misc}  # the corpus's other non-fold co
 folds=${folds:-data/piano_violin_folds}
 exp=${exp:-exp/piano_violin}
 stage=${stage:-0}
-stop_stage=${stop_stage:-5}
+stop_stage=${stop_stage:-5}  # stage 6 (the long NCSN training) only when asked for
 train_ncsn=${train_ncsn:-0}
 train_glow=${train_glow:-0}
 train_vae=${train_vae:-0}
+ncsn_long_steps=${ncsn_long_steps:-}  # default: train.steps of ncsn_long.yaml (65 000)
 ncsn_steps=${ncsn_steps:-40000}
 finetune_steps=${finetune_steps:-}  # default: train.steps of ncsn_finetune.yaml
 device=${device:-cpu}
@@ -98,7 +102,7 @@ if run_stage 1; then
     $audiosep train masknet --data "$data_real" "$data_poly" "$data_real_tr" "$data_poly_tr" "$data_misc" \
         --sources piano violin \
         --config recipes/piano_violin/masknet.yaml --threads 1 --device "$device" -o "$exp/masknet.pt"
-    $audiosep export "$exp/masknet.pt" -o "$exp/masknet_piano_violin.pt"
+    $audiosep export "$exp/masknet.pt" -o "$exp/masknet_piano_violin.pt" --overwrite
     # NCSN priors for BASIS: opt in with train_ncsn=1 (hours on a CPU; resumes where it stopped)
     if [ "$train_ncsn" = 1 ]; then
         for source in piano violin; do
@@ -112,7 +116,7 @@ if run_stage 1; then
                 --init-from "$exp/${source}_ncsn_v2.pt" --threads 1 --device "$device" \
                 -o "$exp/${source}_ncsn_v2_real.pt"
             # the weights-only copy (EMA weights, no optimiser state) that is bundled
-            $audiosep export "$exp/${source}_ncsn_v2_real.pt" -o "$exp/ncsn_piano_violin/$source.pt"
+            $audiosep export "$exp/${source}_ncsn_v2_real.pt" -o "$exp/ncsn_piano_violin/$source.pt" --overwrite
         done
     fi
     # VAE-BSS on STFT-magnitude patches of the mixtures only (train_vae=1; about 20 min on one thread):
@@ -214,4 +218,19 @@ if run_stage 5; then
     mkdir -p "$exp"
     .venv/bin/python benchmarks/separation.py --no-mixture-init --folds "$folds"/*_* \
         --train-data "$data_real" "$data_poly" "$data_real_tr" "$data_poly_tr" "$data_misc" | tee "$exp/folds.txt"
+fi
+
+# The long NCSN training (stage=6 stop_stage=6, after stage 0): the bundled priors trained on for
+# 65 000 more steps of recipes/piano_violin/ncsn_long.yaml on the mask network's five sets, over
+# ten times the samples they saw. The resumable checkpoints live in the repository
+# (recipes/piano_violin/checkpoints/: float32 weights, bfloat16 EMA and moments), so a run that
+# spans sessions or machines goes on from the committed state; ncsn_long_steps stops it earlier.
+if run_stage 6; then
+    echo "stage 6: the long NCSN training into recipes/piano_violin/checkpoints"
+    for source in piano violin; do
+        $audiosep train ncsn --data "$data_real" "$data_poly" "$data_real_tr" "$data_poly_tr" "$data_misc" \
+            --source "$source" --config recipes/piano_violin/ncsn_long.yaml \
+            --init-from "audiosep/pretrained/ncsn_piano_violin/$source.pt" ${ncsn_long_steps:+--steps "$ncsn_long_steps"} \
+            --threads 1 --device "$device" -o "recipes/piano_violin/checkpoints/${source}_ncsn_long.pt"
+    done
 fi
