@@ -96,8 +96,8 @@ class TrainConfig:
             raise UserError(f"train config: ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
             raise UserError(f"train config: grad_clip must be a finite number > 0 or null, got {self.grad_clip}")
-        if self.num_workers < 0:
-            raise UserError(f"train config: num_workers must be >= 0, got {self.num_workers}")
+        if not 0 <= self.num_workers <= 64:  # each is a process holding a copy of the dataset
+            raise UserError(f"train config: num_workers must be 0 to 64, got {self.num_workers}")
         if self.lr_decay_start is not None and (self.lr_decay_start < 0 or self.lr_decay_steps < 1
                                                 or not 0 < self.lr_final <= self.lr):
             raise UserError("train config: lr_decay_start must be >= 0, lr_decay_steps >= 1 and lr_final in "

@@ -62,6 +62,7 @@ def test_nested_config_types_and_defaults():
     ({"model": {}, "train": {"weight_decay": float("nan")}}, "weight_decay must be a finite number >= 0"),
     ({"model": {}, "train": {"grad_clip": float("nan")}}, "grad_clip must be a finite number > 0 or null"),
     ({"model": {}, "train": {"state_dtype": "fp16"}}, "state_dtype must be one of fp32, bf16"),
+    ({"model": {}, "train": {"num_workers": 100000}}, "num_workers must be 0 to 64"),
     ({"model": {"channels": 0}}, "channels must be >= 1"),
     ({"model": {"ch_mult": []}}, "ch_mult must be one or more integers >= 1"),
     ({"model": {"sigma_max": 1e300, "sigma_min": 1e-300}}, "need 0 < sigma_min < sigma_max <= 1e6"),
