@@ -126,7 +126,8 @@ OUTPUT_MAGIC = {"a NumPy .npy file": (b"\x93NUMPY",), "a checkpoint (torch.save)
                 "an evaluation summary": (b"method,target,metric,score,",),
                 "a training log": (b"step,loss,valid_loss,",),
                 "a mel settings file": (b'{\n  "frontend"',),
-                "a run record": (b'{\n  "report"',)}
+                "a run record": (b'{\n  "report"',),
+                "a museval track report": (b'{\n  "targets"',)}
 
 
 def check_output_kind(path: str | os.PathLike, kind: str) -> None:

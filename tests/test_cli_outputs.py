@@ -56,8 +56,9 @@ def world(tmp_path, monkeypatch):
 
 
 def test_separate_never_writes_into_an_input_s_own_folder_or_over_a_file_that_is_not_audio(world, capsys):
-    _refused(["separate", "ds/test", "-o", "ds", "-n", "test", "--model", "nmf.pt"], capsys, world,
-             "into its own folder", code=1)
+    for name in ("test", "train"):  # its own split, another one
+        _refused(["separate", "ds/test", "-o", "ds", "-n", name, "--model", "nmf.pt"], capsys, world,
+                 "into a dataset track's folder", code=1)
     (world / "sep/nmf/mix").mkdir(parents=True)
     shutil.copy(world / "ds/test/t0/mix.wav", world / "mix.wav")
     (world / "sep/nmf/mix/piano.wav").write_text("not audio")
@@ -69,6 +70,7 @@ def test_separate_never_writes_into_an_input_s_own_folder_or_over_a_file_that_is
 
 def test_oracle_checks_everything_before_its_first_estimate(world, capsys):
     _refused(["oracle", "ds", "--method", "mix", "-o", "ds/test/out"], capsys, world, "inside the dataset split")
+    _refused(["oracle", "ds", "--method", "mix", "-o", "ds/train"], capsys, world, "a dataset track's folder")
     _refused(["oracle", "ds", "--method", "mix", "-o", "or", "--win", "1e-9"], capsys, world, "shorter than one sample")
     _refused(["oracle", "ds", "--method", "mix", "-o", "or.csv"], capsys, world, "-o is a folder")
     (world / "ds/test/001/violin.wav").write_bytes(b"RIFF junk")  # the second track's stem: found first
@@ -82,6 +84,10 @@ def test_reports_never_replace_a_user_file_and_check_all_their_files_first(world
     shutil.copy(world / "notes.csv", world / "ev/summary.csv")
     _refused(["evaluate", "ds/test", "sep/nmf", "-o", "ev"], capsys, world, "is not an evaluation summary")
     (world / "ev/summary.csv").unlink()
+    (world / "ev/json").mkdir()
+    (world / "ev/json/t0.json").write_text('{"mine": 1}')
+    _refused(["evaluate", "ds/test", "sep/nmf", "-o", "ev"], capsys, world, "is not a museval track report")
+    shutil.rmtree(world / "ev/json")
     (world / "ev/run.json").mkdir()
     _refused(["evaluate", "ds/test", "sep/nmf", "-o", "ev"], capsys, world, "is a folder")
     assert cli.main(["evaluate", "ds/test", "sep/nmf", "-o", "ev2"]) == 0
@@ -191,3 +197,27 @@ def test_config_values_the_loop_or_the_model_would_fail_on_are_refused():
         MaskNetRun(sample_rate=0)
     with pytest.raises(UserError, match=r"crop_seconds must be in \(0, 600\]"):
         MaskNetRun(crop_seconds=1e9)
+
+
+def test_a_failed_synth_leaves_no_folder_it_made_and_says_why(world, capsys, monkeypatch):
+    from audiosep.data import synth
+
+    monkeypatch.setattr(synth, "require_fluidsynth", lambda: None)
+    monkeypatch.setattr(synth, "check_soundfont_voices", lambda *args: None)
+    monkeypatch.setattr(synth, "_make_piece", lambda *args, **kwargs: [])
+    _refused(["synth", "piano_violin", "-o", "new/ds", "--test", "1", "--duration", "1", "--composers", "bach"],
+             capsys, world, "no excerpt with every source active")
+    assert not (world / "new").exists()
+
+
+def test_a_mel_file_s_bad_front_end_settings_name_the_settings_file(world, capsys):
+    assert cli.main(["mel", "ds/test/t0/mix.wav", "-o", "m.npy", "--no-png"]) == 0
+    settings = json.loads((world / "m.json").read_text())
+    del settings["frontend"]["n_fft"]
+    (world / "m.json").write_text(json.dumps(settings, indent=2))
+    _refused(["invert", "m.npy", "-o", "back.wav"], capsys, world, "m.json: ")
+
+
+def test_finetune_steps_are_refused_for_a_flow_that_is_not_a_bundle(world, capsys):
+    _refused(["train", "glow", "--data", "ds", "--source", "piano", "-o", "g.pt", "--steps", "1",
+              "--finetune-steps", "2"], capsys, world, "--finetune-steps")

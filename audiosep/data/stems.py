@@ -36,6 +36,15 @@ _SPLIT_ALIASES = {"valid": "validation", "validation": "valid"}
 _RESAMPLE_MARGIN = 256  # output-rate samples read beyond a segment's edges when resampling
 
 
+def is_track_folder(folder: str | Path) -> bool:
+    """Whether `folder` holds a dataset track: a mixture file of any layout (`MIXTURE_FILES`) in
+    it, or (the layout of `examples/`) an audio file `<folder>.wav` beside it. Writers never put
+    stems in one, where they would replace its references."""
+    folder = Path(folder)
+    beside = folder.parent / f"{folder.name}.wav"
+    return folder.is_dir() and (any((folder / name).is_file() for name in MIXTURE_FILES) or beside.is_file())
+
+
 @dataclass(frozen=True)
 class Track:
     """One track: its mixture file and, per source, the files summed to make that source."""

@@ -25,6 +25,7 @@ expression, timbre shift, EQ, room reverb), all drawn from the piece's seed.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -595,7 +596,9 @@ def synthesize(
                                        font_per_source=font_per_source)
         counts = _render_pieces(index, candidates, targets, excerpts_per_piece, make_piece, out_dir, progress)
         if not index["tracks"]:
-            raise UserError(f"no track could be made ({len(index['skipped'])} pieces skipped: see the warnings); "
+            reasons = collections.Counter(reason.split(":")[0] for reason in index["skipped"].values())
+            why = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common()) or "no piece asked for"
+            raise UserError(f"no track could be made ({len(index['skipped'])} pieces skipped: {why}); "
                             f"{final} is left as it was")
     for split, target in (targets or {}).items():
         if counts[split] < target:
@@ -703,6 +706,7 @@ def _staged_dataset(final: Path) -> Iterator[Path]:
     """Yield a hidden folder in `final` to render into; when the body succeeds, the dataset
     already in `final` (if any) is removed and the new one moved in. On an error or Ctrl-C the
     staging folder is removed and `final` is left as it was: a dataset is never half replaced."""
+    made = [p for p in (final, *final.parents) if not p.exists()]
     final.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".synth.", dir=final))
     try:
@@ -711,8 +715,12 @@ def _staged_dataset(final: Path) -> Iterator[Path]:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         for path in _dataset_files(staging):
             os.replace(path, final / path.name)
+        made = []
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:  # innermost first: the folders made for a dataset that was not made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 # ----------------------------------------------------------------------------- argument checks

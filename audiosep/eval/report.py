@@ -186,6 +186,8 @@ def check_report_output(output: str | os.PathLike) -> None:
                    folder / RUN_FILE: "a run record"})
     if (folder / "json").exists() and not (folder / "json").is_dir():
         raise UserError(f"{folder / 'json'}: is a file; the per-track JSON reports go in this folder")
+    if (folder / "json").is_dir():  # any file there may be a track's report to replace
+        check_outputs({p: "a museval track report" for p in (folder / "json").glob("*.json")})
 
 
 def write_reports(df: pd.DataFrame, output: str | os.PathLike, win_seconds: float,

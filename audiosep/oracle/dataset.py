@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.stems import check_complete, list_tracks, load_track
+from ..data.stems import check_complete, is_track_folder, list_tracks, load_track
 from ..errors import UserError
 from ..eval.report import check_window, score_track, write_reports
 from ..io import audio_info, check_outputs, write_audio
@@ -73,4 +73,8 @@ def _check_before_work(tracks: list, sources: list[str], output: Path, win_secon
         if out == folder or folder in out.parents:
             raise UserError(f"{output}: inside the dataset split {folder}; its reference "
                             "stems would be replaced: name an output folder outside it")
+    for track in tracks:
+        if is_track_folder(output / track.name):
+            raise UserError(f"{output / track.name}: a dataset track's folder; its reference stems would be "
+                            "replaced: name an output folder outside the dataset")
     check_outputs({output / t.name / f"{s}.wav": "audio" for t in tracks for s in sources})

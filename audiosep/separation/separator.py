@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.stems import MIXTURE_FILES
+from ..data.stems import MIXTURE_FILES, is_track_folder
 from ..devices import resolve_device
 from ..errors import UserError
 from ..progress import progress_bar
@@ -360,9 +360,10 @@ def _check_not_output(inp: Input, outputs: dict[str, Path]) -> None:
     dataset track keeps its reference stems), or replace a folder or a file that is not audio."""
     if inp.path.resolve() in {p.resolve() for p in outputs.values()}:
         raise UserError(f"{inp.path}: separating would overwrite this input with itself")
-    if any(p.parent.resolve() == inp.path.parent.resolve() for p in outputs.values()):
-        raise UserError(f"{inp.path}: its stems would be written into its own folder, over the stems a dataset "
-                        "track keeps there: name an output folder (-o / -n) elsewhere")
+    folders = {p.parent for p in outputs.values()}
+    if any(f.resolve() == inp.path.parent.resolve() or is_track_folder(f) for f in folders):
+        raise UserError(f"{inp.path}: its stems would be written into a dataset track's folder, over its "
+                        "reference stems: name an output folder (-o / -n) elsewhere")
     check_outputs({p: "audio" for p in outputs.values()})
 
 

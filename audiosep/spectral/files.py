@@ -142,6 +142,8 @@ def load_mel(npy: str | Path) -> tuple[np.ndarray, Frontend, dict]:
     except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"{npy}: not a mel file written by `audiosep mel` ({type(err).__name__}: {err}; "
                         f"settings {meta_path})") from None
+    except UserError as err:  # the front end's own check of its settings
+        raise UserError(f"{meta_path}: {err}") from None
     least = min_frames(frontend)
     if unit.ndim != 3 or unit.shape[1] != frontend.n_mels or unit.shape[2] < least:
         raise UserError(f"{npy}: expected shape (channels, {frontend.n_mels}, frames >= {least}), got {unit.shape}")

@@ -113,7 +113,11 @@ def _train_flow(sets: DataSets, domain: Domain, data: dict[str, Any], out_path: 
     if arch not in FLOWS:
         raise UserError(f"unknown flow {arch!r}; choose one of: {', '.join(FLOWS)}")
     check_flow_shape(arch, model_config.channels, model_config.levels, flow_item_shape(domain))
-    if flow_conditioning(model_config, denoising) == "bundle":
+    conditioning = flow_conditioning(model_config, denoising)
+    if finetune_steps is not None and conditioning != "bundle":
+        raise UserError(f"finetune_steps (--finetune-steps) are the steps of a bundle's later members; this flow's "
+                        f"conditioning is {conditioning!r}, not 'bundle'")
+    if conditioning == "bundle":
         return train_flow_bundle(sets, domain, data, out_path, arch, model_config, config, finetune_steps, device,
                                  loss)
     train_ds, valid_ds = sets(config)
