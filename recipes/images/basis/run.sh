@@ -9,7 +9,9 @@
 #
 # Variables: dataset (digits | mnist: picks ncsn_<dataset>.yaml and glow_<dataset>.yaml here), mnist (the folder of
 # the IDX files), exp, mixtures, basis_steps / basis_levels (the paper: 100 steps x 10
-# levels), device, stage, stop_stage. Training resumes from $exp/ncsn.pt and $exp/glow.pt.
+# levels), ncsn (the NCSN checkpoint; for MNIST recipes/images/basis/checkpoints/ncsn_mnist.pt, committed
+# so the CPU run goes on across sessions), ncsn_steps, device, stage, stop_stage. Training resumes
+# from $ncsn and $exp/glow.pt.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 recipe=basis
@@ -17,11 +19,16 @@ recipe=basis
 mixtures=${mixtures:-1000}
 basis_steps=${basis_steps:-100}
 basis_levels=${basis_levels:-10}
+# the NCSN checkpoint: for MNIST the resumable one kept in the repository (a CPU run spans sessions:
+# each session goes on from the committed state and commits it again); elsewhere under $exp
+if [ "$dataset" = mnist ]; then ncsn_default=$here/checkpoints/ncsn_mnist.pt; else ncsn_default=$exp/ncsn.pt; fi
+ncsn=${ncsn:-$ncsn_default}
+ncsn_steps=${ncsn_steps:-}  # default: train.steps of ncsn_<dataset>.yaml; fewer to stop a session's share early
 
 if run_stage 1; then
     echo "stage 1: train an NCSN prior on $images"
     $audiosep train ncsn --images "$images" --config "$here/ncsn_$dataset.yaml" --device "$device" \
-        --threads 1 -o "$exp/ncsn.pt"
+        ${ncsn_steps:+--steps "$ncsn_steps"} --threads 1 -o "$ncsn"
     echo "stage 1: train a sigma-conditioned Glow prior on $images"
     $audiosep train glow --images "$images" --config "$here/glow_$dataset.yaml" --device "$device" \
         --threads 1 -o "$exp/glow.pt"
@@ -30,5 +37,5 @@ fi
 if run_stage 2; then
     echo "stage 2: BASIS on $mixtures test mixtures (${basis_levels} levels x ${basis_steps} steps)"
     $python benchmarks/images.py --images "$images" --mixtures "$mixtures" --device "$device" \
-        --ncsn "$exp/ncsn.pt" --glow "$exp/glow.pt" --basis-steps "$basis_steps" --basis-levels "$basis_levels" | tee "$exp/table.txt"
+        --ncsn "$ncsn" --glow "$exp/glow.pt" --basis-steps "$basis_steps" --basis-levels "$basis_levels" | tee "$exp/table.txt"
 fi
