@@ -545,7 +545,9 @@ def synthesize(
 
     Args:
         preset: ``piano_violin`` or ``drums_bass``.
-        out_dir: dataset folder; refused if it already holds a dataset unless `overwrite`.
+        out_dir: dataset folder; refused if it already holds a dataset unless `overwrite`. The
+            tracks are rendered into a hidden staging folder in it and moved in when all are
+            made (`_staged_dataset`), so an error or Ctrl-C leaves the folder as it was.
         n_tracks: excerpts to make — an int (shared among splits by `splits`), a mapping
             ``{split: count}`` (missing splits get none), or None for every usable piece.
         excerpts_per_piece: at most this many non-overlapping excerpts per piece.
