@@ -56,11 +56,10 @@ def _cmd_mel(args: argparse.Namespace) -> None:
 
 
 def _cmd_invert(args: argparse.Namespace) -> None:
-    from .io import check_output_file, check_output_kind
+    from .io import check_outputs
     from .spectral.files import invert_mel_file
 
-    check_output_file(args.output)
-    check_output_kind(args.output, "audio")
+    check_outputs({args.output: "audio"})
     if args.mix is not None and args.method != "phase":
         raise UserError(f"--mix is the phase source of --method phase; the method is {args.method}")
     path = invert_mel_file(args.input, args.output, method=args.method, mix=args.mix,
@@ -80,14 +79,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _cmd_report(args: argparse.Namespace) -> None:
     from .eval.listening import write_listening_report
-    from .io import check_output_file, check_output_kind
+    from .io import check_outputs
     from .oracle import ORACLE_SUMMARIES
     from .separation.methods import METHODS
 
-    check_output_file(args.output)
     if args.output.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"{args.output}: the listening report is an HTML page; name it .html")
-    check_output_kind(args.output, "an HTML page")
+    check_outputs({args.output: "an HTML page"})
     descriptions = {**{name: spec.summary for name, spec in METHODS.items()}, **ORACLE_SUMMARIES}
     path = write_listening_report(args.run_dir, args.output, max_tracks=args.max_tracks, seconds=args.seconds,
                                   preset=args.preset, descriptions=descriptions)
@@ -95,13 +93,12 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:
-    from .io import check_output_file, check_output_kind
+    from .io import check_outputs
     from .training.log import plot_logs
 
-    check_output_file(args.output)
     if args.output.suffix.lower() != ".png":
         raise UserError(f"{args.output}: the training curves are a PNG picture; name it .png")
-    check_output_kind(args.output, "a PNG picture")
+    check_outputs({args.output: "a PNG picture"})
     plot_logs(args.logs, args.output)  # reads and checks every log before it draws
     print(f"wrote {args.output}")
 
@@ -273,9 +270,10 @@ def _check_model_output(path: Path, overwrite: bool, why: str) -> None:
     """The output of a command that writes a finished model (train nmf, export): a checkpoint
     file or nothing, never a training checkpoint (its optimiser state would be lost, even with
     --overwrite), and an existing model only with --overwrite (a bundled one, say)."""
+    from .io import check_outputs
     from .priors.base import refuse_training_checkpoint
 
-    _check_checkpoint_output(path)
+    check_outputs({path: "a checkpoint (torch.save)"})
     refuse_training_checkpoint(path)
     if path.exists() and not overwrite:
         raise UserError(f"{path}: a model is there; {why}, so it would be replaced: choose another output, "
@@ -527,9 +525,11 @@ def _path(text: str) -> Path:
 
 
 def _sample_rate(text: str) -> int:
-    """argparse type: a sample rate in Hz, 1000 to 384000 (below, an STFT frame spans seconds)."""
+    """argparse type: a sample rate in Hz within `io.SAMPLE_RATES`."""
+    from .io import SAMPLE_RATES
+
     value = int(text)
-    if not 1000 <= value <= 384000:
+    if not SAMPLE_RATES[0] <= value <= SAMPLE_RATES[1]:
         raise ValueError(text)
     return value
 
@@ -544,7 +544,7 @@ def _fraction(text: str) -> float:
 
 _finite_float.__name__ = "finite number"
 _path.__name__ = "non-empty path"
-_sample_rate.__name__ = "sample rate in Hz, 1000 to 384000"
+_sample_rate.__name__ = "sample rate in Hz, 1000 to 384000"  # io.SAMPLE_RATES (not imported here: startup time)
 _non_negative_float.__name__ = "finite number >= 0"
 _seed.__name__ = "integer in [0, 2**32 - 1]"
 _thread_count.__name__ = f"integer in [1, {_MAX_THREADS}] (4 per CPU core of this machine)"
@@ -954,8 +954,8 @@ def main(argv: list[str] | None = None) -> int:
                       "than this machine has")
         return 2
     except RuntimeError as err:
-        if "not enough memory" not in str(err) and "DefaultCPUAllocator" not in str(err):
-            raise
+        if not any(text in str(err) for text in ("not enough memory", "DefaultCPUAllocator", "out of memory")):
+            raise  # torch.cuda.OutOfMemoryError says "CUDA out of memory"
         from .io import first_line
 
         _print_ending(f"audiosep {args.command}: error: out of memory ({first_line(err)})")

@@ -54,11 +54,11 @@ class TrainConfig:
     after step lr_decay_start the lr falls from lr to lr_final along half a cosine over
     lr_decay_steps steps, then stays at lr_final: a function of the step alone, so a resumed or
     continued run follows the schedule one run would); state_dtype ("fp32", or "bf16": the
-    checkpoint stores the EMA weights and Adam's moments in bfloat16, which halves what a
-    training carried between machines weighs; the model's own weights stay float32, since
-    bf16's 8-bit mantissa would swallow small updates. At every checkpoint the loop rounds
-    them in memory as well, so a run resumed from the file goes on exactly as the
-    uninterrupted one).
+    checkpoint stores Adam's moments in bfloat16, 12 bytes per weight instead of 16, so a
+    training carried between machines weighs less; the weights and their EMA stay float32,
+    since bf16's 8-bit mantissa would swallow their small updates. At every checkpoint the
+    loop rounds the moments in memory as well, so a run resumed from the file goes on exactly
+    as the uninterrupted one).
     """
 
     steps: int = 20000

@@ -20,6 +20,7 @@ import soxr
 
 from .errors import UserError
 
+SAMPLE_RATES = (1000, 384000)  # Hz a model or dataset may be made at (below, an STFT frame spans seconds)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 
 

@@ -17,6 +17,14 @@ for name, table in test_set_summaries(sys.argv[1]).items():
     done
 }
 
+# checkpoint_step CKPT: the optimiser steps a training checkpoint holds (0 when there is none yet),
+# so a recipe can leave a model that already reached its share of a long run and go on to the next.
+checkpoint_step() {
+    [ -f "$1" ] || { echo 0; return; }
+    .venv/bin/python -c 'import sys; from audiosep.priors.base import load_checkpoint
+print(load_checkpoint(sys.argv[1])["step"])' "$1"
+}
+
 # Honest folds: groups of composers none of whose pieces any bundled model trains on (the priors,
 # NMF and the LQ-VAE train on Bach chorales; the piano/violin mask network also on the composers
 # of recipes/piano_violin's $data_poly and $data_misc), each rendered with every training

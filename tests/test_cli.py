@@ -447,7 +447,7 @@ def test_bad_mel_files_are_refused_in_one_line_before_any_work(tmp_path, capsys)
     cases = {"negative": (unit - 0.5, settings, "outside the [0, 1] scale"),
              "nan": (np.where(unit > 0.5, np.nan, unit), settings, "values are NaN or infinite"),
              "frames": (unit[:, :, :3], settings, "frames >= 4"),
-             "settings": (unit, {}, "not a mel file written by `audiosep mel` (KeyError")}
+             "settings": (unit, {}, "not the settings `audiosep mel` writes (KeyError")}
     capsys.readouterr()
     for name, (values, meta, message) in cases.items():
         np.save(tmp_path / f"{name}.npy", values.astype(np.float32))

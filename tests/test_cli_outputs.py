@@ -107,7 +107,8 @@ def test_the_listening_report_reads_tracks_as_names_and_plays_every_audio_format
     run = json.loads((world / "ev/run.json").read_text())
     (world / "ev/report.csv").write_text("\n".join(lines) + "\n")
     (world / "ev/run.json").write_text(json.dumps({**run, "references": "../missing"}, indent=2))
-    _refused(["report", "ev", "-o", "page2.html"], capsys, world, "is missing")
+    assert cli.main(["report", "ev", "-o", "page2.html", "--seconds", "1"]) == 0  # the scores, and a word why
+    assert "references folder it names" in capsys.readouterr().err and "<audio" in (world / "page2.html").read_text()
 
 
 def test_mel_checks_its_three_files_before_writing_one(world, capsys):
@@ -221,3 +222,30 @@ def test_a_mel_file_s_bad_front_end_settings_name_the_settings_file(world, capsy
 def test_finetune_steps_are_refused_for_a_flow_that_is_not_a_bundle(world, capsys):
     _refused(["train", "glow", "--data", "ds", "--source", "piano", "-o", "g.pt", "--steps", "1",
               "--finetune-steps", "2"], capsys, world, "--finetune-steps")
+
+
+def test_a_dataset_replaced_by_synth_comes_back_whole_when_the_swap_fails(tmp_path, monkeypatch):
+    from audiosep.data import synth
+
+    final, staging = tmp_path / "ds", tmp_path / "ds" / ".synth.new"
+    for folder, text in ((final, "old"), (staging, "new")):
+        for split in ("train", "test"):
+            (folder / split).mkdir(parents=True)
+            (folder / split / "t.txt").write_text(text)
+        (folder / "index.json").write_text(text)
+    real, calls = synth.os.replace, []
+
+    def failing(src, dst):  # 3 old entries set aside, 1 new one moved in, then the 2nd new one fails
+        calls.append(src)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(synth.os, "replace", failing)
+    with pytest.raises(KeyboardInterrupt):
+        synth._swap_in(staging, final)
+    monkeypatch.setattr(synth.os, "replace", real)
+    assert (final / "index.json").read_text() == "old" and (final / "train/t.txt").read_text() == "old"
+    assert (final / "test/t.txt").read_text() == "old" and not list(final.glob(".synth-old.*"))
+    synth._swap_in(staging, final)
+    assert (final / "index.json").read_text() == "new" and (final / "test/t.txt").read_text() == "new"

@@ -1,6 +1,6 @@
 """The resumable training states the recipes keep in the repository (`recipes/*/checkpoints/`):
 one file per model, within the size a committed binary may weigh, holding what a resume needs
-(optimiser state, bfloat16 EMA and moments, its log beside it) for the front end or image
+(optimiser state with bfloat16 moments, float32 weights and EMA, its log beside it) for the front end or image
 domain its recipe trains on."""
 from pathlib import Path
 
@@ -33,8 +33,10 @@ def test_a_kept_checkpoint_is_small_resumable_and_of_its_recipe_s_domain(name):
     payload = load_checkpoint(path)
     assert payload["optimizer"] is not None and payload["step"] > 0
     assert payload["extra"]["train_config"]["state_dtype"] == "bf16"
-    assert {v.dtype for v in payload["ema"].values() if v.is_floating_point()} == {torch.bfloat16}
-    assert {v.dtype for v in payload["state_dict"].values() if v.is_floating_point()} == {torch.float32}
+    moments = [v for s in payload["optimizer"]["state"].values() for k, v in s.items() if k != "step"]
+    assert {v.dtype for v in moments} == {torch.bfloat16}
+    assert {v.dtype for v in (*payload["ema"].values(), *payload["state_dict"].values())
+            if v.is_floating_point()} == {torch.float32}
     expected = Domain.mel(get_frontend("default")) if domain == "mel" else Domain.image((1, 28, 28), (0.0, 1.0))
     load_prior(path, expected_domain=expected)
     rows = read_log(log_path(path))  # the curve travels with the state

@@ -26,7 +26,7 @@ import yaml
 from torch import Tensor
 
 from ..errors import UserError
-from ..io import audio_info, convert_channels, resample
+from ..io import audio_info, convert_channels, first_line, resample
 
 LAYOUTS = ("stems", "musdb", "slakh")
 _MIX_FILES = {"stems": ("mix.wav", "mix.flac"), "musdb": ("mixture.wav",), "slakh": ("mix.flac", "mix.wav")}
@@ -38,11 +38,9 @@ _RESAMPLE_MARGIN = 256  # output-rate samples read beyond a segment's edges when
 
 def is_track_folder(folder: str | Path) -> bool:
     """Whether `folder` holds a dataset track: a mixture file of any layout (`MIXTURE_FILES`) in
-    it, or (the layout of `examples/`) an audio file `<folder>.wav` beside it. Writers never put
-    stems in one, where they would replace its references."""
+    it. Writers never put stems in one, where they would replace its references."""
     folder = Path(folder)
-    beside = folder.parent / f"{folder.name}.wav"
-    return folder.is_dir() and (any((folder / name).is_file() for name in MIXTURE_FILES) or beside.is_file())
+    return folder.is_dir() and any((folder / name).is_file() for name in MIXTURE_FILES)
 
 
 @dataclass(frozen=True)
@@ -172,7 +170,7 @@ def _slakh_track(track_dir: Path, split: str, layout: str) -> Track:
     try:
         meta = yaml.safe_load(meta_path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"{meta_path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{meta_path}: not valid YAML ({first_line(err)})") from None
     stem_dir = track_dir / str(meta.get("audio_dir") or "stems")
     sources: dict[str, list[Path]] = {}
     for stem_id, info in sorted((meta.get("stems") or {}).items()):
@@ -281,7 +279,7 @@ def _read_frames(path: Path, start: int, stop: int) -> np.ndarray:
     try:
         data, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise UserError(f"{path}: not a readable audio file ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a readable audio file ({first_line(err)})") from None
     return np.ascontiguousarray(data.T)
 
 

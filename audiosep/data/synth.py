@@ -45,7 +45,7 @@ import numpy as np
 import soundfile as sf
 
 from ..errors import UserError
-from ..io import atomic_output, rms_db, write_audio
+from ..io import atomic_output, first_line, rms_db, write_audio
 from ..progress import progress_bar
 from .augment import Augmentation, augment_audio, augment_midi, pad_to_longest, restore_timbre_shift
 
@@ -570,7 +570,8 @@ def synthesize(
     Raises:
         UserError: unknown preset, reserved or unknown composer/piece, bad argument, missing
             fluidsynth or soundfont, a soundfont that does not sound every voice of the preset
-            (`check_soundfont_voices`), or an `out_dir` already holding a dataset.
+            (`check_soundfont_voices`), an `out_dir` already holding a dataset, or no track made
+            at all (every piece skipped; a piece that fails alone is skipped with a warning).
 
     The index records each soundfont by its resolved path (links followed): the file rendered.
 
@@ -625,7 +626,7 @@ def _render_pieces(index: dict, candidates: list[Piece], targets: dict | None, e
         try:
             records = make_piece(piece, wanted=wanted)
         except Exception as err:  # noqa: BLE001 — any parse/render failure skips the piece
-            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            reason = f"{type(err).__name__}: {first_line(err) if str(err).strip() else ''}"
             index["skipped"][piece.path] = reason
             warnings.warn(f"skipping {piece.path}: {reason}", stacklevel=2)
             continue
@@ -705,24 +706,43 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> Path:
 
 @contextlib.contextmanager
 def _staged_dataset(final: Path) -> Iterator[Path]:
-    """Yield a hidden folder in `final` to render into; when the body succeeds, the dataset
-    already in `final` (if any) is removed and the new one moved in. On an error or Ctrl-C the
-    staging folder is removed and `final` is left as it was: a dataset is never half replaced."""
+    """Yield a hidden folder in `final` to render into; when the body succeeds, the new dataset
+    replaces the one in `final` (if any, `_swap_in`). On an error or Ctrl-C the staging folder
+    is removed and `final` is left as it was, with no folder made for it left behind."""
     made = [p for p in (final, *final.parents) if not p.exists()]
     final.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".synth.", dir=final))
     try:
         yield staging
-        for path in _dataset_files(final):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        for path in _dataset_files(staging):
-            os.replace(path, final / path.name)
+        _swap_in(staging, final)
         made = []
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         for folder in made:  # innermost first: the folders made for a dataset that was not made
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace the dataset entries of `final` by those of `staging` by renames only (the old ones
+    first set aside in a hidden folder, deleted at the end), so an error or Ctrl-C part way
+    puts the old dataset back whole; the new one is left in `staging`."""
+    old = Path(tempfile.mkdtemp(prefix=".synth-old.", dir=final))
+    moved_in: list[Path] = []
+    try:
+        for path in _dataset_files(final):
+            os.replace(path, old / path.name)
+        for path in _dataset_files(staging):
+            os.replace(path, final / path.name)
+            moved_in.append(final / path.name)
+    except BaseException:
+        for path in moved_in:
+            os.replace(path, staging / path.name)
+        for path in _dataset_files(old):
+            os.replace(path, final / path.name)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- argument checks

@@ -23,6 +23,7 @@ import html
 import io
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch
 from ..errors import UserError
 from ..io import AUDIO_SUFFIXES, atomic_output, convert_channels, read_audio, resample
 from ..progress import progress_bar
-from ..spectral.files import mel_picture, min_frames, png_bytes
+from ..spectral.files import mel_picture, min_samples, png_bytes
 from ..spectral.frontend import get_frontend
 from .report import METRICS, MIXTURE_NAMES, RUN_FILE, audio_files, summarize
 
@@ -70,8 +71,9 @@ def find_evaluations(run_dir: str | os.PathLike) -> list[Evaluation]:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{run_file}: not a run description written by `audiosep evaluate` ({err})") from None
         for what, folder in (("references", references), ("estimates", estimates)):
-            if not folder.is_dir():
-                raise UserError(f"{run_file}: the {what} folder it names, {folder}, is missing (moved or deleted?)")
+            if not folder.is_dir():  # the scores still report; the page says why players are missing
+                warnings.warn(f"{run_file}: the {what} folder it names, {folder}, is missing (moved or deleted?); "
+                              "the page has no players for it", stacklevel=2)
         found.append(Evaluation(_read_report(report), references, estimates))
     if not found:
         raise UserError(f"{run_dir}: no evaluations in it (folders with {RUN_FILE}, written by `audiosep evaluate` "
@@ -121,7 +123,7 @@ def write_listening_report(run_dir: str | os.PathLike, output: str | os.PathLike
         the path written (atomically).
     """
     frontend = get_frontend(preset)
-    least = (min_frames(frontend) - 1) * frontend.hop_length / frontend.sample_rate
+    least = min_samples(frontend) / frontend.sample_rate
     if not seconds >= least:
         raise UserError(f"clips of {seconds:g} s are too short for a mel picture: at least {least:g} s")
     evaluations = find_evaluations(run_dir)

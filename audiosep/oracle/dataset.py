@@ -67,7 +67,8 @@ def _check_before_work(tracks: list, sources: list[str], output: Path, win_secon
     rates = {audio_info(path)[0] for track in tracks for paths in track.sources.values() for path in paths}
     for rate in rates:
         check_window(win_seconds, rate)
-    folders = {p.parent.parent.resolve() for t in tracks for paths in t.sources.values() for p in paths}
+    folders = {(t.mix.parent if t.mix is not None else next(iter(t.sources.values()))[0].parent).parent.resolve()
+               for t in tracks}  # the split folders (a Slakh stem lies one folder deeper than its mix)
     out = output.resolve()
     for folder in folders:
         if out == folder or folder in out.parents:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..io import atomic_output
+from ..io import atomic_output, first_line
 
 CHECKPOINT_FORMAT = "audiosep-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -307,8 +307,7 @@ def save_checkpoint(
 def _short_reason(err: BaseException, limit: int = 100) -> str:
     """The first sentence of an exception's first line, at most `limit` characters, cut at a
     word boundary with "..." (torch's messages run to paragraphs)."""
-    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    line = line.split(". ")[0]
+    line = first_line(err).split(". ")[0]
     if len(line) <= limit:
         return line
     return line[:limit].rsplit(" ", 1)[0] + "..."
@@ -418,7 +417,7 @@ def _load_weights(model: Prior, payload: Mapping[str, Any], path: str | os.PathL
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        reason = str(err).strip().splitlines()[0][:160]
+        reason = first_line(err)[:160]
         raise UserError(f"{path}: weights do not fit a {payload['kind']} model ({reason})") from None
 
 

@@ -356,12 +356,13 @@ def _separate_one(inp: Input, output_dir: str | os.PathLike, separator: Separato
 
 
 def _check_not_output(inp: Input, outputs: dict[str, Path]) -> None:
-    """UserError if separating `inp` would overwrite it, write into its own folder (where a
-    dataset track keeps its reference stems), or replace a folder or a file that is not audio."""
+    """UserError if separating `inp` would overwrite it, write into a dataset track's folder
+    (`is_track_folder`, its own among them, or `X/` beside an input `X.wav`, the layout of
+    `examples/`: where reference stems lie), or replace a folder or a file that is not audio."""
     if inp.path.resolve() in {p.resolve() for p in outputs.values()}:
         raise UserError(f"{inp.path}: separating would overwrite this input with itself")
-    folders = {p.parent for p in outputs.values()}
-    if any(f.resolve() == inp.path.parent.resolve() or is_track_folder(f) for f in folders):
+    references = {inp.path.parent.resolve(), inp.path.with_suffix("").resolve()}
+    if any(p.parent.resolve() in references or is_track_folder(p.parent) for p in outputs.values()):
         raise UserError(f"{inp.path}: its stems would be written into a dataset track's folder, over its "
                         "reference stems: name an output folder (-o / -n) elsewhere")
     check_outputs({p: "audio" for p in outputs.values()})

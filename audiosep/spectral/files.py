@@ -35,7 +35,7 @@ def save_mel(audio: str | Path, output: str | Path, preset: str = "default", pic
     check_outputs(outputs)  # all three, before any work
     frontend = get_frontend(preset)
     wav, sr_in = read_audio(audio, sample_rate=frontend.sample_rate)
-    least = (min_frames(frontend) - 1) * frontend.hop_length
+    least = min_samples(frontend)
     if wav.shape[1] < least:
         raise UserError(f"{audio}: {wav.shape[1] / frontend.sample_rate:.3f} s is too short for the {preset} front "
                         f"end: at least {least} samples at {frontend.sample_rate} Hz ({least / frontend.sample_rate:g} s)")
@@ -126,6 +126,11 @@ def min_frames(frontend: Frontend) -> int:
     return frontend.n_fft // (2 * frontend.hop_length) + 2
 
 
+def min_samples(frontend: Frontend) -> int:
+    """Samples (at the front end's rate) a mel file or picture needs: `min_frames` of them."""
+    return (min_frames(frontend) - 1) * frontend.hop_length
+
+
 def load_mel(npy: str | Path) -> tuple[np.ndarray, Frontend, dict]:
     """Read a mel file written by `save_mel`: ([0, 1] array (C, n_mels, T), front end, metadata)."""
     npy = Path(npy)
@@ -136,18 +141,20 @@ def load_mel(npy: str | Path) -> tuple[np.ndarray, Frontend, dict]:
         raise UserError(f"{meta_path}: missing (the settings written beside the .npy by `audiosep mel`)")
     try:
         unit = np.load(npy, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise UserError(f"{npy}: not a mel file written by `audiosep mel` ({type(err).__name__}: {err})") from None
+    try:
         meta = json.loads(meta_path.read_text())
         frontend = Frontend.from_dict(meta["frontend"])
         samples = int(meta["samples"])
     except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"{npy}: not a mel file written by `audiosep mel` ({type(err).__name__}: {err}; "
-                        f"settings {meta_path})") from None
+        raise UserError(f"{meta_path}: not the settings `audiosep mel` writes ({type(err).__name__}: {err})") from None
     except UserError as err:  # the front end's own check of its settings
         raise UserError(f"{meta_path}: {err}") from None
     least = min_frames(frontend)
     if unit.ndim != 3 or unit.shape[1] != frontend.n_mels or unit.shape[2] < least:
         raise UserError(f"{npy}: expected shape (channels, {frontend.n_mels}, frames >= {least}), got {unit.shape}")
-    if samples // frontend.hop_length + 1 != unit.shape[2]:  # the centred STFT's frame count
+    if frontend.stft_settings.n_frames(samples) != unit.shape[2]:
         raise UserError(f"{meta_path}: 'samples' {meta['samples']} does not match the {unit.shape[2]} frames of "
                         f"{npy} (hop {frontend.hop_length})")
     finite = np.isfinite(unit)
@@ -175,7 +182,7 @@ def invert_mel_file(
     length = int(meta["samples"])
     if method == "phase":  # read and checked before the slow NNLS
         mix_wav, _ = read_audio(mix, sample_rate=frontend.sample_rate, channels=unit.shape[0])
-        frames = mix_wav.shape[1] // frontend.hop_length + 1
+        frames = frontend.stft_settings.n_frames(mix_wav.shape[1])
         if frames != unit.shape[-1]:
             raise UserError(f"{mix}: {mix_wav.shape[1] / frontend.sample_rate:.3f} s gives {frames} frames, the mel "
                             f"spectrogram has {unit.shape[-1]} ({length / frontend.sample_rate:.3f} s)")

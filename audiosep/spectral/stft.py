@@ -67,6 +67,12 @@ class STFTSettings:
         """Frequency bins F = n_fft // 2 + 1."""
         return self.n_fft // 2 + 1
 
+    def n_frames(self, samples: int) -> int:
+        """Frames `stft` makes of `samples` samples (centred: one per hop, plus the last)."""
+        if self.center:
+            return samples // self.hop_length + 1
+        return max(0, (samples - self.n_fft) // self.hop_length + 1)
+
     def stft(self, wav: Tensor) -> Tensor:
         """Waveform `(..., N)` → complex spectrogram `(..., n_freqs, frames)`."""
         return F.stft(wav, self.n_fft, self.hop_length, self.win_length, self.window, self.center, self.pad_mode)

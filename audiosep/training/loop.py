@@ -51,25 +51,27 @@ Callback = Callable[[int, dict[str, float]], None]
 
 
 class EMA:
-    """Exponential moving average of a model's floating-point state.
+    """Exponential moving average of a model's parameters.
 
     After update n (1-based), shadow ← d·shadow + (1 − d)·value with
     d = min(decay, (1 + n)/(10 + n)) (short warm-up, so early averages are not dominated
-    by the initial weights); non-float entries (e.g. counters) are copied.
+    by the initial weights). Buffers (a noise schedule, counters, normalisation statistics)
+    are copied: they are not trained, so an average of them would only lag.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.updates = 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.averaged = {name for name, p in model.named_parameters() if p.is_floating_point()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Fold the model's current state into the average."""
+        """Fold the model's current parameters into the average; copy its buffers."""
         self.updates += 1
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         for key, value in model.state_dict().items():
-            if value.is_floating_point():
+            if key in self.averaged:
                 self.shadow[key].lerp_(value, 1.0 - d)
             else:
                 self.shadow[key].copy_(value)
@@ -526,36 +528,37 @@ def _is_moment(key: Any, value: Any) -> bool:
 def _stored_states(ema: EMA, optimizer: torch.optim.Optimizer, state_dtype: str
                    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The EMA and optimiser state dicts a checkpoint stores (`TrainConfig.state_dtype`): as
-    they are with "fp32"; with "bf16" every floating EMA tensor and Adam moment is rounded to
-    bfloat16 in memory and stored as bfloat16, so the file is smaller and a resume from it
-    continues exactly as the run that wrote it (both go on from the rounded values)."""
+    they are with "fp32"; with "bf16" Adam's moments are rounded to bfloat16 in memory and
+    stored as bfloat16, so the file is smaller and a resume from it continues exactly as the
+    run that wrote it (both go on from the rounded moments). The EMA stays float32: rounded at
+    every checkpoint, an average that moves by (1 − decay) of the gap per step would stop
+    within about 2 % of the weights, where bf16's steps are coarser than its moves."""
     if state_dtype == "fp32":
         return ema.state_dict(), optimizer.state_dict()
     low = torch.bfloat16
-    for value in ema.shadow.values():
-        if value.is_floating_point():
-            value.copy_(value.to(low))
     for state in optimizer.state.values():
         for key, value in state.items():
             if _is_moment(key, value):
                 value.copy_(value.to(low))
-    ema_state = {k: v.to(low) if v.is_floating_point() else v for k, v in ema.shadow.items()}
     optimizer_state = optimizer.state_dict()
     optimizer_state["state"] = {index: {k: v.to(low) if _is_moment(k, v) else v for k, v in state.items()}
                                 for index, state in optimizer_state["state"].items()}
-    return ema_state, optimizer_state
+    return ema.state_dict(), optimizer_state
 
 
 def _finite_after_update(model: Prior, loss_fn: LossFn, batch: Any, config: TrainConfig, world: int) -> bool:
     """Whether the updated weights are finite and give a finite loss on the step's batch, on
     every process: the loss the loop checks is the one before the update, so an update that
     diverged would otherwise be saved over a good checkpoint. Evaluated in eval mode, without
-    gradients and with the generators isolated, so the run goes on exactly as without it."""
+    gradients, under the step's autocast and with the generators isolated, so the run goes on
+    exactly as without it."""
     finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     if finite:
         was_training = model.training
         model.eval()
-        with torch.no_grad(), _isolated_rng(config.seed):
+        device_type = next(model.parameters()).device.type
+        with torch.no_grad(), _isolated_rng(config.seed), \
+                torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
             finite = math.isfinite(loss_fn(model, batch).item())
         model.train(was_training)
     if world > 1:

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from ..config import TrainConfig
 from ..data.stems import SourceCrops, dataset_roots, list_sources, list_tracks, load_track, pooled_tracks
 from ..errors import UserError
-from ..io import rms_db
+from ..io import SAMPLE_RATES, rms_db
 from ..priors.base import Domain
 from ..priors.masknet import MaskNet, masknet_loss
 from .loop import seed_everything, train
@@ -53,8 +53,9 @@ class MaskNetRun:
         if not (0 < self.crop_seconds <= 600) or not (0 <= self.gain_db <= 60):
             raise UserError(f"masknet config: crop_seconds must be in (0, 600] and gain_db in [0, 60], got "
                             f"{self.crop_seconds}, {self.gain_db}")
-        if not 1000 <= self.sample_rate <= 384000:
-            raise UserError(f"masknet config: sample_rate must be 1000 to 384000 Hz, got {self.sample_rate}")
+        if not SAMPLE_RATES[0] <= self.sample_rate <= SAMPLE_RATES[1]:
+            raise UserError(f"masknet config: sample_rate must be {SAMPLE_RATES[0]} to {SAMPLE_RATES[1]} Hz, "
+                            f"got {self.sample_rate}")
 
 
 class StemCrops(Dataset):

@@ -40,7 +40,9 @@ stop_stage=${stop_stage:-5}  # stage 6 (the long NCSN training) only when asked 
 train_ncsn=${train_ncsn:-0}
 train_glow=${train_glow:-0}
 train_vae=${train_vae:-0}
-ncsn_long_steps=${ncsn_long_steps:-}  # default: train.steps of ncsn_long.yaml (65 000)
+# the total step both long NCSN priors are taken to this time, one after the other (default: train.steps
+# of ncsn_long.yaml, 65 000); a CPU session raises it by what fits, e.g. 2000 more
+ncsn_long_steps=${ncsn_long_steps:-}
 ncsn_steps=${ncsn_steps:-40000}
 finetune_steps=${finetune_steps:-}  # default: train.steps of ncsn_finetune.yaml
 device=${device:-cpu}
@@ -223,14 +225,19 @@ fi
 # The long NCSN training (stage=6 stop_stage=6, after stage 0): the bundled priors trained on for
 # 65 000 more steps of recipes/piano_violin/ncsn_long.yaml on the mask network's five sets, over
 # ten times the samples they saw. The resumable checkpoints live in the repository
-# (recipes/piano_violin/checkpoints/: float32 weights, bfloat16 EMA and moments), so a run that
+# (recipes/piano_violin/checkpoints/: float32 weights and EMA, bfloat16 moments), so a run that
 # spans sessions or machines goes on from the committed state; ncsn_long_steps stops it earlier.
 if run_stage 6; then
     echo "stage 6: the long NCSN training into recipes/piano_violin/checkpoints"
     for source in piano violin; do
+        ckpt="recipes/piano_violin/checkpoints/${source}_ncsn_long.pt"
+        if [ -n "$ncsn_long_steps" ] && [ "$(checkpoint_step "$ckpt")" -ge "$ncsn_long_steps" ]; then
+            echo "$ckpt: at or past step $ncsn_long_steps already"
+            continue
+        fi
         $audiosep train ncsn --data "$data_real" "$data_poly" "$data_real_tr" "$data_poly_tr" "$data_misc" \
             --source "$source" --config recipes/piano_violin/ncsn_long.yaml \
             --init-from "audiosep/pretrained/ncsn_piano_violin/$source.pt" ${ncsn_long_steps:+--steps "$ncsn_long_steps"} \
-            --threads 1 --device "$device" -o "recipes/piano_violin/checkpoints/${source}_ncsn_long.pt"
+            --threads 1 --device "$device" -o "$ckpt"
     done
 fi
