@@ -311,12 +311,10 @@ def _warn_unscored(where: Path, names: Sequence[str], why: str) -> None:
         warnings.warn(f"{where}: not scored ({why}): {shown}", stacklevel=3)
 
 
-def check_window(win_seconds: float, rate: int, hop_seconds: float | None = None) -> None:
-    """UserError unless the BSSEval window (and hop) are at least one sample at `rate` Hz:
-    checked before any work by the commands that write estimates first."""
+def check_window(win_seconds: float, rate: int) -> None:
+    """UserError unless the BSSEval window is at least one sample at `rate` Hz: checked before
+    any work by the commands that write estimates first."""
     _window_samples(win_seconds, rate, "window")
-    if hop_seconds is not None:
-        _window_samples(hop_seconds, rate, "hop")
 
 
 def _window_samples(seconds: float, rate: int, what: str) -> int:

@@ -377,8 +377,7 @@ def _optimizer_step(
     the loss of this step (1-based); validation calls the loss itself.
     """
     step_loss = loss_fn.at_step(step) if hasattr(loss_fn, "at_step") else loss_fn
-    device_type = params[0].device.type if params else "cpu"
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+    with _step_autocast(config, params[0].device.type if params else "cpu"):
         loss = objective(step_loss, batch)
     loss_value = loss.item()
     if not math.isfinite(loss_value):
@@ -391,6 +390,11 @@ def _optimizer_step(
         group["lr"] = scheduled_lr(config, step)
     optimizer.step()
     return loss_value
+
+
+def _step_autocast(config: TrainConfig, device_type: str) -> torch.autocast:
+    """The autocast a training step's forward pass runs under: bfloat16 with `precision: bf16`."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
 def scheduled_lr(config: TrainConfig, step: int) -> float:
@@ -525,16 +529,15 @@ def _is_moment(key: Any, value: Any) -> bool:
 
 
 @torch.no_grad()
-def _stored_states(ema: EMA, optimizer: torch.optim.Optimizer, state_dtype: str
-                   ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The EMA and optimiser state dicts a checkpoint stores (`TrainConfig.state_dtype`): as
-    they are with "fp32"; with "bf16" Adam's moments are rounded to bfloat16 in memory and
-    stored as bfloat16, so the file is smaller and a resume from it continues exactly as the
-    run that wrote it (both go on from the rounded moments). The EMA stays float32: rounded at
-    every checkpoint, an average that moves by (1 − decay) of the gap per step would stop
-    within about 2 % of the weights, where bf16's steps are coarser than its moves."""
+def _stored_optimizer_state(optimizer: torch.optim.Optimizer, state_dtype: str) -> dict[str, Any]:
+    """The optimiser state dict a checkpoint stores (`TrainConfig.state_dtype`): as it is with
+    "fp32"; with "bf16" Adam's moments are rounded to bfloat16 in memory and stored as
+    bfloat16, so the file is smaller and a resume from it continues exactly as the run that
+    wrote it (both go on from the rounded moments). The EMA is not rounded: at every
+    checkpoint, an average that moves by (1 − decay) of the gap per step would stop within
+    about 2 % of the weights, where bf16's steps are coarser than its moves."""
     if state_dtype == "fp32":
-        return ema.state_dict(), optimizer.state_dict()
+        return optimizer.state_dict()
     low = torch.bfloat16
     for state in optimizer.state.values():
         for key, value in state.items():
@@ -543,7 +546,7 @@ def _stored_states(ema: EMA, optimizer: torch.optim.Optimizer, state_dtype: str
     optimizer_state = optimizer.state_dict()
     optimizer_state["state"] = {index: {k: v.to(low) if _is_moment(k, v) else v for k, v in state.items()}
                                 for index, state in optimizer_state["state"].items()}
-    return ema.state_dict(), optimizer_state
+    return optimizer_state
 
 
 def _finite_after_update(model: Prior, loss_fn: LossFn, batch: Any, config: TrainConfig, world: int) -> bool:
@@ -556,9 +559,7 @@ def _finite_after_update(model: Prior, loss_fn: LossFn, batch: Any, config: Trai
     if finite:
         was_training = model.training
         model.eval()
-        device_type = next(model.parameters()).device.type
-        with torch.no_grad(), _isolated_rng(config.seed), \
-                torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        with torch.no_grad(), _isolated_rng(config.seed), _step_autocast(config, next(model.parameters()).device.type):
             finite = math.isfinite(loss_fn(model, batch).item())
         model.train(was_training)
     if world > 1:
@@ -584,10 +585,10 @@ def _checkpoint(
         dist.all_gather_object(rng, _rng_state())
     else:
         rng = [_rng_state()]
-    ema_state, optimizer_state = _stored_states(ema, optimizer, config.state_dtype)
+    optimizer_state = _stored_optimizer_state(optimizer, config.state_dtype)
     if is_main:
         save_checkpoint(
-            out_path, model, domain, ema_state=ema_state, optimizer_state=optimizer_state,
+            out_path, model, domain, ema_state=ema.state_dict(), optimizer_state=optimizer_state,
             step=step, extra={"train_config": to_dict(config), "valid_loss": valid_loss, "loss": loss,
                               "rng": rng, "world_size": world, "data": dict(data)},
         )
