@@ -162,8 +162,8 @@ def test_a_diverged_update_is_refused_and_the_checkpoint_kept(world, capsys):
     base = ["train", "ncsn", "--data", "ds", "--source", "piano", "-o", "p.pt", "--nf", "8", "--batch-size", "2"]
     assert cli.main([*base, "--steps", "2"]) == 0
     # an update that diverges at a checkpoint, or a loss that is nan after one: the step-2 checkpoint stays
-    _refused([*base, "--steps", "3", "--lr", "1e6"], capsys, world, "training diverged at step 3")
-    _refused([*base, "--steps", "6", "--lr", "1e6"], capsys, world, "lower --lr")
+    _refused([*base, "--steps", "3", "--lr", "1e30"], capsys, world, "training diverged at step 3")
+    _refused([*base, "--steps", "6", "--lr", "1e30"], capsys, world, "lower --lr")
     assert cli.main([*base, "--steps", "4"]) == 0  # the kept checkpoint resumes at a sane lr
 
 
