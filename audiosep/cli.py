@@ -757,7 +757,8 @@ def _add_train(sub) -> None:
     tr = kinds.add_parser("transformer", help="autoregressive code prior: a causal transformer over one "
                                               "source's LQ-VAE codes, for --method latent (resumes from -o)")
     tr.add_argument("--lqvae", type=_path, required=True, metavar="LQVAE", help="the trained LQ-VAE whose codes it models")
-    tr.add_argument("--data", type=_path, required=True, help="stems dataset DATA/{train,valid}/<track>/<source>.wav")
+    tr.add_argument("--data", type=_path, nargs="+", required=True,
+                    help="stems dataset(s) DATA/{train,valid}/<track>/<source>.wav (several: their tracks pooled)")
     tr.add_argument("--source", required=True, help="the source to model, e.g. drums")
     tr.add_argument("-o", "--output", type=_path, required=True, help="checkpoint file (rewritten atomically)")
     tr.add_argument("--config", type=_path, help="YAML with `model:` (CodePriorConfig) and `train:` (TrainConfig)")
@@ -783,7 +784,8 @@ def _add_train(sub) -> None:
     mask.set_defaults(run=_cmd_train_masknet)
 
     nmf = kinds.add_parser("nmf", help="supervised NMF: one spectral dictionary per source")
-    nmf.add_argument("--data", type=_path, required=True, help="stems dataset DATA/<split>/<track>/{mix,<source>}.wav")
+    nmf.add_argument("--data", type=_path, nargs="+", required=True,
+                     help="stems dataset(s) DATA/<split>/<track>/{mix,<source>}.wav (several: their tracks pooled)")
     nmf.add_argument("-o", "--output", type=_path, required=True, help="model file to write (.pt)")
     nmf.add_argument("--sources", nargs="+", help="sources to learn (default: all in the split)")
     nmf.add_argument("--atoms", type=_positive_int, default=64, help="atoms per source (default 64)")

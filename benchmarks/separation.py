@@ -78,7 +78,9 @@ The rows are built by `build_methods(args, ...)` (separations of the mixture) an
 `--set NAME` (e.g. `--set drums_bass`, on folds of recipes/drums_bass/run.sh stage 5): the rows
 are the methods of a bundled model set instead, each as `audiosep separate -n NAME --method M`
 runs it, beside the oracles `irm2` and `mix`; with `--manifest` its scores go into that set's
-manifest.
+manifest. `--set-folder DIR` reads the set's manifest from DIR instead of the bundled sets'
+folder: a retrained set (a copy of the manifest naming its own files, relative to DIR) is scored
+exactly as the bundled one before it replaces it.
 """
 from __future__ import annotations
 
@@ -115,7 +117,7 @@ from audiosep.separation.nmf import NMFModel
 from audiosep.separation.separator import Method, Separator, level_gain
 from audiosep.spectral.frontend import Frontend
 from audiosep.spectral.inversion import invert_mel_powers
-from audiosep.zoo import bundled, model_set
+from audiosep.zoo import PRETRAINED, bundled, model_set
 
 SeparateFn = Callable[[np.ndarray, int], np.ndarray]
 OracleFn = Callable[[np.ndarray, int], np.ndarray]  # (true stems (K, C, N), rate) → estimates
@@ -245,19 +247,19 @@ def run_methods(items: Iterable[Item], sources: list[str], methods: dict[str, Se
 def default_row(args: argparse.Namespace) -> str:
     """The row of the default `audiosep separate`: the mask network, or with `--set` the set's
     default method."""
-    return model_set(args.set).default if args.set else "masknet"
+    return model_set(args.set, args.set_folder).default if args.set else "masknet"
 
 
 def set_methods(args: argparse.Namespace) -> dict[str, SeparateFn]:
     """`--set NAME`: one row per method of the bundled model set NAME, named after the method and
     run as `audiosep separate -n NAME --method M` runs it (its default options), the set's
     default first; `--only` keeps the rows it names."""
-    bundled = model_set(args.set)
+    bundled = model_set(args.set, args.set_folder)
     order = [bundled.default, *(method for method in bundled.methods if method != bundled.default)]
     unknown = sorted(set(args.only or []) - set(order))
     if unknown:
         raise SystemExit(f"--only: no row {', '.join(unknown)}; the rows of --set {args.set} are {', '.join(order)}")
-    return {method: Separator.from_pretrained(args.set, method, progress=False).separate
+    return {method: Separator.from_pretrained(args.set, method, folder=args.set_folder, progress=False).separate
             for method in order if not args.only or method in args.only}
 
 
@@ -586,6 +588,8 @@ def long_runs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     method, or with `--set NAME` each method of that set (`--only` keeps the ones it names)."""
     if not args.set:
         return [("default", [])]
+    if args.set_folder != PRETRAINED:
+        raise SystemExit("--long times `audiosep separate -n NAME`, a bundled set: leave out --set-folder")
     bundled = model_set(args.set)
     order = [bundled.default, *(method for method in bundled.methods if method != bundled.default)]
     return [(method, ["-n", args.set, "--method", method]) for method in order if not args.only or method in args.only]
@@ -647,7 +651,7 @@ def run_set(args: argparse.Namespace, composers: dict[str, dict[str, set[str]]] 
     if args.levels or args.tradeoff or args.from_truth or args.priors != bundled("basis") or args.basis:
         raise SystemExit("--set runs the set's own methods: leave out --levels, --tradeoff, --from-truth, "
                          "--priors and --basis")
-    sources = list(model_set(args.set).sources)
+    sources = list(model_set(args.set, args.set_folder).sources)
     methods = set_methods(args)
     oracles = build_oracles(args, sources, None, None, ceilings=False)
     print(f"model set {args.set}: rows {', '.join(methods)}; torch threads {args.threads}")
@@ -691,6 +695,9 @@ def main() -> None:
                         help="the rows are the methods of the bundled model set NAME (audiosep models), at their "
                              "defaults, instead of the piano/violin rows (e.g. --set drums_bass: latent, nmf); "
                              "with the oracles irm2 and mix")
+    parser.add_argument("--set-folder", type=Path, default=PRETRAINED, metavar="DIR",
+                        help="with --set: the folder of the set's manifest <NAME>.json (default the bundled sets'), "
+                             "e.g. a retrained set's, its files named relative to it")
     parser.add_argument("--only", nargs="+", metavar="ROW",
                         help="keep only these separation rows (e.g. masknet nmf); the oracles stay")
     parser.add_argument("--from-truth", action="store_true",

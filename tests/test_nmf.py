@@ -199,3 +199,26 @@ def test_load_refuses_a_model_of_one_source_or_of_a_source_twice(tone_model, tmp
     with pytest.raises(UserError, match=re.escape(f"{path}: NMF")) as err:
         NMFModel.load(path)
     assert message in str(err.value)
+
+
+def test_train_nmf_pools_the_tracks_of_several_datasets(tmp_path):
+    import soundfile as sf
+
+    from audiosep.separation.nmf import train_nmf
+
+    roots = []
+    for k, n_tracks in enumerate((2, 1)):
+        root = tmp_path / f"set{k}"
+        for i in range(n_tracks):
+            folder = root / "train" / f"t{i}"
+            folder.mkdir(parents=True)
+            stems = {"low": _tones(LOW, 1.0, 10 * k + i)[0], "high": _tones(HIGH, 1.0, 10 * k + i + 5)[0]}
+            for name, wav in (stems | {"mix": stems["low"] + stems["high"]}).items():
+                sf.write(folder / f"{name}.wav", wav, SR)
+        roots.append(root)
+    with threadpool_limits(1):
+        model = train_nmf(roots, tmp_path / "nmf.pt", n_atoms=3, n_iter=20, sample_rate=SR, n_fft=512,
+                          hop_length=128, progress=False)
+    training = torch.load(tmp_path / "nmf.pt", weights_only=False)["extra"]["training"]
+    assert training["tracks"] == 3 and training["data"] == [str(r) for r in roots]
+    assert model.sources == ("high", "low") and model.dictionaries.shape == (2, 257, 3)

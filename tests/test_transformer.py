@@ -231,6 +231,14 @@ def test_blocked_encoding_equals_whole_track_encoding(tmp_path):
         encode_source(lqvae, root, "vocals", "train")
 
 
+def test_pooled_codes_keep_same_named_tracks_of_two_datasets(tmp_path):
+    first, second = write_stems(tmp_path / "a"), write_stems(tmp_path / "b", seconds=(0.75,))
+    pooled = codes_module.pooled_codes(StubLQVAE(), [first, second], "bass", "train")
+    assert sorted(pooled) == ["0/train0", "0/train1", "1/train0"]
+    assert torch.equal(pooled["1/train0"], encode_source(StubLQVAE(), second, "bass", "train")["train0"])
+    assert pooled["1/train0"].shape[0] != pooled["0/train0"].shape[0]
+
+
 def test_train_code_prior_on_a_stub_lqvae(tmp_path, monkeypatch):
     root = write_stems(tmp_path / "data")
     monkeypatch.setattr(codes_module, "load_lqvae", lambda path, device: StubLQVAE())

@@ -51,6 +51,25 @@ def test_a_manifest_naming_a_missing_file_is_refused_in_one_line(tmp_path):
     assert model_sets(tmp_path / "none") == {}
 
 
+def test_from_pretrained_reads_a_set_from_another_folder(tmp_path):
+    """A retrained set (its manifest beside its own files) is built from its folder, and the
+    bundled set of the same name is left alone."""
+    from audiosep.separation import Separator
+    from audiosep.separation.nmf import NMFModel
+
+    bundled = model_set("piano_violin")
+    manifest = json.loads((Path(audiosep.__file__).parent / "pretrained" / "piano_violin.json").read_text())
+    manifest["methods"] = {"nmf": {"files": ["mine.pt"]}}
+    manifest["default"] = "nmf"
+    model = NMFModel.load(bundled.files("nmf")[0])
+    model.dictionaries = model.dictionaries.flip(-1)
+    model.save(tmp_path / "mine.pt")
+    (tmp_path / "piano_violin.json").write_text(json.dumps(manifest))
+    mine = Separator.from_pretrained("piano_violin", folder=tmp_path, progress=False)
+    assert isinstance(mine.method, NMFModel) and np.array_equal(mine.method.dictionaries, model.dictionaries)
+    assert not isinstance(Separator.from_pretrained("piano_violin", progress=False).method, NMFModel)
+
+
 def test_models_lists_both_sets_with_sources_and_sizes(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out

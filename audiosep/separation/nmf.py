@@ -35,7 +35,7 @@ from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
-from ..data.stems import list_sources, list_tracks, load_track, separable_sources
+from ..data.stems import dataset_roots, list_sources, load_track, pooled_tracks, separable_sources
 from ..errors import UserError
 from ..io import atomic_output, rms_db
 from ..priors.base import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
@@ -276,7 +276,7 @@ def training_magnitudes(
 
 
 def train_nmf(
-    data: str | os.PathLike,
+    data: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     sources: Sequence[str] | None = None,
     *,
@@ -302,7 +302,8 @@ def train_nmf(
     used tracks' mixtures (Σ sources where a track has no mix file).
 
     Args:
-        data: dataset folder `DATA/<split>/<track>/{mix,<source>}.wav` (or MUSDB18/Slakh).
+        data: dataset folder `DATA/<split>/<track>/{mix,<source>}.wav` (or MUSDB18/Slakh), or
+            several (their tracks pooled).
         out: the model file to write.
         sources: which sources (default: every source in the split).
     Returns:
@@ -318,12 +319,13 @@ def train_nmf(
     if n_atoms > domain.n_freqs:  # scikit-learn's NMF cannot hold more atoms than bins
         raise UserError(f"{n_atoms} atoms per source need at least as many frequency bins; n_fft {n_fft} has "
                         f"{domain.n_freqs}: lower the atoms or raise n_fft")
-    tracks = list_tracks(data, split)
+    roots = dataset_roots(data)
+    tracks = pooled_tracks(roots, split)
     have = list_sources(tracks)
     sources = list(sources) if sources else have
     unknown = [s for s in sources if s not in have]
     if unknown:
-        raise UserError(f"{data}: no source(s) {', '.join(unknown)} in split '{split}' (have: {', '.join(have)})")
+        raise UserError(f"{', '.join(map(str, roots))}: no source(s) {', '.join(unknown)} in split '{split}' (have: {', '.join(have)})")
     sources = list(separable_sources(sources, "NMF"))
     rng = np.random.default_rng(seed)
     order = [tracks[i] for i in rng.permutation(len(tracks))]
@@ -350,7 +352,7 @@ def train_nmf(
         dictionaries.append(learn_dictionary(V, n_atoms, beta, n_iter, seed + k))
     model = NMFModel(tuple(sources), torch.stack(dictionaries), domain, power=power, beta=beta,
                      level_db=float(np.median(levels)))
-    training = {"data": str(data), "split": split, "tracks": len(levels), "seconds": seconds,
+    training = {"data": [str(r) for r in roots] if len(roots) > 1 else str(roots[0]), "split": split, "tracks": len(levels), "seconds": seconds,
                 "max_frames": max_frames, "n_iter": n_iter, "seed": seed}
     model.save(out, extra={"training": training})
     return model

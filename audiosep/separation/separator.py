@@ -27,7 +27,7 @@ from ..data.stems import MIXTURE_FILES, is_track_folder
 from ..devices import resolve_device
 from ..errors import UserError
 from ..progress import progress_bar
-from ..zoo import DEFAULT_SET, model_set
+from ..zoo import DEFAULT_SET, PRETRAINED, model_set
 from .protocol import Method
 from .methods import build_method
 from ..io import (AUDIO_SUFFIXES, OutputFormat, audio_info, check_output_dir, check_outputs, convert_channels, fit_length,
@@ -110,15 +110,20 @@ class Separator:
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_SET, method: str | None = None, *,
-                        device: str | torch.device = "cpu", seed: int = 0, **options) -> "Separator":
+                        device: str | torch.device = "cpu", seed: int = 0, folder: str | Path = PRETRAINED,
+                        **options) -> "Separator":
         """A Separator over the bundled model set `name` (`audiosep models` lists them) with its
         default method, or `method` (e.g. "nmf", its baseline partner); `options` are
         `Separator`'s (segment, overlap, level_db, progress).
 
+        Args:
+            folder: where the set's manifest (`<name>.json`) lies, default the bundled sets'
+                folder: a retrained set, its manifest beside its own files, is scored this way
+                before it replaces the bundled one.
         Raises:
             UserError: an unknown set, or a method the set has no files for.
         """
-        bundled = model_set(name)
+        bundled = model_set(name, folder)
         method = method or bundled.default
         model = build_method(method, bundled.files(method), device=device, seed=seed, defaults=bundled)
         return cls(model, device=device, seed=seed, **options)

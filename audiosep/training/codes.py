@@ -146,13 +146,23 @@ def code_windows(codes: dict[str, Tensor], context: int, length: int, seed: int,
     return CodeWindows(list(long_enough.values()), context, length, seed)
 
 
-def train_code_prior(data: str | os.PathLike, source: str, lqvae_path: str | os.PathLike,
+def pooled_codes(lqvae: Prior, data: str | os.PathLike | Sequence[str | os.PathLike], source: str, split: str,
+                 progress: bool = False) -> dict[str, Tensor]:
+    """`encode_source` of each dataset of `data` (one folder or several), pooled: {"k/track":
+    codes}, k the dataset's position, so tracks of the same name in two datasets both count."""
+    from ..data.stems import dataset_roots
+
+    return {f"{k}/{name}": codes for k, root in enumerate(dataset_roots(data))
+            for name, codes in encode_source(lqvae, root, source, split, progress=progress).items()}
+
+
+def train_code_prior(data: str | os.PathLike | Sequence[str | os.PathLike], source: str, lqvae_path: str | os.PathLike,
                      out_path: str | os.PathLike, run: CodePriorRun | None = None, device: str = "cpu",
                      valid_items: int = 256) -> dict[str, float]:
     """Train a transformer prior on the LQ-VAE codes of one source: `audiosep train transformer`.
 
     Args:
-        data: a stems dataset with `train` and `valid` splits.
+        data: a stems dataset with `train` and `valid` splits, or several (their tracks pooled).
         source: the source whose tracks are encoded (e.g. "drums").
         lqvae_path: a trained LQ-VAE checkpoint (its top level's codes are modelled).
         out_path: the checkpoint (resumed when it exists, if it was trained on the same codes
@@ -173,7 +183,7 @@ def train_code_prior(data: str | os.PathLike, source: str, lqvae_path: str | os.
     windows = {}
     for split, length, seed in (("train", config.epoch_items, config.seed),
                                 ("valid", valid_items, config.seed + 1)):
-        codes = encode_source(lqvae, data, source, split, progress=config.progress)
+        codes = pooled_codes(lqvae, data, source, split, progress=config.progress)
         windows[split] = code_windows(codes, context, length, seed, split, settings["hop"], settings["sample_rate"])
     del lqvae
     seed_everything(config.seed)

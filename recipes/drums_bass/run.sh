@@ -10,7 +10,9 @@
 # augmented multi-soundfont set the models train on), data_unseen (the test excerpts of $data
 # rendered with TimGM6mb, a soundfont no model is trained on), train_data (default $data_real;
 # $data trains FluidR3-only models, as before session 16; a Slakh2100 folder works too, with
-# sources named by instrument class: set data=train_data=SLAKH sources="drums bass"), exp
+# sources named by instrument class: set data=train_data=SLAKH sources="drums bass"), prior_data
+# (the code priors' and NMF's datasets, default $train_data; several, space-separated, pool their
+# tracks: docs/results.md tries more composers this way), exp
 # (outputs), stage, stop_stage, device, chains (latent chains, default 64), lqvae_steps /
 # prior_steps (override the configs' train.steps), folds (stage 5's honest folds).
 # Run it after `make test` has set up .venv. The synthesized splits never use the reserved
@@ -24,6 +26,7 @@ data=${data:-data/drums_bass}
 data_real=${data_real:-data/drums_bass_real}
 data_unseen=${data_unseen:-data/drums_bass_unseen}
 train_data=${train_data:-$data_real}
+prior_data=${prior_data:-$train_data}
 exp=${exp:-exp/drums_bass}
 stage=${stage:-0}
 stop_stage=${stop_stage:-5}
@@ -75,14 +78,15 @@ fi
 if run_stage 2; then
     echo "stage 2: train one code prior per source into $exp/priors/ (resumes)"
     for source in $sources; do
-        $audiosep train transformer --lqvae "$exp/lqvae.pt" --data "$train_data" --source "$source" \
+        # shellcheck disable=SC2086
+        $audiosep train transformer --lqvae "$exp/lqvae.pt" --data $prior_data --source "$source" \
             --config "$here/transformer.yaml" ${prior_steps:+--steps "$prior_steps"} --threads 1 \
             --device "$device" -o "$exp/priors/$source.pt"
     done
     # the supervised NMF baseline on the same stems, at the same rate (it does not resume: a model
     # already there is kept)
     # shellcheck disable=SC2086
-    [ -f "$exp/nmf_drums_bass.pt" ] || $audiosep train nmf --data "$train_data" --sources $sources \
+    [ -f "$exp/nmf_drums_bass.pt" ] || $audiosep train nmf --data $prior_data --sources $sources \
         -o "$exp/nmf_drums_bass.pt" --atoms 64 --sample-rate 22050 --seed 0
 fi
 
@@ -126,6 +130,7 @@ if run_stage 5; then
     echo "stage 5: render the honest folds into $folds and score the bundled drums_bass set on them"
     render_folds drums_bass "$folds" --sample-rate 22050
     mkdir -p "$exp"
-    .venv/bin/python benchmarks/separation.py --set drums_bass --folds "$folds"/*_* --train-data "$data_real" \
+    # shellcheck disable=SC2086
+    .venv/bin/python benchmarks/separation.py --set drums_bass --folds "$folds"/*_* --train-data $prior_data \
         | tee "$exp/folds.txt"
 fi
