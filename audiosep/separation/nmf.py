@@ -325,7 +325,8 @@ def train_nmf(
     sources = list(sources) if sources else have
     unknown = [s for s in sources if s not in have]
     if unknown:
-        raise UserError(f"{', '.join(map(str, roots))}: no source(s) {', '.join(unknown)} in split '{split}' (have: {', '.join(have)})")
+        raise UserError(f"{', '.join(map(str, roots))}: no source(s) {', '.join(unknown)} in split '{split}' "
+                        f"(have: {', '.join(have)})")
     sources = list(separable_sources(sources, "NMF"))
     rng = np.random.default_rng(seed)
     order = [tracks[i] for i in rng.permutation(len(tracks))]
@@ -352,7 +353,8 @@ def train_nmf(
         dictionaries.append(learn_dictionary(V, n_atoms, beta, n_iter, seed + k))
     model = NMFModel(tuple(sources), torch.stack(dictionaries), domain, power=power, beta=beta,
                      level_db=float(np.median(levels)))
-    training = {"data": [str(r) for r in roots] if len(roots) > 1 else str(roots[0]), "split": split, "tracks": len(levels), "seconds": seconds,
-                "max_frames": max_frames, "n_iter": n_iter, "seed": seed}
+    folders = [str(r) for r in roots]
+    training = {"data": folders if len(folders) > 1 else folders[0], "split": split, "tracks": len(levels),
+                "seconds": seconds, "max_frames": max_frames, "n_iter": n_iter, "seed": seed}
     model.save(out, extra={"training": training})
     return model

@@ -130,7 +130,8 @@ if run_stage 5; then
     echo "stage 5: render the honest folds into $folds and score the bundled drums_bass set on them"
     render_folds drums_bass "$folds" --sample-rate 22050
     mkdir -p "$exp"
+    # every model's training composers are checked: the LQ-VAE's ($train_data), the priors' and NMF's
     # shellcheck disable=SC2086
-    .venv/bin/python benchmarks/separation.py --set drums_bass --folds "$folds"/*_* --train-data $prior_data \
+    .venv/bin/python benchmarks/separation.py --set drums_bass --folds "$folds"/*_* --train-data "$train_data" $prior_data \
         | tee "$exp/folds.txt"
 fi
