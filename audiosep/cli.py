@@ -556,7 +556,7 @@ _count.__name__ = "integer >= 0"
 
 def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="render a multi-stem dataset from the music21 corpus with FluidSynth")
-    p.add_argument("preset", choices=["piano_violin", "drums_bass"])
+    p.add_argument("preset", choices=["piano_violin", "drums_bass", "piano_violin_tunes", "drums_bass_tunes"])
     p.add_argument("-o", "--output", type=_path, help="dataset folder (DATA/<split>/<track>/{mix,<source>}.wav)")
     p.add_argument("--list", action="store_true", help="list the usable corpus pieces and their splits, then exit")
     p.add_argument("--tracks", type=_count, help="excerpts in all (shared by the split fractions); default: all pieces")

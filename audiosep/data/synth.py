@@ -6,6 +6,10 @@ A preset says how a score's parts become sources:
   part by a piano (GM 0).
 - ``drums_bass``: the bottom part played by a GM bass (programs 32–35, chosen by seed), plus a
   drum pattern generated on GM channel 10 on the piece's own bar grid and tempo map.
+- ``piano_violin_tunes``, ``drums_bass_tunes``: one-part tunes (the corpus's fiddle tunes), the
+  melody on the violin and a piano accompaniment generated for it (`accompany`), or the
+  accompaniment's bass line on a bass under generated drums: textures (oom-pah, arpeggios,
+  Alberti figures) that the corpus's part-writing lacks.
 
 Every instrument of a piece is rendered once over the whole piece; excerpts of ``duration``
 seconds in which every source is active are then cut from the renders, loudness-balanced and
@@ -55,6 +59,7 @@ RESERVED_SOUNDFONTS = ("musescore",)  # MuseScore General (every variant): held-
 SYSTEM_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 # Corpus folders of test files and exercises rather than music.
 NON_MUSIC_FOLDERS = ("demos", "theoryExercises")
+ANALYSIS_SUFFIX = ".rntxt"  # roman-numeral analyses (one part of chords), not scores to play
 PREFERRED_COMPOSER = "bach"  # its ~370 four-part chorales are used first by default
 MAX_PARTS = 16
 
@@ -75,6 +80,7 @@ PLAYABLE = {GM_PIANO: (21, 108), GM_VIOLIN: (VIOLIN_LOWEST, 103), **{b: (BASS_LO
 KICK, SNARE, CRASH = 36, 38, 49
 HATS = (42, 42, 44, 51)  # closed hi-hat (twice as likely), pedal hi-hat, ride
 TOMS = (50, 48, 47, 45, 43)  # high to low
+BASS_TEXTURES = ("oompah", "arpeggio")  # the accompaniments (`accompany.TEXTURES`) a tune's bass line comes from
 
 
 class RenderError(RuntimeError):
@@ -103,6 +109,7 @@ class Preset:
     sources: tuple[str, ...]
     arrange: Callable  # (music21 Score, np.random.Generator, Augmentation) -> dict[str, pretty_midi.Instrument]
     voices: tuple[tuple[str, int, bool], ...]  # (source, GM program, is_drum) of every instrument it may use
+    parts: tuple[int, int] = (2, MAX_PARTS)  # the fewest and most parts of the scores it takes
 
 
 # ----------------------------------------------------------------------------- corpus selection
@@ -138,17 +145,18 @@ def split_of(piece_path: str, splits: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
 def list_pieces(
     preset: str, composers: Sequence[str] | None = None, splits: Sequence[float] = (0.8, 0.1, 0.1)
 ) -> list[Piece]:
-    """Every corpus piece the preset can use (2–16 parts, no reserved composer), sorted by path.
+    """Every corpus piece the preset can use (its `Preset.parts`, no reserved composer), sorted by path.
 
     composers: corpus folder names to keep (e.g. ``["bach", "beethoven"]``); None keeps all.
     """
-    _get_preset(preset)
+    fewest, most = _get_preset(preset).parts
     fractions = _check_splits(splits)
     pieces = [
         Piece(path, path.split("/")[0], parts, split_of(path, fractions))
         for path, composer, parts in _corpus_entries()
-        if 2 <= parts <= MAX_PARTS
+        if fewest <= parts <= most
         and path.split("/")[0] not in NON_MUSIC_FOLDERS
+        and not path.endswith(ANALYSIS_SUFFIX)
         and not is_reserved(path)
         and not is_reserved(composer)
     ]
@@ -287,6 +295,58 @@ def _arrange_drums_bass(score, rng, augmentation: Augmentation) -> dict:
     }
 
 
+def _as_played(score):
+    """The score with its repeats written out (a tune's AABB form), or as written where music21
+    cannot expand them (a malformed repeat)."""
+    from music21.repeat import ExpanderException
+
+    try:
+        return score.expandRepeats()
+    except ExpanderException:
+        return score
+
+
+def _tune(score, rng, textures: Sequence[str] | None = None) -> tuple[list, list, list, str, Callable]:
+    """A one-part tune's melody events, its accompaniment (`accompany.accompaniment`: bass and
+    chord events), the texture's name and its tempo map, slowed or quickened by a factor in [0.7, 1.3] drawn per tune
+    (the corpus's tunes carry no tempo, so all would play at 120 bpm). textures: those the
+    accompaniment draws from (default: all of `accompany.TEXTURES`)."""
+    from .accompany import TEXTURES, accompaniment
+
+    melody = _part_events(score.parts[0])
+    if not melody:
+        raise ValueError("the tune has no notes")
+    key = score.analyze("key")
+    bass, chords, texture = accompaniment(melody, _bars(score), key.tonic.pitchClass, key.mode == "minor", rng,
+                                          textures or tuple(TEXTURES))
+    factor = float(rng.uniform(0.7, 1.3))
+    to_seconds = _tempo_map(score)
+    return melody, bass, chords, texture, lambda q: factor * to_seconds(q)
+
+
+def _arrange_tune_piano_violin(score, rng, augmentation: Augmentation) -> dict:
+    """The tune (its repeats played) → violin (raised by octaves to G3 and up, and one more octave with probability
+    0.3 where it stays below C7), its generated accompaniment (bass and chords) → piano."""
+    melody, bass, chords, texture, to_seconds = _tune(_as_played(score), rng)
+    shift = max(0, _octave_shift(melody, VIOLIN_LOWEST))
+    if rng.random() < 0.3 and max(max(p) for _, _, p in melody) + shift + 12 < 96:
+        shift += 12
+    piano = _instrument(bass + chords, to_seconds, rng, program=GM_PIANO)
+    piano.name = f"{texture} accompaniment"  # recorded in index.json ("arrangement")
+    return {"piano": piano, "violin": _instrument(melody, to_seconds, rng, program=GM_VIOLIN, shift=shift)}
+
+
+def _arrange_tune_drums_bass(score, rng, augmentation: Augmentation) -> dict:
+    """The bass line of the tune's generated accompaniment → a GM bass; generated drums on its bars.
+    The textures whose bass moves (`BASS_TEXTURES`): the others hold one note per chord."""
+    score = _as_played(score)
+    _, bass, _, texture, to_seconds = _tune(score, rng, BASS_TEXTURES)
+    instrument = _instrument(bass, to_seconds, rng, program=int(rng.choice(GM_BASSES)),
+                             shift=_octave_shift(bass, BASS_LOWEST), lowest_only=True)
+    instrument.name = f"bass of a {texture} accompaniment"
+    return {"bass": instrument, "drums": _drum_track(_bars(score), to_seconds, rng)}
+
+
 def _bars(score) -> list[tuple[float, float, float, float]]:
     """(downbeat, start, end, beat length) in quarter notes for each bar of the first part.
 
@@ -367,6 +427,10 @@ PRESETS = {
                            (("piano", GM_PIANO, False), ("violin", GM_VIOLIN, False))),
     "drums_bass": Preset("drums_bass", ("bass", "drums"), _arrange_drums_bass,
                          (*(("bass", b, False) for b in GM_BASSES), ("drums", 0, True))),
+    "piano_violin_tunes": Preset("piano_violin_tunes", ("piano", "violin"), _arrange_tune_piano_violin,
+                                 (("piano", GM_PIANO, False), ("violin", GM_VIOLIN, False)), parts=(1, 1)),
+    "drums_bass_tunes": Preset("drums_bass_tunes", ("bass", "drums"), _arrange_tune_drums_bass,
+                               (*(("bass", b, False) for b in GM_BASSES), ("drums", 0, True)), parts=(1, 1)),
 }
 
 
