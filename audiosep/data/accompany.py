@@ -194,7 +194,8 @@ def accompaniment(melody: Sequence[Event], bars: Sequence[Bar], tonic: int, mino
                   ) -> tuple[list[Event], list[Event], str]:
     """Harmonize and realize a tune with settings drawn from `rng`: (bass events, chord events,
     texture name, one of `textures`). The bass register starts between E1 and E2 (MIDI 28–40),
-    the chords between C3 and G3 (48–55), below a melody that the preset keeps at G3 and up."""
+    the chords' lowest note between C3 and G3 (48–55); the voicings reach up into the melody's
+    register (the presets keep the melody at G3 and up)."""
     texture = str(rng.choice(list(textures)))
     chords = harmonize(melody, spans(bars, split_bars=bool(rng.random() < 0.4)), tonic, minor, rng)
     step = float(rng.choice([0.5, 0.5, 0.25]))

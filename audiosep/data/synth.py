@@ -308,9 +308,9 @@ def _as_played(score):
 
 def _tune(score, rng, textures: Sequence[str] | None = None) -> tuple[list, list, list, str, Callable]:
     """A one-part tune's melody events, its accompaniment (`accompany.accompaniment`: bass and
-    chord events), the texture's name and its tempo map, slowed or quickened by a factor in [0.7, 1.3] drawn per tune
-    (the corpus's tunes carry no tempo, so all would play at 120 bpm). textures: those the
-    accompaniment draws from (default: all of `accompany.TEXTURES`)."""
+    chord events), the texture's name and its tempo map, slowed or quickened by a factor in
+    [0.7, 1.3] drawn per tune (the corpus's tunes carry no tempo, so all would play at 120 bpm).
+    textures: those the accompaniment draws from (default: all of `accompany.TEXTURES`)."""
     from .accompany import TEXTURES, accompaniment
 
     melody = _part_events(score.parts[0])
@@ -325,8 +325,9 @@ def _tune(score, rng, textures: Sequence[str] | None = None) -> tuple[list, list
 
 
 def _arrange_tune_piano_violin(score, rng, augmentation: Augmentation) -> dict:
-    """The tune (its repeats played) → violin (raised by octaves to G3 and up, and one more octave with probability
-    0.3 where it stays below C7), its generated accompaniment (bass and chords) → piano."""
+    """The tune (its repeats played) → violin (raised by octaves to G3 and up, and one more
+    octave with probability 0.3 where it stays below C7), its generated accompaniment (bass and
+    chords) → piano."""
     melody, bass, chords, texture, to_seconds = _tune(_as_played(score), rng)
     shift = max(0, _octave_shift(melody, VIOLIN_LOWEST))
     if rng.random() < 0.3 and max(max(p) for _, _, p in melody) + shift + 12 < 96:
@@ -338,7 +339,8 @@ def _arrange_tune_piano_violin(score, rng, augmentation: Augmentation) -> dict:
 
 def _arrange_tune_drums_bass(score, rng, augmentation: Augmentation) -> dict:
     """The bass line of the tune's generated accompaniment → a GM bass; generated drums on its bars.
-    The textures whose bass moves (`BASS_TEXTURES`): the others hold one note per chord."""
+    Only `BASS_TEXTURES` are drawn: the others' bass holds one note per chord (so, in practice,
+    does the arpeggio's, whose figure is longer than a bar)."""
     score = _as_played(score)
     _, bass, _, texture, to_seconds = _tune(score, rng, BASS_TEXTURES)
     instrument = _instrument(bass, to_seconds, rng, program=int(rng.choice(GM_BASSES)),
