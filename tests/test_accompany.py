@@ -1,20 +1,38 @@
 import numpy as np
 import pytest
-from music21 import corpus
+from music21 import converter, corpus
 
 from audiosep.data import accompany, synth
+from audiosep.data.accompany import Bar, Chord
 from audiosep.data.augment import Augmentation
 
-BARS_44 = [(4.0 * b, 4.0 * b, 4.0 * b + 4, 1.0) for b in range(4)]  # four bars of 4/4
-BARS_34 = [(3.0 * b, 3.0 * b, 3.0 * b + 3, 1.0) for b in range(2)]  # two bars of 3/4
+BARS_44 = [Bar(4.0 * b, 4.0 * b, 4.0 * b + 4, 1.0, 4) for b in range(4)]  # four bars of 4/4
+BARS_34 = [Bar(3.0 * b, 3.0 * b, 3.0 * b + 3, 1.0, 3) for b in range(2)]  # two bars of 3/4
+# a dorian tune with a pickup, a short last bar before the repeat and the B section's upbeat
+ABC_TUNE = """X:1
+T:test
+M:4/4
+L:1/4
+K:Ador
+E|:A B c d|e4|A B c d|e3:|
+e|a g f e|d4|c B A G|A3|]
+"""
 
 
-def test_triads_are_the_keys_diatonic_chords():
-    c_major = accompany.triads(0, minor=False)
-    assert c_major[0] == (0, 4, 7) and c_major[3] == (5, 9, 0) and c_major[4] == (7, 11, 2) and c_major[5] == (9, 0, 4)
-    a_minor = accompany.triads(9, minor=True)
-    assert a_minor[0] == (9, 0, 4) and a_minor[3] == (2, 5, 9)
-    assert a_minor[4] == (4, 8, 11)  # the dominant is major: the minor scale's raised seventh
+def _tones(mode_triads):
+    return {tones for tones, _ in mode_triads}
+
+
+def test_triads_are_the_keys_major_and_minor_chords():
+    c, d, e, f, g, a = (0, 4, 7), (2, 5, 9), (4, 7, 11), (5, 9, 0), (7, 11, 2), (9, 0, 4)
+    assert _tones(accompany.triads(0, "major")) == {c, d, e, f, g, a}  # no diminished vii
+    # A minor: the natural minor's chords and the harmonic minor's major V; no augmented III
+    assert _tones(accompany.triads(9, "minor")) == {a, c, d, e, f, g, (4, 8, 11)}
+    # A dorian: the major IV (D F# A) and no diminished vi (F# A C)
+    assert _tones(accompany.triads(9, "dorian")) == {a, (11, 2, 6), c, (2, 6, 9), e, g}
+    assert all(accompany._is_major_or_minor(t) for m in accompany.MODES for t in _tones(accompany.triads(2, m)))
+    with pytest.raises(ValueError, match="unknown mode"):
+        accompany.triads(0, "hypodorian")
 
 
 def test_harmonize_follows_the_melody():
@@ -22,65 +40,135 @@ def test_harmonize_follows_the_melody():
     notes = [[60, 64, 67, 72], [67, 71, 74, 79], [65, 69, 72, 77], [69, 72, 76, 81]]
     melody = [(4.0 * b + k, 4.0 * b + k + 1, [p]) for b, bar in enumerate(notes) for k, p in enumerate(bar)]
     for seed in range(5):
-        chords = accompany.harmonize(melody, accompany.spans(BARS_44, split_bars=False), 0, False,
+        chords = accompany.harmonize(melody, accompany.spans(BARS_44, split_bars=False), 0, "major",
                                      np.random.default_rng(seed))
         assert [c.tones for c in chords] == [(0, 4, 7), (7, 11, 2), (5, 9, 0), (9, 0, 4)]
         assert [(c.start, c.end) for c in chords] == [(0, 4), (4, 8), (8, 12), (12, 16)]
 
 
+def test_harmonize_takes_the_minor_dominant_the_melody_plays():
+    spans = accompany.spans(BARS_44[:1], split_bars=False)
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        raised = [(float(k), k + 1.0, [p]) for k, p in enumerate([64, 68, 71, 68])]  # E G# B G#
+        natural = [(float(k), k + 1.0, [p]) for k, p in enumerate([64, 67, 71, 67])]  # E G B G
+        assert accompany.harmonize(raised, spans, 9, "minor", rng)[0].tones == (4, 8, 11)
+        assert accompany.harmonize(natural, spans, 9, "minor", rng)[0].tones == (4, 7, 11)
+
+
+def test_a_repeated_section_is_harmonised_as_it_was_the_first_time():
+    phrase = [(0.0, 4.0, [67]), (4.0, 6.0, [62]), (6.0, 8.0, [67])]  # G (C or G, equally likely), then D G
+    melody = phrase + [(on + 8, off + 8, p) for on, off, p in phrase]
+    bars = [Bar(4.0 * b, 4.0 * b, 4.0 * b + 4, 1.0, 4) for b in range(4)]
+    firsts = set()
+    for seed in range(20):
+        chords = accompany.harmonize(melody, accompany.spans(bars, False), 0, "major", np.random.default_rng(seed))
+        assert chords[2].tones == chords[0].tones and chords[3].tones == chords[1].tones
+        firsts.add(chords[0].tones)
+    assert len(firsts) > 1  # the choice does vary with the seed: the equality is not a coincidence
+
+
 def test_spans_split_even_bars_only_and_keep_pickups():
-    bars = [(-1.0, 0.0, 1.0, 1.0), (1.0, 1.0, 5.0, 1.0), (5.0, 5.0, 8.0, 1.0)]  # pickup, 4/4, 3/4
-    assert accompany.spans(bars, split_bars=False) == [(0.0, 1.0), (1.0, 5.0), (5.0, 8.0)]
-    assert accompany.spans(bars, split_bars=True) == [(0.0, 1.0), (1.0, 3.0), (3.0, 5.0), (5.0, 8.0)]
+    bars = [Bar(-3.0, 0.0, 1.0, 1.0, 4), Bar(1.0, 1.0, 5.0, 1.0, 4), Bar(5.0, 5.0, 8.0, 1.0, 3),
+            Bar(8.0, 8.0, 9.0, 1.0, 4)]  # pickup, 4/4, 3/4, a short bar of one beat
+    assert accompany.spans(bars, split_bars=False) == [(0.0, 1.0), (1.0, 5.0), (5.0, 8.0), (8.0, 9.0)]
+    assert accompany.spans(bars, split_bars=True) == [(0.0, 1.0), (1.0, 3.0), (3.0, 5.0), (5.0, 8.0), (8.0, 9.0)]
 
 
 def test_voicing_is_close_position_from_the_lowest_note():
-    chord = accompany.Chord(0, 4, 7, (7, 11, 2))  # G major
+    chord = Chord(0, 4, 7, (7, 11, 2))  # G major
     assert accompany.voicing(chord, 48) == [50, 55, 59]  # D3 G3 B3: the first chord tone from C3 up
     assert accompany.voicing(chord, 55) == [55, 59, 62]
 
 
 @pytest.mark.parametrize("texture", list(accompany.TEXTURES))
 def test_every_texture_plays_chord_tones_inside_each_span(texture):
-    chords = [accompany.Chord(0, 4, 0, (0, 4, 7)), accompany.Chord(4, 8, 7, (7, 11, 2))]
+    chords = [Chord(0, 4, 0, (0, 4, 7)), Chord(4, 8, 7, (7, 11, 2))]
     bass, upper = accompany.realize(chords, BARS_44[:2], texture, bass_lowest=33, chord_lowest=50, step=0.5)
     assert bass and upper
-    for events, low, high in ((bass, 33, 33 + 12 + 7), (upper, 34, 33 + 24)):
+    # the bass from its root (C 36, G 43) up a fifth at most; chords from D3 up, or the arpeggio
+    # from the bass's third up two octaves
+    for events, low, high in ((bass, 36, 43 + 7), (upper, 36 + 3, 43 + 24)):
         for start, end, pitches in events:
             chord = chords[int(start // 4)]
             assert chord.start <= start < end <= chord.end
-            assert all(p % 12 in chord.tones and low <= p <= high + 24 for p in pitches)
+            assert all(p % 12 in chord.tones and low <= p <= high for p in pitches)
             assert start * 2 == round(start * 2)  # on the eighth-note grid
     assert min(p for _, _, ps in bass for p in ps) < min(p for _, _, ps in upper for p in ps)
 
 
+@pytest.mark.parametrize("texture", synth.BASS_TEXTURES)
+def test_bass_textures_play_a_legato_line(texture):
+    chords = [Chord(0, 2, 0, (0, 4, 7)), Chord(2, 4, 5, (5, 9, 0)), Chord(4, 8, 7, (7, 11, 2))]
+    bass, _ = accompany.realize(chords, BARS_44[:2], texture, 36, 52, step=0.25)
+    bass = sorted(bass)
+    assert bass[0][0] == 0 and bass[-1][1] == 8 and len(bass) >= 4  # a note on each strong beat at least
+    assert all(end == nxt for (_, end, _), (nxt, _, _) in zip(bass, bass[1:]))  # one note at a time, no gaps
+
+
 def test_oompah_alternates_bass_and_chords_and_waltzes_in_three():
-    chord = accompany.Chord(0, 4, 0, (0, 4, 7))
-    bass, upper = accompany.realize([chord], BARS_44[:1], "oompah", 36, 52)
+    bass, upper = accompany.realize([Chord(0, 4, 0, (0, 4, 7))], BARS_44[:1], "oompah", 36, 52)
     assert [(s, p) for s, _, p in bass] == [(0.0, [36]), (2.0, [43])]  # root, then the fifth
     assert [s for s, _, _ in upper] == [1.0, 3.0] and upper[0][2] == [52, 55, 60]
-    bass, upper = accompany.realize([accompany.Chord(0, 3, 0, (0, 4, 7))], BARS_34[:1], "oompah", 36, 52)
+    bass, upper = accompany.realize([Chord(0, 3, 0, (0, 4, 7))], BARS_34[:1], "oompah", 36, 52)
     assert [s for s, _, _ in bass] == [0.0] and [s for s, _, _ in upper] == [1.0, 2.0]
-    # in 2/4 one bass note per bar: root and fifth alternate over the bars, whatever the chord
-    bars_24 = [(2.0 * b, 2.0 * b, 2.0 * b + 2, 1.0) for b in range(3)]
-    chords = [accompany.Chord(0, 2, 0, (0, 4, 7)), accompany.Chord(2, 4, 0, (0, 4, 7)), accompany.Chord(4, 6, 7, (7, 11, 2))]
+    # three beats of a 4/4 bar (a section's short last bar) are no waltz: bass on 1 and 3
+    bass, upper = accompany.realize([Chord(0, 3, 0, (0, 4, 7))], [Bar(0.0, 0.0, 3.0, 1.0, 4)], "oompah", 36, 52)
+    assert [s for s, _, _ in bass] == [0.0, 2.0] and [s for s, _, _ in upper] == [1.0]
+    # in 2/4 one bass note per bar: root and fifth alternate while the chord stays, and a new
+    # chord starts from its root
+    bars_24 = [Bar(2.0 * b, 2.0 * b, 2.0 * b + 2, 1.0, 2) for b in range(4)]
+    c, g = (0, 4, 7), (7, 11, 2)
+    chords = [Chord(0, 2, 0, c), Chord(2, 4, 7, g), Chord(4, 6, 7, g), Chord(6, 8, 0, c)]
     bass, _ = accompany.realize(chords, bars_24, "oompah", 36, 52)
-    assert [p for _, _, p in bass] == [[36], [43], [43]]  # C, G (C's fifth), G (G's root)
+    assert [p for _, _, p in bass] == [[36], [43], [50], [36]]  # C, G, D (G's fifth), C
 
 
-def test_arpeggio_climbs_two_octaves_from_the_bass():
-    chord = accompany.Chord(0, 4, 0, (0, 4, 7))
+def test_arpeggio_climbs_from_the_bass_on_each_strong_beat():
+    chord = Chord(0, 4, 0, (0, 4, 7))
     bass, upper = accompany.realize([chord], BARS_44[:1], "arpeggio", 36, 52, step=0.5)
-    pitches = [p for _, _, (p,) in sorted(bass + upper)]
-    assert pitches == [36, 40, 43, 48, 52, 55, 60, 55]  # up to the root two octaves up, then back
+    assert bass == [(0.0, 2.0, [36]), (2.0, 4.0, [36])]  # the root on 1 and 3, held to the next
+    assert [p for _, _, (p,) in sorted(bass + upper)] == [36, 40, 43, 48] * 2
     assert all(end == 4 for _, end, _ in upper)  # held to the end of the span (the pedal)
+    bass, upper = accompany.realize([chord], BARS_44[:1], "arpeggio", 36, 52, step=0.25)
+    assert [p for _, _, (p,) in sorted(bass + upper)] == [36, 40, 43, 48, 52, 55, 60, 55] * 2
+
+
+def test_walking_bass_moves_on_every_beat_from_each_root():
+    chords = [Chord(0, 4, 0, (0, 4, 7)), Chord(4, 6, 7, (7, 11, 2)), Chord(6, 8, 7, (7, 11, 2))]
+    bass, upper = accompany.realize(chords, BARS_44[:2], "walking", 36, 52)
+    assert [(s, e, p) for s, e, (p,) in bass] == [(0.0, 1.0, 36), (1.0, 2.0, 40), (2.0, 3.0, 43), (3.0, 4.0, 40),
+                                                   (4.0, 5.0, 43), (5.0, 6.0, 47), (6.0, 7.0, 50), (7.0, 8.0, 47)]
+    assert [(s, e) for s, e, _ in upper] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 8.0)]
+
+
+def test_bars_find_the_upbeats_of_a_tunes_sections():
+    score = converter.parse(ABC_TUNE, format="abc")
+    bars = synth._bars(synth._as_played(score))
+    assert bars[0] == Bar(-3.0, 0.0, 1.0, 1.0, 4)  # the opening pickup
+    assert bars[4] == Bar(13.0, 13.0, 16.0, 1.0, 4)  # the A section's short last bar starts on its downbeat
+    assert bars[9] == Bar(28.0, 31.0, 32.0, 1.0, 4)  # the B section's upbeat, after the repeat
+    assert bars[10].start == bars[10].downbeat == 32.0 and len(bars) == 14
+    key = synth._key(score)
+    assert (key.tonic.pitchClass, key.mode) == (9, "dorian")  # the written K: field, with its mode
+
+
+def test_drums_count_phrases_from_downbeats_not_upbeats():
+    score = synth._as_played(converter.parse(ABC_TUNE, format="abc"))
+    bars = synth._bars(score)
+    drums = synth._drum_track(bars, synth._tempo_map(score), np.random.default_rng(0))
+    crashes = sorted(n.start for n in drums.notes if n.pitch == synth.CRASH)
+    # every 4 or 8 bars from the first downbeat (0.5 s a quarter at 120 bpm), the upbeats not counted
+    downbeats = [b.downbeat * 0.5 for b in bars if b.start == b.downbeat]
+    assert crashes and crashes[0] == downbeats[0]
+    assert set(crashes) <= set(downbeats[::4])
 
 
 def test_accompaniment_is_deterministic_by_seed_and_varies():
     melody = [(float(q), q + 1.0, [60 + 2 * (q % 4)]) for q in range(16)]
-    one = accompany.accompaniment(melody, BARS_44, 0, False, np.random.default_rng(3))
-    assert one == accompany.accompaniment(melody, BARS_44, 0, False, np.random.default_rng(3))
-    textures = {accompany.accompaniment(melody, BARS_44, 0, False, np.random.default_rng(s))[2] for s in range(40)}
+    one = accompany.accompaniment(melody, BARS_44, 0, "major", np.random.default_rng(3))
+    assert one == accompany.accompaniment(melody, BARS_44, 0, "major", np.random.default_rng(3))
+    textures = {accompany.accompaniment(melody, BARS_44, 0, "major", np.random.default_rng(s))[2] for s in range(40)}
     assert textures == set(accompany.TEXTURES)
 
 
@@ -92,7 +180,9 @@ def test_unknown_texture_is_refused():
 def test_tune_presets_take_one_part_tunes_and_no_analyses():
     tunes = synth.list_pieces("piano_violin_tunes")
     assert tunes and all(p.parts == 1 for p in tunes)
-    assert not any(p.path.endswith(".rntxt") for p in tunes + synth.list_pieces("piano_violin"))
+    one_part = [path for path, _, parts in synth._corpus_entries() if parts == 1]
+    assert any(path.endswith(synth.ANALYSIS_SUFFIX) for path in one_part)  # the corpus has one-part analyses
+    assert not any(p.path.endswith(synth.ANALYSIS_SUFFIX) for p in tunes)  # and the tunes presets skip them
     assert {p.path for p in tunes} == {p.path for p in synth.list_pieces("drums_bass_tunes")}
     assert not any(p.parts == 1 for p in synth.list_pieces("piano_violin"))
 
@@ -106,7 +196,10 @@ def test_tune_arrangements_put_the_melody_on_the_violin_and_the_accompaniment_be
     shift = violin[0] - written[0]
     assert shift % 12 == 0 and violin == [p + shift for p in written] and violin[0] >= synth.VIOLIN_LOWEST
     assert parts["piano"].program == synth.GM_PIANO and parts["piano"].name.endswith("accompaniment")
-    assert max(n.pitch for n in parts["piano"].notes) < 55 + 24 and len(parts["piano"].notes) > 8
+    key = synth._key(score)
+    in_key = {pc for tones, _ in accompany.triads(key.tonic.pitchClass, key.mode) for pc in tones}
+    assert len(parts["piano"].notes) > 8 and {n.pitch % 12 for n in parts["piano"].notes} <= in_key
+    assert 28 <= min(n.pitch for n in parts["piano"].notes) <= 40 + 11  # the bass register, E1 to D#3
     end = max(n.end for n in parts["violin"].notes)
     assert max(n.end for n in parts["piano"].notes) <= end + 1e-6  # the same tempo map
     bass = synth._arrange_tune_drums_bass(score, np.random.default_rng(0), Augmentation())

@@ -8,14 +8,15 @@ tune on the melody instrument and this accompaniment on the piano (or its bass l
 
 Two steps, both functions of the melody and a seeded generator:
 
-- `harmonize`: one diatonic triad of the tune's key per span (a bar or half a bar), the one
-  whose pitch classes cover most of the melody's sounding time there (a tie-free score: a small
-  prior per degree and a random term), so strong beats fall on chord tones as in a real
-  accompaniment.
+- `harmonize`: one major or minor triad of the tune's key (or mode) per span (a bar or half a
+  bar), the one whose pitch classes cover most of the melody's sounding time there (a tie-free
+  score: a small prior per degree and a random term), so strong beats fall on chord tones as in
+  a real accompaniment; a span whose melody repeats an earlier one's gets its chord again, so
+  a repeated section is harmonised as it was the first time.
 - `realize`: the chords played in one texture drawn per tune — block chords on the beats,
   oom-pah (bass on the strong beats, chords between; a waltz in triple metre), broken-chord
-  arpeggios over two octaves, an Alberti figure, or sustained chords — in a bass and a chord
-  register drawn per tune.
+  arpeggios from the bass on each strong beat, an Alberti figure, a walking bass on every beat
+  under held chords, or sustained chords — in a bass and a chord register drawn per tune.
 
 Positions and lengths are in quarter notes (music21 offsets), pitches MIDI numbers; events are
 ``(start, end, [pitches])`` as `synth._part_events` gives them, so the rest of the synth path
@@ -25,15 +26,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 Event = tuple[float, float, list[int]]
-Bar = tuple[float, float, float, float]  # (downbeat, start, end, beat length), as synth._bars
 
-MAJOR, MINOR = (0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 11)  # the minor scale with its raised 7th
+# the scale of each mode music21 gives a key (``key.Key.mode``), in semitones from the tonic
+MODES = {
+    "major": (0, 2, 4, 5, 7, 9, 11), "ionian": (0, 2, 4, 5, 7, 9, 11),
+    "minor": (0, 2, 3, 5, 7, 8, 10), "aeolian": (0, 2, 3, 5, 7, 8, 10),
+    "dorian": (0, 2, 3, 5, 7, 9, 10), "phrygian": (0, 1, 3, 5, 7, 8, 10),
+    "lydian": (0, 2, 4, 6, 7, 9, 11), "mixolydian": (0, 2, 4, 5, 7, 9, 10),
+    "locrian": (0, 1, 3, 5, 6, 8, 10),
+}
 # scale degrees (0 = tonic) an accompaniment uses, and how readily: tonic and dominant first
-DEGREE_PRIOR = {0: 0.3, 3: 0.2, 4: 0.3, 5: 0.1, 1: 0.1, 2: 0.0}
+DEGREE_PRIOR = {0: 0.3, 3: 0.2, 4: 0.3, 5: 0.1, 1: 0.1, 6: 0.1, 2: 0.0}
+HARMONIC_DOMINANT_PRIOR = 0.35  # a minor key's major V (its raised 7th) over the natural minor v
+
+
+class Bar(NamedTuple):
+    """One bar in quarter notes: its `downbeat` (before `start` in an anacrusis), the `start`
+    and `end` of its notes, the `beat` length and the time signature's beat count `beats`
+    (3 in 3/4, 2 in 6/8), which a short bar's length does not tell."""
+
+    downbeat: float
+    start: float
+    end: float
+    beat: float
+    beats: int
 
 
 @dataclass(frozen=True)
@@ -46,45 +67,73 @@ class Chord:
     tones: tuple[int, int, int]
 
 
-def triads(tonic: int, minor: bool) -> dict[int, tuple[int, int, int]]:
-    """The triad on each degree of `DEGREE_PRIOR` in the key: {degree: (root, third, fifth) pitch classes}."""
-    scale = MINOR if minor else MAJOR
-    return {d: tuple((tonic + scale[(d + k) % 7]) % 12 for k in (0, 2, 4)) for d in DEGREE_PRIOR}
+def _is_major_or_minor(tones: tuple[int, int, int]) -> bool:
+    """Whether a (root, third, fifth) triad has a perfect fifth and a major or minor third."""
+    return (tones[2] - tones[0]) % 12 == 7 and (tones[1] - tones[0]) % 12 in (3, 4)
+
+
+def triads(tonic: int, mode: str) -> list[tuple[tuple[int, int, int], float]]:
+    """The chords an accompaniment in the key may take: (root, third, fifth) pitch classes and
+    their prior, for each degree of `DEGREE_PRIOR` whose triad in the mode's scale is major or
+    minor (a diminished one has no place in a plain accompaniment); in a minor key also the
+    major V of the raised 7th (the harmonic minor's dominant) beside the natural v, so the
+    melody's own 7th decides between them."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    scale = MODES[mode]
+    out = []
+    for degree, prior in DEGREE_PRIOR.items():
+        tones = tuple((tonic + scale[(degree + k) % 7]) % 12 for k in (0, 2, 4))
+        if _is_major_or_minor(tones):
+            out.append((tones, prior))
+    if mode == "minor":
+        dominant = (tonic + 7) % 12
+        out.append(((dominant, (dominant + 4) % 12, (dominant + 7) % 12), HARMONIC_DOMINANT_PRIOR))
+    return out
 
 
 def spans(bars: Sequence[Bar], split_bars: bool) -> list[tuple[float, float]]:
     """(start, end) of each harmonic span: every bar, or each half of a bar of four or more
     beats when `split_bars` (two chords per bar, as quick harmonic rhythm has)."""
     out = []
-    for downbeat, start, end, beat in bars:
-        n_beats = round((end - downbeat) / beat)
-        if split_bars and n_beats >= 4 and n_beats % 2 == 0:
-            middle = downbeat + (n_beats // 2) * beat
-            out += [(start, middle), (middle, end)] if middle > start else [(start, end)]
+    for bar in bars:
+        middle = bar.downbeat + (bar.beats // 2) * bar.beat
+        if split_bars and bar.beats >= 4 and bar.beats % 2 == 0 and bar.start < middle < bar.end:
+            out += [(bar.start, middle), (middle, bar.end)]
         else:
-            out.append((start, end))
+            out.append((bar.start, bar.end))
     return out
 
 
-def harmonize(melody: Sequence[Event], span_list: Sequence[tuple[float, float]], tonic: int, minor: bool,
+def _span_melody(melody: Sequence[Event], start: float, end: float) -> tuple:
+    """The melody's notes inside [start, end), clipped, relative to `start`: the span's content,
+    equal for the spans of a repeated section."""
+    return tuple((round(max(on, start) - start, 6), round(min(off, end) - start, 6), tuple(sorted(pitches)))
+                 for on, off, pitches in melody if min(off, end) > max(on, start))
+
+
+def harmonize(melody: Sequence[Event], span_list: Sequence[tuple[float, float]], tonic: int, mode: str,
               rng: np.random.Generator) -> list[Chord]:
-    """One triad per span: the degree maximising the melody's sounding time on its chord tones
-    minus the time on other notes (quarter notes), plus `DEGREE_PRIOR` and a uniform [0, 0.2)
-    draw (so ties never stand and equal tunes still vary with the seed)."""
-    chords = triads(tonic, minor)
+    """One triad of `triads` per span: the one maximising the melody's sounding time on its
+    chord tones minus the time on other notes (quarter notes), plus its prior and a uniform
+    [0, 0.2) draw (so ties never stand and equal tunes still vary with the seed). A span whose
+    melody (`_span_melody`) and length equal an earlier span's gets the same chord: a written-out
+    repeat is harmonised once."""
+    candidates = triads(tonic, mode)
+    chosen: dict[tuple, tuple[int, int, int]] = {}
     out = []
     for start, end in span_list:
-        time_on = np.zeros(12)
-        for on, off, pitches in melody:
-            overlap = min(off, end) - max(on, start)
-            if overlap > 0:
+        content = (round(end - start, 6), _span_melody(melody, start, end))
+        if content not in chosen:
+            time_on = np.zeros(12)
+            for on, off, pitches in content[1]:
                 for pitch in pitches:
-                    time_on[pitch % 12] += overlap
-        total = time_on.sum()
-        scores = {d: 2 * sum(time_on[pc] for pc in tones) - total + DEGREE_PRIOR[d] + 0.2 * rng.random()
-                  for d, tones in chords.items()}
-        best = max(scores, key=scores.get)
-        out.append(Chord(start, end, chords[best][0], chords[best]))
+                    time_on[pitch % 12] += off - on
+            scores = [2 * sum(time_on[pc] for pc in tones) - time_on.sum() + prior + 0.2 * rng.random()
+                      for tones, prior in candidates]
+            chosen[content] = candidates[int(np.argmax(scores))][0]
+        tones = chosen[content]
+        out.append(Chord(start, end, tones[0], tones))
     return out
 
 
@@ -107,66 +156,92 @@ def _onsets(start: float, end: float, downbeat: float, step: float) -> list[floa
 
 def _strong_beats(chord: Chord, bar: Bar) -> list[tuple[float, bool]]:
     """(onset, is strong) of each beat of the span: the odd beats of a bar (1 and 3 of four, 1 of
-    two), or the first of three (a waltz or mazurka)."""
-    downbeat, _, end, beat = bar
-    triple = round((end - downbeat) / beat) == 3
-    beats = _onsets(chord.start, chord.end, downbeat, beat)
-    return [(q, round((q - downbeat) / beat) == 0 if triple else round((q - downbeat) / beat) % 2 == 0)
-            for q in beats]
+    two), or the first of three (a waltz or mazurka), counted from the bar's downbeat."""
+    beats = _onsets(chord.start, chord.end, bar.downbeat, bar.beat)
+    index = [round((q - bar.downbeat) / bar.beat) for q in beats]
+    return [(q, k % bar.beats == 0 if bar.beats == 3 else k % 2 == 0) for q, k in zip(beats, index)]
+
+
+def _strong_onsets(chord: Chord, bar: Bar) -> list[float]:
+    """The span's strong beats, or its start where none falls inside it (a pickup's weak beat)."""
+    return [q for q, strong in _strong_beats(chord, bar) if strong] or [chord.start]
 
 
 def _block(chord: Chord, bar: Bar, bass: int, upper: list[int], step: float,
-            played: int) -> tuple[list[Event], list[Event]]:
+           played: int) -> tuple[list[Event], list[Event]]:
     """The chord on every beat, the bass on the strong beats held to the next."""
-    beats = _strong_beats(chord, bar)
-    strong = [q for q, is_strong in beats if is_strong] or [chord.start]
+    strong = _strong_onsets(chord, bar)
     basses = [(q, nxt, [bass]) for q, nxt in zip(strong, strong[1:] + [chord.end])]
-    return basses, [(q, min(q + bar[3], chord.end), upper) for q, _ in beats]
+    return basses, [(q, min(q + bar.beat, chord.end), upper) for q, _ in _strong_beats(chord, bar)]
 
 
 def _oompah(chord: Chord, bar: Bar, bass: int, upper: list[int], step: float,
             played: int) -> tuple[list[Event], list[Event]]:
     """Bass on the strong beats, short chords on the others; the bass plays the root and the
-    fifth above it in turn, counted over the piece (`played`: bass notes before this span)."""
+    fifth above it in turn, from the root at each change of chord (`played`: bass notes on this
+    chord before this span)."""
     fifth = bass + (chord.tones[2] - chord.root) % 12
     basses, chords = [], []
     for q, strong in _strong_beats(chord, bar):
         if strong:
-            basses.append((q, min(q + bar[3], chord.end), [fifth if (played + len(basses)) % 2 else bass]))
+            basses.append((q, min(q + bar.beat, chord.end), [fifth if (played + len(basses)) % 2 else bass]))
         else:
-            chords.append((q, min(q + 0.6 * bar[3], chord.end), upper))
+            chords.append((q, min(q + 0.6 * bar.beat, chord.end), upper))
     return basses, chords
 
 
 def _arpeggio(chord: Chord, bar: Bar, bass: int, upper: list[int], step: float,
-            played: int) -> tuple[list[Event], list[Event]]:
-    """The chord tones from the bass up two octaves and back, one per `step`, each held (the
-    pedal down) to the end of the span; the bass note of each turn is the bass line."""
+              played: int) -> tuple[list[Event], list[Event]]:
+    """From the bass on each strong beat, the chord tones up (two octaves at most) and back, one
+    per `step`, each held (the pedal down) to the end of the span; the bass notes, held to the
+    next strong beat, are the bass line (a root on 1 and 3 of four, as a bass player's)."""
     rising = [bass] + [p for p in range(bass + 1, bass + 25) if p % 12 in chord.tones]
     figure = rising + rising[-2:0:-1]
-    notes = [(q, chord.end, [figure[i % len(figure)]])
-             for i, q in enumerate(_onsets(chord.start, chord.end, bar[0], step))]
-    return [n for n in notes if n[2][0] == bass], [n for n in notes if n[2][0] != bass]
+    strong = _strong_onsets(chord, bar)
+    basses, notes = [], []
+    for q, nxt in zip(strong, strong[1:] + [chord.end]):
+        onsets = _onsets(q, nxt, bar.downbeat, step)
+        basses.append((q, nxt, [bass]))
+        notes += [(o, chord.end, [figure[i % len(figure)]]) for i, o in enumerate(onsets) if i % len(figure)]
+    return basses, notes
 
 
 def _alberti(chord: Chord, bar: Bar, bass: int, upper: list[int], step: float,
-            played: int) -> tuple[list[Event], list[Event]]:
+             played: int) -> tuple[list[Event], list[Event]]:
     """Low-high-middle-high of the voicing, one per `step`, over the bass held through the span."""
     figure = (upper[0], upper[-1], upper[1], upper[-1])
     notes = [(q, min(q + step, chord.end), [figure[i % 4]])
-             for i, q in enumerate(_onsets(chord.start, chord.end, bar[0], step))]
+             for i, q in enumerate(_onsets(chord.start, chord.end, bar.downbeat, step))]
     return [(chord.start, chord.end, [bass])], notes
 
 
+def _walking(chord: Chord, bar: Bar, bass: int, upper: list[int], step: float,
+             played: int) -> tuple[list[Event], list[Event]]:
+    """A bass on every beat, each held to the next (legato): root, third, fifth, third above the
+    root in turn from each change of chord; the chord held on the strong beats above it."""
+    line = [bass + (tone - chord.root) % 12 for tone in chord.tones + chord.tones[1:2]]
+    beats = sorted({chord.start, *(q for q, _ in _strong_beats(chord, bar))})
+    basses = [(q, nxt, [line[(played + i) % 4]]) for i, (q, nxt) in enumerate(zip(beats, beats[1:] + [chord.end]))]
+    strong = _strong_onsets(chord, bar)
+    return basses, [(q, nxt, upper) for q, nxt in zip(strong, strong[1:] + [chord.end])]
+
+
 def _sustained(chord: Chord, bar: Bar, bass: int, upper: list[int], step: float,
-            played: int) -> tuple[list[Event], list[Event]]:
+               played: int) -> tuple[list[Event], list[Event]]:
     """The chord and its bass held through the span."""
     return [(chord.start, chord.end, [bass])], [(chord.start, chord.end, upper)]
 
 
-# each texture: (chord, its bar, bass note, chord voicing, figure step, bass notes played before)
-# → (bass events, chord events)
-TEXTURES = {"block": _block, "oompah": _oompah, "arpeggio": _arpeggio, "alberti": _alberti, "sustained": _sustained}
+# each texture: (chord, its bar, bass note, chord voicing, figure step, bass notes played on this
+# chord before the span) → (bass events, chord events)
+TEXTURES = {"block": _block, "oompah": _oompah, "arpeggio": _arpeggio, "alberti": _alberti,
+            "walking": _walking, "sustained": _sustained}
+
+
+def _bar_of(chord: Chord, bars: Sequence[Bar]) -> Bar:
+    """The bar the chord starts in (a bar of the chord's length, beats of one quarter, if none)."""
+    return next((b for b in bars if b.start <= chord.start < b.end),
+                Bar(chord.start, chord.start, chord.end, 1.0, max(1, round(chord.end - chord.start))))
 
 
 def realize(chords: Sequence[Chord], bars: Sequence[Bar], texture: str, bass_lowest: int, chord_lowest: int,
@@ -175,29 +250,34 @@ def realize(chords: Sequence[Chord], bars: Sequence[Bar], texture: str, bass_low
 
     bass_lowest / chord_lowest: the lowest MIDI note of the bass line and of the chord
     voicings; step: quarter notes between the notes of an arpeggio or Alberti figure. The bass
-    events are the line a bass player would take (the root, or root and fifth).
+    events are the line a bass player would take (the root, or a figure from it that restarts
+    at each change of chord).
     """
     if texture not in TEXTURES:
         raise ValueError(f"unknown texture {texture!r}; choose one of {', '.join(TEXTURES)}")
     basses, uppers = [], []
+    played, previous = 0, None
     for chord in chords:
-        bar = next((b for b in bars if b[1] <= chord.start < b[2]), (chord.start, chord.start, chord.end, 1.0))
-        bass_events, chord_events = TEXTURES[texture](chord, bar, _pitch_at_or_above(chord.root, bass_lowest),
-                                                      voicing(chord, chord_lowest), step, len(basses))
+        played = played if chord.tones == previous else 0
+        bass_events, chord_events = TEXTURES[texture](chord, _bar_of(chord, bars),
+                                                      _pitch_at_or_above(chord.root, bass_lowest),
+                                                      voicing(chord, chord_lowest), step, played)
         basses += bass_events
         uppers += chord_events
+        played, previous = played + len(bass_events), chord.tones
     return basses, uppers
 
 
-def accompaniment(melody: Sequence[Event], bars: Sequence[Bar], tonic: int, minor: bool,
+def accompaniment(melody: Sequence[Event], bars: Sequence[Bar], tonic: int, mode: str,
                   rng: np.random.Generator, textures: Sequence[str] = tuple(TEXTURES),
                   ) -> tuple[list[Event], list[Event], str]:
-    """Harmonize and realize a tune with settings drawn from `rng`: (bass events, chord events,
-    texture name, one of `textures`). The bass register starts between E1 and E2 (MIDI 28–40),
-    the chords' lowest note between C3 and G3 (48–55); the voicings reach up into the melody's
-    register (the presets keep the melody at G3 and up)."""
+    """Harmonize and realize a tune in the key of `tonic` (pitch class) and `mode` (of `MODES`)
+    with settings drawn from `rng`: (bass events, chord events, texture name, one of
+    `textures`). The bass register starts between E1 and E2 (MIDI 28–40), the chords' lowest
+    note between C3 and G3 (48–55); the voicings reach up into the melody's register (the
+    presets keep the melody at G3 and up)."""
     texture = str(rng.choice(list(textures)))
-    chords = harmonize(melody, spans(bars, split_bars=bool(rng.random() < 0.4)), tonic, minor, rng)
+    chords = harmonize(melody, spans(bars, split_bars=bool(rng.random() < 0.4)), tonic, mode, rng)
     step = float(rng.choice([0.5, 0.5, 0.25]))
     bass_events, chord_events = realize(chords, bars, texture, int(rng.integers(28, 41)),
                                         int(rng.integers(48, 56)), step)

@@ -9,7 +9,7 @@ A preset says how a score's parts become sources:
 - ``piano_violin_tunes``, ``drums_bass_tunes``: one-part tunes (the corpus's fiddle tunes), the
   melody on the violin and a piano accompaniment generated for it (`accompany`), or the
   accompaniment's bass line on a bass under generated drums: textures (oom-pah, arpeggios,
-  Alberti figures) that the corpus's part-writing lacks.
+  Alberti figures, walking basses) that the corpus's part-writing lacks.
 
 Every instrument of a piece is rendered once over the whole piece; excerpts of ``duration``
 seconds in which every source is active are then cut from the renders, loudness-balanced and
@@ -51,6 +51,7 @@ import soundfile as sf
 from ..errors import UserError
 from ..io import atomic_output, first_line, rms_db, write_audio
 from ..progress import progress_bar
+from .accompany import MODES, TEXTURES, Bar, accompaniment
 from .augment import Augmentation, augment_audio, augment_midi, pad_to_longest, restore_timbre_shift
 
 SPLITS = ("train", "valid", "test")
@@ -80,7 +81,9 @@ PLAYABLE = {GM_PIANO: (21, 108), GM_VIOLIN: (VIOLIN_LOWEST, 103), **{b: (BASS_LO
 KICK, SNARE, CRASH = 36, 38, 49
 HATS = (42, 42, 44, 51)  # closed hi-hat (twice as likely), pedal hi-hat, ride
 TOMS = (50, 48, 47, 45, 43)  # high to low
-BASS_TEXTURES = ("oompah", "arpeggio")  # the accompaniments (`accompany.TEXTURES`) a tune's bass line comes from
+# the accompaniments (`accompany.TEXTURES`) a tune's bass line comes from: those whose bass is
+# a line (a root on each strong beat, or a note on every beat), each note held to the next
+BASS_TEXTURES = ("arpeggio", "walking")
 
 
 class RenderError(RuntimeError):
@@ -306,18 +309,26 @@ def _as_played(score):
         return score
 
 
+def _key(score):
+    """The tune's written key (an ABC tune's ``K:`` field, a music21 ``key.Key`` with its mode),
+    or music21's key analysis where none is written (or its mode is not one of `accompany.MODES`): the analysis picks the relative minor or
+    major of a tune's written key for about one tune in five."""
+    from music21 import key
+
+    written = score.recurse().getElementsByClass(key.Key).first()
+    return written if written is not None and written.mode in MODES else score.analyze("key")
+
+
 def _tune(score, rng, textures: Sequence[str] | None = None) -> tuple[list, list, list, str, Callable]:
     """A one-part tune's melody events, its accompaniment (`accompany.accompaniment`: bass and
     chord events), the texture's name and its tempo map, slowed or quickened by a factor in
     [0.7, 1.3] drawn per tune (the corpus's tunes carry no tempo, so all would play at 120 bpm).
     textures: those the accompaniment draws from (default: all of `accompany.TEXTURES`)."""
-    from .accompany import TEXTURES, accompaniment
-
     melody = _part_events(score.parts[0])
     if not melody:
         raise ValueError("the tune has no notes")
-    key = score.analyze("key")
-    bass, chords, texture = accompaniment(melody, _bars(score), key.tonic.pitchClass, key.mode == "minor", rng,
+    key = _key(score)
+    bass, chords, texture = accompaniment(melody, _bars(score), key.tonic.pitchClass, key.mode, rng,
                                           textures or tuple(TEXTURES))
     factor = float(rng.uniform(0.7, 1.3))
     to_seconds = _tempo_map(score)
@@ -339,8 +350,8 @@ def _arrange_tune_piano_violin(score, rng, augmentation: Augmentation) -> dict:
 
 def _arrange_tune_drums_bass(score, rng, augmentation: Augmentation) -> dict:
     """The bass line of the tune's generated accompaniment → a GM bass; generated drums on its bars.
-    Only `BASS_TEXTURES` are drawn: the others' bass holds one note per chord (so, in practice,
-    does the arpeggio's, whose figure is longer than a bar)."""
+    Only `BASS_TEXTURES` are drawn: the others' bass holds one note per chord, or (oom-pah)
+    rests on the weak beats."""
     score = _as_played(score)
     _, bass, _, texture, to_seconds = _tune(score, rng, BASS_TEXTURES)
     instrument = _instrument(bass, to_seconds, rng, program=int(rng.choice(GM_BASSES)),
@@ -349,26 +360,34 @@ def _arrange_tune_drums_bass(score, rng, augmentation: Augmentation) -> dict:
     return {"bass": instrument, "drums": _drum_track(_bars(score), to_seconds, rng)}
 
 
-def _bars(score) -> list[tuple[float, float, float, float]]:
-    """(downbeat, start, end, beat length) in quarter notes for each bar of the first part.
+def _bars(score) -> list[Bar]:
+    """Each bar of the first part (`accompany.Bar`, quarter notes), bars following
+    time-signature changes.
 
-    A pickup bar starts after its (virtual) downbeat; bars follow time-signature changes.
+    An anacrusis starts after its (virtual) downbeat: the first measure when it is short (or
+    padded on the left), and a short measure between a short one and a full one: the upbeat of
+    a tune's B section, after its A section's short last bar (written-out repeats give both).
     """
     from music21 import meter
 
-    first = score.recurse().getElementsByClass(meter.TimeSignature).first()
-    signature = first or meter.TimeSignature("4/4")
-    bars = []
+    signature = score.recurse().getElementsByClass(meter.TimeSignature).first() or meter.TimeSignature("4/4")
+    measures = []
     for measure in score.parts[0].getElementsByClass("Measure"):
         signature = measure.timeSignature or signature
         start = float(measure.offset)
-        downbeat = start - float(measure.paddingLeft)
         end = start + float(measure.duration.quarterLength)
         if end > start:
-            bars.append((downbeat, start, end, float(signature.beatDuration.quarterLength)))
+            measures.append((start, end, float(measure.paddingLeft), signature))
+    short = [end - start < float(signature.barDuration.quarterLength) - 1e-6
+             for start, end, _, signature in measures] + [False]
+    bars = []
+    for i, (start, end, padding, signature) in enumerate(measures):
+        upbeat = padding == 0 and short[i] and (i == 0 or (short[i - 1] and i + 1 < len(measures) and not short[i + 1]))
+        downbeat = end - float(signature.barDuration.quarterLength) if upbeat else start - padding
+        bars.append(Bar(downbeat, start, end, float(signature.beatDuration.quarterLength), int(signature.beatCount)))
     if not bars:
         length = float(score.highestTime)
-        bars = [(float(q), float(q), min(q + 4.0, length), 1.0) for q in np.arange(0.0, length, 4.0)]
+        bars = [Bar(float(q), float(q), min(q + 4.0, length), 1.0, 4) for q in np.arange(0.0, length, 4.0)]
     return bars
 
 
@@ -390,10 +409,12 @@ def _drum_track(bars, to_seconds, rng):
     }
     phrase = int(rng.choice([4, 8]))
     drums = pretty_midi.Instrument(program=0, is_drum=True)
-    pickup = 1 if bars and bars[0][1] > bars[0][0] else 0  # phrases count from the first full bar
-    for i, (downbeat, start, end, beat) in enumerate(bars):
-        number = i - pickup
-        hits = _drum_bar(groove, end - downbeat, beat, number % phrase == 0, number % phrase == phrase - 1, rng)
+    number = 0  # bars from the first that starts on its downbeat: an anacrusis is not counted
+    for downbeat, start, end, beat, beats in bars:
+        upbeat = start > downbeat + 1e-6
+        phrase_start, phrase_end = not upbeat and number % phrase == 0, not upbeat and number % phrase == phrase - 1
+        hits = _drum_bar(groove, end - downbeat, beat, beats, phrase_start, phrase_end, rng)
+        number += not upbeat
         for position, pitch, velocity in hits:
             if start <= downbeat + position < end:
                 t0 = float(to_seconds(np.array(downbeat + position)))
@@ -402,11 +423,12 @@ def _drum_track(bars, to_seconds, rng):
     return drums
 
 
-def _drum_bar(groove: dict, length: float, beat: float, crash: bool, fill: bool,
+def _drum_bar(groove: dict, length: float, beat: float, beats: int, crash: bool, fill: bool,
               rng: np.random.Generator) -> list[tuple[float, int, int]]:
-    """(position in quarter notes from the downbeat, GM drum note, velocity) of one bar."""
-    n_beats = max(1, round(length / beat))
-    backbeats = range(1, n_beats, 2) if n_beats % 2 == 0 else range(1, n_beats)
+    """(position in quarter notes from the downbeat, GM drum note, velocity) of one bar of
+    `length` quarter notes from its downbeat, in a metre of `beats` beats of `beat` quarters
+    (the backbeats follow the metre, not a short bar's length)."""
+    backbeats = range(1, beats, 2) if beats % 2 == 0 else range(1, beats)
     kicks = {k for k in groove["kicks"] if rng.random() > 0.15}
     if rng.random() < 0.15:
         kicks.add(int(rng.integers(1, 16)))
