@@ -140,6 +140,9 @@ def test_walking_bass_moves_on_every_beat_from_each_root():
     assert [(s, e, p) for s, e, (p,) in bass] == [(0.0, 1.0, 36), (1.0, 2.0, 40), (2.0, 3.0, 43), (3.0, 4.0, 40),
                                                    (4.0, 5.0, 43), (5.0, 6.0, 47), (6.0, 7.0, 50), (7.0, 8.0, 47)]
     assert [(s, e) for s, e, _ in upper] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 8.0)]
+    # an upbeat of half a beat: the root from its start
+    bass, _ = accompany.realize([Chord(3.5, 4, 0, (0, 4, 7))], [Bar(0.0, 3.5, 4.0, 1.0, 4)], "walking", 36, 52)
+    assert bass == [(3.5, 4.0, [36])]
 
 
 def test_bars_find_the_upbeats_of_a_tunes_sections():
@@ -204,7 +207,7 @@ def test_tune_arrangements_put_the_melody_on_the_violin_and_the_accompaniment_be
     assert max(n.end for n in parts["piano"].notes) <= end + 1e-6  # the same tempo map
     bass = synth._arrange_tune_drums_bass(score, np.random.default_rng(0), Augmentation())
     assert bass["drums"].is_drum and min(n.pitch for n in bass["bass"].notes) >= synth.BASS_LOWEST
-    assert bass["bass"].name.split()[3] in synth.BASS_TEXTURES  # "bass of a <texture> accompaniment"
+    assert bass["bass"].name.split()[3] in synth.BASS_TEXTURES  # "bass of the <texture> accompaniment"
     ends = [max(n.end for n in bass[s].notes) for s in ("bass", "drums")]
     assert abs(ends[0] - ends[1]) < 2.0  # the drums play through the repeats too
 

@@ -220,7 +220,8 @@ def _walking(chord: Chord, bar: Bar, bass: int, upper: list[int], step: float,
     """A bass on every beat, each held to the next (legato): root, third, fifth, third above the
     root in turn from each change of chord; the chord held on the strong beats above it."""
     line = [bass + (tone - chord.root) % 12 for tone in chord.tones + chord.tones[1:2]]
-    beats = sorted({chord.start, *(q for q, _ in _strong_beats(chord, bar))})
+    beats = [q for q, _ in _strong_beats(chord, bar)]
+    beats = beats if beats and beats[0] <= chord.start + 1e-6 else [chord.start] + beats  # a pickup off the beat
     basses = [(q, nxt, [line[(played + i) % 4]]) for i, (q, nxt) in enumerate(zip(beats, beats[1:] + [chord.end]))]
     strong = _strong_onsets(chord, bar)
     return basses, [(q, nxt, upper) for q, nxt in zip(strong, strong[1:] + [chord.end])]

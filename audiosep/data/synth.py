@@ -356,7 +356,7 @@ def _arrange_tune_drums_bass(score, rng, augmentation: Augmentation) -> dict:
     _, bass, _, texture, to_seconds = _tune(score, rng, BASS_TEXTURES)
     instrument = _instrument(bass, to_seconds, rng, program=int(rng.choice(GM_BASSES)),
                              shift=_octave_shift(bass, BASS_LOWEST), lowest_only=True)
-    instrument.name = f"bass of a {texture} accompaniment"
+    instrument.name = f"bass of the {texture} accompaniment"
     return {"bass": instrument, "drums": _drum_track(_bars(score), to_seconds, rng)}
 
 
