@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from music21 import converter, corpus
+from music21 import converter, corpus, note, stream
 
 from audiosep.data import accompany, synth
 from audiosep.data.accompany import Bar, Chord
@@ -40,7 +40,7 @@ def test_harmonize_follows_the_melody():
     notes = [[60, 64, 67, 72], [67, 71, 74, 79], [65, 69, 72, 77], [69, 72, 76, 81]]
     melody = [(4.0 * b + k, 4.0 * b + k + 1, [p]) for b, bar in enumerate(notes) for k, p in enumerate(bar)]
     for seed in range(5):
-        chords = accompany.harmonize(melody, accompany.spans(BARS_44, split_bars=False), 0, "major",
+        chords = accompany.harmonize(melody, accompany.spans(BARS_44, split_bars=False), [(0.0, 0, "major")],
                                      np.random.default_rng(seed))
         assert [c.tones for c in chords] == [(0, 4, 7), (7, 11, 2), (5, 9, 0), (9, 0, 4)]
         assert [(c.start, c.end) for c in chords] == [(0, 4), (4, 8), (8, 12), (12, 16)]
@@ -52,8 +52,23 @@ def test_harmonize_takes_the_minor_dominant_the_melody_plays():
         rng = np.random.default_rng(seed)
         raised = [(float(k), k + 1.0, [p]) for k, p in enumerate([64, 68, 71, 68])]  # E G# B G#
         natural = [(float(k), k + 1.0, [p]) for k, p in enumerate([64, 67, 71, 67])]  # E G B G
-        assert accompany.harmonize(raised, spans, 9, "minor", rng)[0].tones == (4, 8, 11)
-        assert accompany.harmonize(natural, spans, 9, "minor", rng)[0].tones == (4, 7, 11)
+        assert accompany.harmonize(raised, spans, [(0.0, 9, "minor")], rng)[0].tones == (4, 8, 11)
+        assert accompany.harmonize(natural, spans, [(0.0, 9, "minor")], rng)[0].tones == (4, 7, 11)
+        neither = [(float(k), k + 1.0, [p]) for k, p in enumerate([64, 71, 64, 71])]  # E B: no 7th at all
+        assert accompany.harmonize(neither, spans, [(0.0, 9, "minor")], rng)[0].tones == (4, 7, 11)
+
+
+def test_harmonize_follows_a_change_of_key():
+    melody = [(float(q), q + 1.0, [p]) for q, p in enumerate([67, 71, 74, 71, 69, 73, 76, 73])]  # G B D B, A C# E C#
+    bars = BARS_44[:2]
+    for seed in range(5):
+        in_g = accompany.harmonize(melody, accompany.spans(bars, False), [(0.0, 7, "major")],
+                                   np.random.default_rng(seed))
+        to_a = accompany.harmonize(melody, accompany.spans(bars, False), [(0.0, 7, "major"), (4.0, 9, "major")],
+                                   np.random.default_rng(seed))
+        assert in_g[0].tones == to_a[0].tones == (7, 11, 2)
+        assert to_a[1].tones == (9, 1, 4)  # A major, the new tonic
+        assert in_g[1].tones != (9, 1, 4)  # no chord of G major has the C#
 
 
 def test_a_repeated_section_is_harmonised_as_it_was_the_first_time():
@@ -62,7 +77,8 @@ def test_a_repeated_section_is_harmonised_as_it_was_the_first_time():
     bars = [Bar(4.0 * b, 4.0 * b, 4.0 * b + 4, 1.0, 4) for b in range(4)]
     firsts = set()
     for seed in range(20):
-        chords = accompany.harmonize(melody, accompany.spans(bars, False), 0, "major", np.random.default_rng(seed))
+        chords = accompany.harmonize(melody, accompany.spans(bars, False), [(0.0, 0, "major")],
+                                     np.random.default_rng(seed))
         assert chords[2].tones == chords[0].tones and chords[3].tones == chords[1].tones
         firsts.add(chords[0].tones)
     assert len(firsts) > 1  # the choice does vary with the seed: the equality is not a coincidence
@@ -145,6 +161,10 @@ def test_walking_bass_moves_on_every_beat_from_each_root():
     assert bass == [(3.5, 4.0, [36])]
 
 
+def _abc(body: str, metre: str = "4/4", key: str = "Ador"):
+    return converter.parse(f"X:1\nT:test\nM:{metre}\nL:1/4\nK:{key}\n{body}\n", format="abc")
+
+
 def test_bars_find_the_upbeats_of_a_tunes_sections():
     score = converter.parse(ABC_TUNE, format="abc")
     bars = synth._bars(synth._as_played(score))
@@ -152,26 +172,59 @@ def test_bars_find_the_upbeats_of_a_tunes_sections():
     assert bars[4] == Bar(13.0, 13.0, 16.0, 1.0, 4)  # the A section's short last bar starts on its downbeat
     assert bars[9] == Bar(28.0, 31.0, 32.0, 1.0, 4)  # the B section's upbeat, after the repeat
     assert bars[10].start == bars[10].downbeat == 32.0 and len(bars) == 14
-    key = synth._key(score)
-    assert (key.tonic.pitchClass, key.mode) == (9, "dorian")  # the written K: field, with its mode
+    assert synth._keys(score) == [(0.0, 9, "dorian")]  # the written K: field, with its mode
+
+
+def test_bars_find_upbeats_after_a_full_bar_and_keep_first_endings_on_the_downbeat():
+    bars = synth._bars(_abc("D|:G A B c|d4|G A B c|d4|\nd/2|B A G A|B4|c B A G|[1 G3 :|[2 G2 z2|]", key="G"))
+    assert bars[5] == Bar(13.5, 17.0, 17.5, 1.0, 4)  # half a beat before a full bar: an upbeat
+    assert bars[9] == Bar(29.5, 29.5, 32.5, 1.0, 4) and bars[10].start == bars[10].downbeat  # the endings
+    # the A section's short last bar and the B section's upbeat in 2/2 and 6/8
+    cut = synth._bars(_abc("D|:G A B c|d4|G A B c|d3:|\nd|e d c B|A4|]", metre="2/2", key="G"))
+    assert cut[4] == Bar(13.0, 13.0, 16.0, 2.0, 2) and cut[5] == Bar(13.0, 16.0, 17.0, 2.0, 2)
+    jig = synth._bars(_abc("D/2|:G/2A/2B/2 c/2d/2e/2|d3/2 B3/2|G/2A/2B/2 c/2d/2e/2|d3:|\nd/2|g3/2 e3/2|d3|]",
+                           metre="6/8", key="G"))
+    assert jig[0] == Bar(-2.5, 0.0, 0.5, 1.5, 2) and jig[5] == Bar(10.0, 12.5, 13.0, 1.5, 2)
+
+
+def test_a_cut_time_bar_is_accompanied_in_quarter_beats():
+    assert accompany.in_quarter_beats(Bar(0.0, 0.0, 4.0, 2.0, 2)) == Bar(0.0, 0.0, 4.0, 1.0, 4)
+    assert accompany.in_quarter_beats(Bar(0.0, 0.0, 3.0, 1.5, 2)) == Bar(0.0, 0.0, 3.0, 1.5, 2)  # 6/8 as it is
+    melody = [(float(q), q + 1.0, [67]) for q in range(8)]
+    cut_bars = [Bar(4.0 * b, 4.0 * b, 4.0 * b + 4, 2.0, 2) for b in range(2)]
+    for seed in range(10):
+        bass, upper, _ = accompany.accompaniment(melody, cut_bars, [(0.0, 7, "major")], np.random.default_rng(seed),
+                                                 ("oompah",))
+        assert [s for s, _, _ in bass] == [0.0, 2.0, 4.0, 6.0] and [s for s, _, _ in upper] == [1.0, 3.0, 5.0, 7.0]
+
+
+def test_keys_follow_the_written_key_changes_and_fall_back_to_the_analysis():
+    keys = synth._keys(synth._as_played(corpus.parse("ryansMammoth/ElectricHornpipe.abc")))  # A major, then E
+    assert keys[0] == (0.0, 9, "major") and (32.0, 4, "major") in keys and keys == sorted(keys)
+    pitches = ("A4", "C5", "E5", "A5", "E5", "A4")
+    unwritten = stream.Score([stream.Part([note.Note(p, quarterLength=1.0) for p in pitches])])
+    analysed = unwritten.analyze("key")
+    assert synth._keys(unwritten) == [(0.0, analysed.tonic.pitchClass, analysed.mode)]
 
 
 def test_drums_count_phrases_from_downbeats_not_upbeats():
     score = synth._as_played(converter.parse(ABC_TUNE, format="abc"))
     bars = synth._bars(score)
-    drums = synth._drum_track(bars, synth._tempo_map(score), np.random.default_rng(0))
-    crashes = sorted(n.start for n in drums.notes if n.pitch == synth.CRASH)
-    # every 4 or 8 bars from the first downbeat (0.5 s a quarter at 120 bpm), the upbeats not counted
-    downbeats = [b.downbeat * 0.5 for b in bars if b.start == b.downbeat]
-    assert crashes and crashes[0] == downbeats[0]
-    assert set(crashes) <= set(downbeats[::4])
-
-
+    downbeats = [b.downbeat * 0.5 for b in bars if b.start == b.downbeat]  # 0.5 s a quarter at 120 bpm
+    phrases = set()
+    for seed in range(6):
+        drums = synth._drum_track(bars, synth._tempo_map(score), np.random.default_rng(seed))
+        crashes = sorted(n.start for n in drums.notes if n.pitch == synth.CRASH)
+        # every 4 or 8 bars from the first downbeat, the upbeats not counted
+        assert crashes in (downbeats[::4], downbeats[::8])
+        phrases.add(len(crashes))
+    assert len(phrases) == 2  # both phrase lengths drawn
 def test_accompaniment_is_deterministic_by_seed_and_varies():
     melody = [(float(q), q + 1.0, [60 + 2 * (q % 4)]) for q in range(16)]
-    one = accompany.accompaniment(melody, BARS_44, 0, "major", np.random.default_rng(3))
-    assert one == accompany.accompaniment(melody, BARS_44, 0, "major", np.random.default_rng(3))
-    textures = {accompany.accompaniment(melody, BARS_44, 0, "major", np.random.default_rng(s))[2] for s in range(40)}
+    one = accompany.accompaniment(melody, BARS_44, [(0.0, 0, "major")], np.random.default_rng(3))
+    assert one == accompany.accompaniment(melody, BARS_44, [(0.0, 0, "major")], np.random.default_rng(3))
+    textures = {accompany.accompaniment(melody, BARS_44, [(0.0, 0, "major")], np.random.default_rng(s))[2]
+                for s in range(40)}
     assert textures == set(accompany.TEXTURES)
 
 
@@ -191,17 +244,23 @@ def test_tune_presets_take_one_part_tunes_and_no_analyses():
 
 
 def test_tune_arrangements_put_the_melody_on_the_violin_and_the_accompaniment_below():
-    path = next(p.path for p in synth.list_pieces("piano_violin_tunes", composers=["ryansMammoth"]))
-    score = corpus.parse(path)
+    score = corpus.parse("ryansMammoth/PigeonOnTheGateReel.abc")
     written = sorted(p.midi for n in score.expandRepeats().parts[0].stripTies().flatten().notes for p in n.pitches)
     parts = synth._arrange_tune_piano_violin(score, np.random.default_rng(0), Augmentation())
     violin = sorted(n.pitch for n in parts["violin"].notes)
     shift = violin[0] - written[0]
     assert shift % 12 == 0 and violin == [p + shift for p in written] and violin[0] >= synth.VIOLIN_LOWEST
     assert parts["piano"].program == synth.GM_PIANO and parts["piano"].name.endswith("accompaniment")
-    key = synth._key(score)
-    in_key = {pc for tones, _ in accompany.triads(key.tonic.pitchClass, key.mode) for pc in tones}
-    assert len(parts["piano"].notes) > 8 and {n.pitch % 12 for n in parts["piano"].notes} <= in_key
+    # every set of piano notes sounding together lies in one chord of the written key (A dorian,
+    # which music21's analysis reads as E minor)
+    (_, tonic, mode), = synth._keys(score)
+    assert (tonic, mode) == (9, "dorian") and score.analyze("key").tonic.pitchClass != 9
+    chords = [set(tones) for tones, _ in accompany.triads(tonic, mode)]
+    notes = parts["piano"].notes
+    for onset in {n.start for n in notes}:
+        sounding = {n.pitch % 12 for n in notes if n.start <= onset < n.end}
+        assert any(sounding <= chord for chord in chords), (onset, sounding)
+    assert len(notes) > 8
     assert 28 <= min(n.pitch for n in parts["piano"].notes) <= 40 + 11  # the bass register, E1 to D#3
     end = max(n.end for n in parts["violin"].notes)
     assert max(n.end for n in parts["piano"].notes) <= end + 1e-6  # the same tempo map

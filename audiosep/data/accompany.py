@@ -8,8 +8,8 @@ tune on the melody instrument and this accompaniment on the piano (or its bass l
 
 Two steps, both functions of the melody and a seeded generator:
 
-- `harmonize`: one major or minor triad of the tune's key (or mode) per span (a bar or half a
-  bar), the one whose pitch classes cover most of the melody's sounding time there (a tie-free
+- `harmonize`: one major or minor triad of the key (or mode) in force per span (a bar or half
+  a bar), the one whose pitch classes cover most of the melody's sounding time there (a tie-free
   score: a small prior per degree and a random term), so strong beats fall on chord tones as in
   a real accompaniment; a span whose melody repeats an earlier one's gets its chord again, so
   a repeated section is harmonised as it was the first time.
@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 Event = tuple[float, float, list[int]]
+Key = tuple[float, int, str]  # (offset from which it holds, tonic pitch class, mode of `MODES`)
 
 # the scale of each mode music21 gives a key (``key.Key.mode``), in semitones from the tonic
 MODES = {
@@ -42,7 +43,10 @@ MODES = {
 }
 # scale degrees (0 = tonic) an accompaniment uses, and how readily: tonic and dominant first
 DEGREE_PRIOR = {0: 0.3, 3: 0.2, 4: 0.3, 5: 0.1, 1: 0.1, 6: 0.1, 2: 0.0}
-HARMONIC_DOMINANT_PRIOR = 0.35  # a minor key's major V (its raised 7th) over the natural minor v
+# a minor key's major V (its raised 7th): below the natural v's prior by more than the random
+# term, so it is taken only where the melody plays the raised 7th (a tune that never does keeps
+# its modal v)
+HARMONIC_DOMINANT_PRIOR = 0.05
 
 
 class Bar(NamedTuple):
@@ -93,8 +97,8 @@ def triads(tonic: int, mode: str) -> list[tuple[tuple[int, int, int], float]]:
 
 
 def spans(bars: Sequence[Bar], split_bars: bool) -> list[tuple[float, float]]:
-    """(start, end) of each harmonic span: every bar, or each half of a bar of four or more
-    beats when `split_bars` (two chords per bar, as quick harmonic rhythm has)."""
+    """(start, end) of each harmonic span: every bar, or each half of a bar of an even number
+    of four or more beats when `split_bars` (two chords per bar, as quick harmonic rhythm has)."""
     out = []
     for bar in bars:
         middle = bar.downbeat + (bar.beats // 2) * bar.beat
@@ -112,21 +116,28 @@ def _span_melody(melody: Sequence[Event], start: float, end: float) -> tuple:
                  for on, off, pitches in melody if min(off, end) > max(on, start))
 
 
-def harmonize(melody: Sequence[Event], span_list: Sequence[tuple[float, float]], tonic: int, mode: str,
+def _key_at(keys: Sequence[Key], offset: float) -> tuple[int, str]:
+    """(tonic, mode) of the last key that holds from `offset` or before (the first key if none)."""
+    held = [k for k in keys if k[0] <= offset + 1e-6] or [keys[0]]
+    return held[-1][1], held[-1][2]
+
+
+def harmonize(melody: Sequence[Event], span_list: Sequence[tuple[float, float]], keys: Sequence[Key],
               rng: np.random.Generator) -> list[Chord]:
-    """One triad of `triads` per span: the one maximising the melody's sounding time on its
-    chord tones minus the time on other notes (quarter notes), plus its prior and a uniform
-    [0, 0.2) draw (so ties never stand and equal tunes still vary with the seed). A span whose
-    melody (`_span_melody`) and length equal an earlier span's gets the same chord: a written-out
-    repeat is harmonised once."""
-    candidates = triads(tonic, mode)
+    """One triad of `triads` of the key in force (`keys`, by offset) per span: the one
+    maximising the melody's sounding time on its chord tones minus the time on other notes
+    (quarter notes), plus its prior and a uniform [0, 0.2) draw (so ties never stand and equal
+    tunes still vary with the seed). A span whose key, melody (`_span_melody`) and length equal
+    an earlier span's gets the same chord: a written-out repeat is harmonised once."""
     chosen: dict[tuple, tuple[int, int, int]] = {}
     out = []
     for start, end in span_list:
-        content = (round(end - start, 6), _span_melody(melody, start, end))
+        key = _key_at(keys, start)
+        content = (key, round(end - start, 6), _span_melody(melody, start, end))
         if content not in chosen:
+            candidates = triads(*key)
             time_on = np.zeros(12)
-            for on, off, pitches in content[1]:
+            for on, off, pitches in content[2]:
                 for pitch in pitches:
                     time_on[pitch % 12] += off - on
             scores = [2 * sum(time_on[pc] for pc in tones) - time_on.sum() + prior + 0.2 * rng.random()
@@ -202,7 +213,8 @@ def _arpeggio(chord: Chord, bar: Bar, bass: int, upper: list[int], step: float,
     for q, nxt in zip(strong, strong[1:] + [chord.end]):
         onsets = _onsets(q, nxt, bar.downbeat, step)
         basses.append((q, nxt, [bass]))
-        notes += [(o, chord.end, [figure[i % len(figure)]]) for i, o in enumerate(onsets) if i % len(figure)]
+        first = 0 if onsets and onsets[0] <= q + 1e-6 else 1  # the figure's first note is the bass, played
+        notes += [(o, chord.end, [figure[(i + first) % len(figure)]]) for i, o in enumerate(onsets) if i + first]
     return basses, notes
 
 
@@ -269,16 +281,26 @@ def realize(chords: Sequence[Chord], bars: Sequence[Bar], texture: str, bass_low
     return basses, uppers
 
 
-def accompaniment(melody: Sequence[Event], bars: Sequence[Bar], tonic: int, mode: str,
+def in_quarter_beats(bar: Bar) -> Bar:
+    """A bar of half-note beats (2/2, 3/2) as one of quarter-note beats (4/4, 6/4): the pulse
+    a cut-time reel's accompaniment plays (bass on 1 and 3, chords on 2 and 4); other bars as they are."""
+    if bar.beat < 2.0 - 1e-6:
+        return bar
+    factor = round(bar.beat)
+    return bar._replace(beat=bar.beat / factor, beats=bar.beats * factor)
+
+
+def accompaniment(melody: Sequence[Event], bars: Sequence[Bar], keys: Sequence[Key],
                   rng: np.random.Generator, textures: Sequence[str] = tuple(TEXTURES),
                   ) -> tuple[list[Event], list[Event], str]:
-    """Harmonize and realize a tune in the key of `tonic` (pitch class) and `mode` (of `MODES`)
-    with settings drawn from `rng`: (bass events, chord events, texture name, one of
-    `textures`). The bass register starts between E1 and E2 (MIDI 28–40), the chords' lowest
-    note between C3 and G3 (48–55); the voicings reach up into the melody's register (the
-    presets keep the melody at G3 and up)."""
+    """Harmonize and realize a tune in its `keys` (`Key`s by offset, the first from the start)
+    on its bars (half-note beats played as quarters, `in_quarter_beats`) with settings drawn
+    from `rng`: (bass events, chord events, texture name, one of `textures`). The bass register
+    starts between E1 and E2 (MIDI 28–40), the chords' lowest note between C3 and G3 (48–55);
+    the voicings reach up into the melody's register (the presets keep the melody at G3 and up)."""
+    bars = [in_quarter_beats(bar) for bar in bars]
     texture = str(rng.choice(list(textures)))
-    chords = harmonize(melody, spans(bars, split_bars=bool(rng.random() < 0.4)), tonic, mode, rng)
+    chords = harmonize(melody, spans(bars, split_bars=bool(rng.random() < 0.4)), keys, rng)
     step = float(rng.choice([0.5, 0.5, 0.25]))
     bass_events, chord_events = realize(chords, bars, texture, int(rng.integers(28, 41)),
                                         int(rng.integers(48, 56)), step)

@@ -81,8 +81,8 @@ PLAYABLE = {GM_PIANO: (21, 108), GM_VIOLIN: (VIOLIN_LOWEST, 103), **{b: (BASS_LO
 KICK, SNARE, CRASH = 36, 38, 49
 HATS = (42, 42, 44, 51)  # closed hi-hat (twice as likely), pedal hi-hat, ride
 TOMS = (50, 48, 47, 45, 43)  # high to low
-# the accompaniments (`accompany.TEXTURES`) a tune's bass line comes from: those whose bass is
-# a line (a root on each strong beat, or a note on every beat), each note held to the next
+# the accompaniments (`accompany.TEXTURES`) a tune's bass line comes from: a root on each strong
+# beat (the arpeggio's, which block's equals) or a note on every beat, each held to the next
 BASS_TEXTURES = ("arpeggio", "walking")
 
 
@@ -301,22 +301,28 @@ def _arrange_drums_bass(score, rng, augmentation: Augmentation) -> dict:
 def _as_played(score):
     """The score with its repeats written out (a tune's AABB form), or as written where music21
     cannot expand them (a malformed repeat)."""
+    from music21.exceptions21 import StreamException
     from music21.repeat import ExpanderException
 
     try:
         return score.expandRepeats()
-    except ExpanderException:
+    except (ExpanderException, StreamException):  # StreamException: a part without measures
         return score
 
 
-def _key(score):
-    """The tune's written key (an ABC tune's ``K:`` field, a music21 ``key.Key`` with its mode),
-    or music21's key analysis where none is written (or its mode is not one of `accompany.MODES`): the analysis picks the relative minor or
-    major of a tune's written key for about one tune in five."""
+def _keys(score) -> list[tuple[float, int, str]]:
+    """The tune's written keys (an ABC tune's ``K:`` fields, music21 ``key.Key``s with their
+    mode) as `accompany.Key`s by offset, or music21's key analysis from the start where none
+    is written in a mode of `accompany.MODES`: the analysis gets the written tonic or mode
+    wrong for about one tune in four."""
     from music21 import key
 
-    written = score.recurse().getElementsByClass(key.Key).first()
-    return written if written is not None and written.mode in MODES else score.analyze("key")
+    written = sorted({(float(k.getOffsetInHierarchy(score)), k.tonic.pitchClass, k.mode)
+                      for k in score.recurse().getElementsByClass(key.Key) if k.mode in MODES})
+    if written:
+        return written
+    analysed = score.analyze("key")
+    return [(0.0, analysed.tonic.pitchClass, analysed.mode)]
 
 
 def _tune(score, rng, textures: Sequence[str] | None = None) -> tuple[list, list, list, str, Callable]:
@@ -327,9 +333,7 @@ def _tune(score, rng, textures: Sequence[str] | None = None) -> tuple[list, list
     melody = _part_events(score.parts[0])
     if not melody:
         raise ValueError("the tune has no notes")
-    key = _key(score)
-    bass, chords, texture = accompaniment(melody, _bars(score), key.tonic.pitchClass, key.mode, rng,
-                                          textures or tuple(TEXTURES))
+    bass, chords, texture = accompaniment(melody, _bars(score), _keys(score), rng, textures or tuple(TEXTURES))
     factor = float(rng.uniform(0.7, 1.3))
     to_seconds = _tempo_map(score)
     return melody, bass, chords, texture, lambda q: factor * to_seconds(q)
@@ -350,8 +354,8 @@ def _arrange_tune_piano_violin(score, rng, augmentation: Augmentation) -> dict:
 
 def _arrange_tune_drums_bass(score, rng, augmentation: Augmentation) -> dict:
     """The bass line of the tune's generated accompaniment → a GM bass; generated drums on its bars.
-    Only `BASS_TEXTURES` are drawn: the others' bass holds one note per chord, or (oom-pah)
-    rests on the weak beats."""
+    Only `BASS_TEXTURES` are drawn: of the others, block's bass is the arpeggio's, Alberti's and
+    sustained's hold one note per chord and oom-pah's rests on the weak beats."""
     score = _as_played(score)
     _, bass, _, texture, to_seconds = _tune(score, rng, BASS_TEXTURES)
     instrument = _instrument(bass, to_seconds, rng, program=int(rng.choice(GM_BASSES)),
@@ -364,9 +368,12 @@ def _bars(score) -> list[Bar]:
     """Each bar of the first part (`accompany.Bar`, quarter notes), bars following
     time-signature changes.
 
-    An anacrusis starts after its (virtual) downbeat: the first measure when it is short (or
-    padded on the left), and a short measure between a short one and a full one: the upbeat of
-    a tune's B section, after its A section's short last bar (written-out repeats give both).
+    A measure shorter than its bar starts after the bar's downbeat when it is the rest of a bar
+    a short measure began (the second half of a bar a volta bracket splits, or a section's
+    upbeat after its short last bar), or an upbeat: the first measure (music21 pads an ABC
+    pickup on the left) or one of a beat or less before a full one. Any other short measure is
+    a short bar from its downbeat (a section's or the piece's last bar, a first ending). A part
+    without measures gets bars of its first time signature from offset 0.
     """
     from music21 import meter
 
@@ -378,16 +385,26 @@ def _bars(score) -> list[Bar]:
         end = start + float(measure.duration.quarterLength)
         if end > start:
             measures.append((start, end, float(measure.paddingLeft), signature))
-    short = [end - start < float(signature.barDuration.quarterLength) - 1e-6
-             for start, end, _, signature in measures] + [False]
-    bars = []
+    bars, into_bar = [], 0.0  # quarter notes of the current bar that earlier short measures filled
     for i, (start, end, padding, signature) in enumerate(measures):
-        upbeat = padding == 0 and short[i] and (i == 0 or (short[i - 1] and i + 1 < len(measures) and not short[i + 1]))
-        downbeat = end - float(signature.barDuration.quarterLength) if upbeat else start - padding
-        bars.append(Bar(downbeat, start, end, float(signature.beatDuration.quarterLength), int(signature.beatCount)))
+        length, beat = float(signature.barDuration.quarterLength), float(signature.beatDuration.quarterLength)
+        next_full = i + 1 < len(measures) and measures[i + 1][1] - measures[i + 1][0] >= length - 1e-6
+        if padding > 1e-6:
+            downbeat = start - padding
+        elif end - start >= length - 1e-6:
+            downbeat = start
+        elif 1e-6 < into_bar and into_bar + end - start <= length + 1e-6:
+            downbeat = start - into_bar
+        elif i == 0 or (next_full and end - start <= beat + 1e-6):
+            downbeat = end - length
+        else:
+            downbeat = start
+        into_bar = end - downbeat if end - downbeat < length - 1e-6 else 0.0
+        bars.append(Bar(downbeat, start, end, beat, int(signature.beatCount)))
     if not bars:
-        length = float(score.highestTime)
-        bars = [Bar(float(q), float(q), min(q + 4.0, length), 1.0, 4) for q in np.arange(0.0, length, 4.0)]
+        total, length = float(score.highestTime), float(signature.barDuration.quarterLength)
+        bars = [Bar(float(q), float(q), float(min(q + length, total)), float(signature.beatDuration.quarterLength),
+                    int(signature.beatCount)) for q in np.arange(0.0, total, length)]
     return bars
 
 
@@ -397,7 +414,8 @@ def _drum_track(bars, to_seconds, rng):
     The groove: a hat (closed, pedal or ride) in 4ths, 8ths or 16ths; kick on the downbeat plus
     extra 8th-note kicks; snare on the backbeats (every other beat, or every beat but the first
     in odd meters). Each bar varies the kicks and adds ghost snares; the last bar of every
-    phrase (4 or 8 bars) ends with a snare/tom fill, and a crash marks each phrase start.
+    phrase (4 or 8 bars), and an upbeat into a phrase, ends with a snare/tom fill; a crash marks
+    each phrase start.
     """
     import pretty_midi
 
@@ -409,10 +427,12 @@ def _drum_track(bars, to_seconds, rng):
     }
     phrase = int(rng.choice([4, 8]))
     drums = pretty_midi.Instrument(program=0, is_drum=True)
-    number = 0  # bars from the first that starts on its downbeat: an anacrusis is not counted
+    number = 0  # bars from the first that starts on its downbeat: a measure after its downbeat is not counted
     for downbeat, start, end, beat, beats in bars:
         upbeat = start > downbeat + 1e-6
-        phrase_start, phrase_end = not upbeat and number % phrase == 0, not upbeat and number % phrase == phrase - 1
+        # an upbeat into a phrase's first bar ends with the fill, as the phrase's last bar does
+        phrase_start = not upbeat and number % phrase == 0
+        phrase_end = number % phrase == 0 if upbeat else number % phrase == phrase - 1
         hits = _drum_bar(groove, end - downbeat, beat, beats, phrase_start, phrase_end, rng)
         number += not upbeat
         for position, pitch, velocity in hits:
