@@ -68,7 +68,7 @@ def test_harmonize_follows_a_change_of_key():
                                    np.random.default_rng(seed))
         assert in_g[0].tones == to_a[0].tones == (7, 11, 2)
         assert to_a[1].tones == (9, 1, 4)  # A major, the new tonic
-        assert in_g[1].tones != (9, 1, 4)  # no chord of G major has the C#
+        assert in_g[1].tones == (9, 0, 4)  # in G major the A minor triad, the C# against it
 
 
 def test_a_repeated_section_is_harmonised_as_it_was_the_first_time():
@@ -189,7 +189,9 @@ def test_bars_find_upbeats_after_a_full_bar_and_keep_first_endings_on_the_downbe
 
 def test_a_cut_time_bar_is_accompanied_in_quarter_beats():
     assert accompany.in_quarter_beats(Bar(0.0, 0.0, 4.0, 2.0, 2)) == Bar(0.0, 0.0, 4.0, 1.0, 4)
-    assert accompany.in_quarter_beats(Bar(0.0, 0.0, 3.0, 1.5, 2)) == Bar(0.0, 0.0, 3.0, 1.5, 2)  # 6/8 as it is
+    assert accompany.in_quarter_beats(Bar(0.0, 0.0, 6.0, 2.0, 3)) == Bar(0.0, 0.0, 6.0, 1.0, 6)  # 3/2
+    for dotted in (Bar(0.0, 0.0, 3.0, 1.5, 2), Bar(0.0, 0.0, 6.0, 3.0, 2)):  # 6/8 and 6/4 as they are
+        assert accompany.in_quarter_beats(dotted) == dotted
     melody = [(float(q), q + 1.0, [67]) for q in range(8)]
     cut_bars = [Bar(4.0 * b, 4.0 * b, 4.0 * b + 4, 2.0, 2) for b in range(2)]
     for seed in range(10):
@@ -219,6 +221,22 @@ def test_drums_count_phrases_from_downbeats_not_upbeats():
         assert crashes in (downbeats[::4], downbeats[::8])
         phrases.add(len(crashes))
     assert len(phrases) == 2  # both phrase lengths drawn
+def test_drum_backbeats_follow_the_metre_and_an_upbeat_into_a_phrase_has_the_fill():
+    groove = {"hat": 42, "hat_step": 0.5, "kicks": set()}
+    def backbeats(length, beats):
+        hits = synth._drum_bar(groove, length, 1.0, beats, False, False, np.random.default_rng(0))
+        return sorted(q for q, pitch, velocity in hits if pitch == synth.SNARE and velocity == 105)
+    assert backbeats(3.0, 4) == [1.0, 3.0]  # a short 4/4 bar: the caller drops the 4th beat past its end
+    assert backbeats(3.0, 3) == [1.0, 2.0]  # 3/4: every beat but the first
+    score = synth._as_played(converter.parse(ABC_TUNE, format="abc"))
+    drums = synth._drum_track(synth._bars(score), synth._tempo_map(score), np.random.default_rng(0))
+    fills = (synth.SNARE,) + synth.TOMS
+    for start, end in ((0.0, 0.5), (15.5, 16.0)):  # the opening pickup and the B section's upbeat, 0.5 s a quarter
+        inside = [n for n in drums.notes if start - 1e-9 <= n.start < end - 1e-9]
+        assert sorted(round(n.start, 6) for n in inside) == [start + 0.125 * k for k in range(4)]
+        assert all(n.pitch in fills for n in inside)
+
+
 def test_accompaniment_is_deterministic_by_seed_and_varies():
     melody = [(float(q), q + 1.0, [60 + 2 * (q % 4)]) for q in range(16)]
     one = accompany.accompaniment(melody, BARS_44, [(0.0, 0, "major")], np.random.default_rng(3))

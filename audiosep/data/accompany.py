@@ -81,7 +81,7 @@ def triads(tonic: int, mode: str) -> list[tuple[tuple[int, int, int], float]]:
     their prior, for each degree of `DEGREE_PRIOR` whose triad in the mode's scale is major or
     minor (a diminished one has no place in a plain accompaniment); in a minor key also the
     major V of the raised 7th (the harmonic minor's dominant) beside the natural v, so the
-    melody's own 7th decides between them."""
+    melody's own 7th decides between them (an aeolian tune, written as a mode, stays modal)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     scale = MODES[mode]
@@ -283,11 +283,11 @@ def realize(chords: Sequence[Chord], bars: Sequence[Bar], texture: str, bass_low
 
 def in_quarter_beats(bar: Bar) -> Bar:
     """A bar of half-note beats (2/2, 3/2) as one of quarter-note beats (4/4, 6/4): the pulse
-    a cut-time reel's accompaniment plays (bass on 1 and 3, chords on 2 and 4); other bars as they are."""
-    if bar.beat < 2.0 - 1e-6:
+    a cut-time reel's accompaniment plays (bass on 1 and 3, chords on 2 and 4); other bars
+    (dotted beats too: 6/4 stays in two) as they are."""
+    if abs(bar.beat - 2.0) > 1e-6:
         return bar
-    factor = round(bar.beat)
-    return bar._replace(beat=bar.beat / factor, beats=bar.beats * factor)
+    return bar._replace(beat=1.0, beats=bar.beats * 2)
 
 
 def accompaniment(melody: Sequence[Event], bars: Sequence[Bar], keys: Sequence[Key],

@@ -51,7 +51,7 @@ import soundfile as sf
 from ..errors import UserError
 from ..io import atomic_output, first_line, rms_db, write_audio
 from ..progress import progress_bar
-from .accompany import MODES, TEXTURES, Bar, accompaniment
+from .accompany import MODES, TEXTURES, Bar, Key, accompaniment
 from .augment import Augmentation, augment_audio, augment_midi, pad_to_longest, restore_timbre_shift
 
 SPLITS = ("train", "valid", "test")
@@ -310,11 +310,11 @@ def _as_played(score):
         return score
 
 
-def _keys(score) -> list[tuple[float, int, str]]:
+def _keys(score) -> list[Key]:
     """The tune's written keys (an ABC tune's ``K:`` fields, music21 ``key.Key``s with their
     mode) as `accompany.Key`s by offset, or music21's key analysis from the start where none
-    is written in a mode of `accompany.MODES`: the analysis gets the written tonic or mode
-    wrong for about one tune in four."""
+    is written in a mode of `accompany.MODES` (the analysis often names the relative key or
+    another mode: docs/results.md)."""
     from music21 import key
 
     written = sorted({(float(k.getOffsetInHierarchy(score)), k.tonic.pitchClass, k.mode)
@@ -387,6 +387,8 @@ def _bars(score) -> list[Bar]:
             measures.append((start, end, float(measure.paddingLeft), signature))
     bars, into_bar = [], 0.0  # quarter notes of the current bar that earlier short measures filled
     for i, (start, end, padding, signature) in enumerate(measures):
+        if i and signature.ratioString != measures[i - 1][3].ratioString:
+            into_bar = 0.0  # a new metre starts a new bar
         length, beat = float(signature.barDuration.quarterLength), float(signature.beatDuration.quarterLength)
         next_full = i + 1 < len(measures) and measures[i + 1][1] - measures[i + 1][0] >= length - 1e-6
         if padding > 1e-6:
