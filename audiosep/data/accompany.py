@@ -173,6 +173,11 @@ def _strong_beats(chord: Chord, bar: Bar) -> list[tuple[float, bool]]:
     return [(q, k % bar.beats == 0 if bar.beats == 3 else k % 2 == 0) for q, k in zip(beats, index)]
 
 
+def _held_to_next(onsets: list[float], end: float) -> list[tuple[float, float]]:
+    """(onset, the next onset or `end`) for each onset: notes held legato to the next."""
+    return list(zip(onsets, onsets[1:] + [end]))
+
+
 def _strong_onsets(chord: Chord, bar: Bar) -> list[float]:
     """The span's strong beats, or its start where none falls inside it (a pickup's weak beat)."""
     return [q for q, strong in _strong_beats(chord, bar) if strong] or [chord.start]
@@ -181,8 +186,7 @@ def _strong_onsets(chord: Chord, bar: Bar) -> list[float]:
 def _block(chord: Chord, bar: Bar, bass: int, upper: list[int], step: float,
            played: int) -> tuple[list[Event], list[Event]]:
     """The chord on every beat, the bass on the strong beats held to the next."""
-    strong = _strong_onsets(chord, bar)
-    basses = [(q, nxt, [bass]) for q, nxt in zip(strong, strong[1:] + [chord.end])]
+    basses = [(q, nxt, [bass]) for q, nxt in _held_to_next(_strong_onsets(chord, bar), chord.end)]
     return basses, [(q, min(q + bar.beat, chord.end), upper) for q, _ in _strong_beats(chord, bar)]
 
 
@@ -208,9 +212,8 @@ def _arpeggio(chord: Chord, bar: Bar, bass: int, upper: list[int], step: float,
     next strong beat, are the bass line (a root on 1 and 3 of four, as a bass player's)."""
     rising = [bass] + [p for p in range(bass + 1, bass + 25) if p % 12 in chord.tones]
     figure = rising + rising[-2:0:-1]
-    strong = _strong_onsets(chord, bar)
     basses, notes = [], []
-    for q, nxt in zip(strong, strong[1:] + [chord.end]):
+    for q, nxt in _held_to_next(_strong_onsets(chord, bar), chord.end):
         onsets = _onsets(q, nxt, bar.downbeat, step)
         basses.append((q, nxt, [bass]))
         first = 0 if onsets and onsets[0] <= q + 1e-6 else 1  # the figure's first note is the bass, played
@@ -234,9 +237,8 @@ def _walking(chord: Chord, bar: Bar, bass: int, upper: list[int], step: float,
     line = [bass + (tone - chord.root) % 12 for tone in chord.tones + chord.tones[1:2]]
     beats = [q for q, _ in _strong_beats(chord, bar)]
     beats = beats if beats and beats[0] <= chord.start + 1e-6 else [chord.start] + beats  # a pickup off the beat
-    basses = [(q, nxt, [line[(played + i) % 4]]) for i, (q, nxt) in enumerate(zip(beats, beats[1:] + [chord.end]))]
-    strong = _strong_onsets(chord, bar)
-    return basses, [(q, nxt, upper) for q, nxt in zip(strong, strong[1:] + [chord.end])]
+    basses = [(q, nxt, [line[(played + i) % 4]]) for i, (q, nxt) in enumerate(_held_to_next(beats, chord.end))]
+    return basses, [(q, nxt, upper) for q, nxt in _held_to_next(_strong_onsets(chord, bar), chord.end)]
 
 
 def _sustained(chord: Chord, bar: Bar, bass: int, upper: list[int], step: float,
