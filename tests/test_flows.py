@@ -3,9 +3,6 @@ against closed forms (scipy), scores against finite differences, noise condition
 per-σ bundle, checkpoints, training and the `audiosep train glow|realnvp` command."""
 import functools
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -364,15 +361,12 @@ _DDP_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_torchrun_actnorm_init_agrees_across_processes(tmp_path):
+def test_torchrun_actnorm_init_agrees_across_processes(tmp_path, torchrun):
     # Each process initialises its actnorms on its own batch after rank 0's weights are
     # broadcast; with statistics averaged over processes the weights stay identical.
     script = tmp_path / "ddp_flow.py"
     script.write_text(_DDP_SCRIPT.format(out=str(tmp_path)))
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script)], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert run.returncode == 0, run.stderr[-3000:]
+    torchrun(script, done=lambda: all((tmp_path / f"rank{r}.pt").exists() for r in (0, 1)))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0) and bool(rank0["levels.0.1.initialized"])
 

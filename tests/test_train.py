@@ -401,15 +401,10 @@ _DDP_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
+def test_torchrun_two_processes_end_with_identical_weights(tmp_path, torchrun):
     script = tmp_path / "ddp_script.py"
     script.write_text(_DDP_SCRIPT.format(tests=os.path.dirname(__file__), out=str(tmp_path)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
-        capture_output=True, text=True, timeout=120, env=env,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    torchrun(script, done=lambda: all((tmp_path / f"rank{r}.pt").exists() for r in (0, 1)))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert _states_equal(rank0["state"], rank1["state"])
     assert rank0["losses"] != rank1["losses"]  # each rank saw its own batches and noise
@@ -436,17 +431,13 @@ _DDP_EQUIVALENCE_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_step_as_one_process_with_twice_the_batch(tmp_path):
+def test_torchrun_two_processes_step_as_one_process_with_twice_the_batch(tmp_path, torchrun):
     """DDP averages the two ranks' batch-mean gradients: the mean gradient of the union of their
     batches, which is the batch one process of twice the batch draws (rank r reads every 2nd
     item from r of each epoch's permutation), so the weights after 6 steps agree."""
     script = tmp_path / "ddp_equal.py"
     script.write_text(_DDP_EQUIVALENCE_SCRIPT.format(tests=os.path.dirname(__file__), out=str(tmp_path / "two.pt")))
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    torchrun(script, done=lambda: (tmp_path / "two.pt").exists() and load_checkpoint(tmp_path / "two.pt")["step"] == 6)
     train(_tiny_model(), _score_loss, _EpochCrops(16, 0), None, _config(steps=6, batch_size=4, checkpoint_every=3),
           tmp_path / "one.pt", DOMAIN)
     two, one = load_checkpoint(tmp_path / "two.pt"), load_checkpoint(tmp_path / "one.pt")
