@@ -259,9 +259,11 @@ def _cmd_train_masknet(args: argparse.Namespace) -> None:
     from .training.masknet import MaskNetRun, train_masknet
 
     _check_checkpoint_output(args.output)
+    if args.init_from is not None and (args.hidden is not None or args.layers is not None):
+        raise UserError("--hidden/--layers: the network of --init-from is fine-tuned as it is; give one or the other")
     run = _run_settings(MaskNetRun, args, ("hidden", "layers"))
     _set_threads(args.threads)
-    result = train_masknet(args.data, args.output, args.sources, run, device=args.device)
+    result = train_masknet(args.data, args.output, args.sources, run, device=args.device, init_from=args.init_from)
     print(f"{args.output}: step {result['step']}, loss {result['loss']:.4f}, "
           f"{_valid_text(result['valid_loss'], 'valid loss')} (error energy relative to the mixture's)")
 
@@ -780,6 +782,9 @@ def _add_train(sub) -> None:
     mask.add_argument("--hidden", type=_positive_int, help="features per frame (default 256)")
     mask.add_argument("--layers", type=_positive_int, help="BiLSTM layers (default 2)")
     mask.add_argument("--steps", type=_positive_int, help="total optimiser steps (across resumes)")
+    mask.add_argument("--init-from", type=_path, metavar="MASKNET",
+                      help="fine-tune: start from this mask network's weights and size (the same sources and "
+                           "rate); steps count from 0")
     _add_prior_run(mask)
     mask.set_defaults(run=_cmd_train_masknet)
 

@@ -334,7 +334,7 @@ def test_train_ncsn_init_from_fine_tunes_a_prior_of_the_same_front_end(tmp_path,
 
     from audiosep.priors.base import Domain, load_checkpoint, load_prior
     from audiosep.spectral.frontend import get_frontend
-    from audiosep.training.ncsn import initial_prior
+    from audiosep.training.loop import initial_prior
 
     root = _training_data(tmp_path / "data")
     base, tuned, bad = tmp_path / "base.pt", tmp_path / "tuned.pt", tmp_path / "bad.pt"

@@ -119,6 +119,32 @@ def test_training_separates_two_tones_and_checkpoints_carry_the_model(trained, t
         train_masknet(data, out, sources=["high", "low"], run=run)  # another source order: no resume
 
 
+def test_fine_tuning_starts_from_the_given_network_and_refuses_other_sources(trained, tmp_path):
+    data, out, result = trained
+    one_step = MaskNetRun(model=MaskNetConfig(hidden=8),  # not used: the network of init_from is kept
+                          train=TrainConfig(steps=1, batch_size=4, lr=1e-9, valid_every=1, valid_batches=2,
+                                            epoch_items=64, progress=False),
+                          crop_seconds=RUN.crop_seconds, gain_db=RUN.gain_db, sample_rate=RATE)
+    tuned = train_masknet(data, tmp_path / "tuned.pt", sources=["low", "high"], run=one_step, init_from=out)
+    start, model = load_masknet(out), load_masknet(tmp_path / "tuned.pt")
+    assert model.hidden == start.hidden == 16 and tuned["step"] == 1
+    for name, value in start.state_dict().items():  # one step at lr 1e-9: the start's weights
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+    assert tuned["valid_loss"] < 0.1  # it separates from its first step, as the start does
+    assert load_checkpoint(tmp_path / "tuned.pt")["extra"]["data"]["init_from"] == "mask.pt"
+    with pytest.raises(UserError, match="not of high, low"):
+        train_masknet(data, tmp_path / "x.pt", sources=["high", "low"], run=one_step, init_from=out)
+
+
+def test_cli_fine_tuning_refuses_a_size(trained, tmp_path, capsys):
+    data, out, _ = trained
+    from audiosep.cli import main
+    code = main(["train", "masknet", "--data", str(data), "--init-from", str(out), "--hidden", "8",
+                 "-o", str(tmp_path / "x.pt")])
+    assert code == 2 and "fine-tuned as it is" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_load_masknet_refuses_other_kinds(tmp_path):
     from audiosep.priors.base import save_checkpoint
     from audiosep.priors.vqvae import LQVAE

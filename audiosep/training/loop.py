@@ -42,7 +42,7 @@ from tqdm import tqdm
 from ..config import TrainConfig, to_dict
 from ..devices import resolve_device
 from ..errors import Terminated, UserError
-from ..priors.base import Domain, Prior, build_from_checkpoint, load_checkpoint, save_checkpoint
+from ..priors.base import Domain, Prior, build_from_checkpoint, load_checkpoint, load_prior, save_checkpoint
 from ..progress import progress_bar
 from .log import TrainingLog
 
@@ -95,6 +95,18 @@ class EMA:
             yield
         finally:
             model.load_state_dict(backup)
+
+
+def initial_prior(path: str | os.PathLike, domain: Domain, kind: str) -> Prior:
+    """The prior at `path` (weights, config) to fine-tune, in training mode.
+
+    Raises:
+        UserError: as `load_prior`, or a checkpoint of another kind or front end.
+    """
+    model = load_prior(path, expected_domain=domain)
+    if not model.kind.startswith(kind):
+        raise UserError(f"{path}: a {model.kind} checkpoint cannot start a {kind} training")
+    return model.train()
 
 
 def seed_everything(seed: int) -> None:

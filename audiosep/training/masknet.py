@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..io import SAMPLE_RATES, rms_db
 from ..priors.base import Domain
 from ..priors.masknet import MaskNet, masknet_loss
-from .loop import seed_everything, train
+from .loop import initial_prior, seed_everything, train
 
 
 @dataclasses.dataclass
@@ -103,7 +103,7 @@ def median_mixture_db(data: Sequence[str | os.PathLike], sources: Sequence[str],
 
 def train_masknet(data: str | os.PathLike | Sequence[str | os.PathLike], out_path: str | os.PathLike,
                   sources: Sequence[str] | None = None, run: MaskNetRun | None = None,
-                  device: str = "cpu") -> dict[str, float]:
+                  device: str = "cpu", init_from: str | os.PathLike | None = None) -> dict[str, float]:
     """Train a mask network on the train split of one or several stems datasets (their valid
     splits for validation), their tracks pooled.
 
@@ -111,10 +111,14 @@ def train_masknet(data: str | os.PathLike | Sequence[str | os.PathLike], out_pat
         data: stems datasets `DATA/{train,valid}/<track>/<source>.wav` (one folder or several).
         out_path: the checkpoint (resumed when it exists); domain `Domain.waveform(sample_rate)`.
         sources: the K sources (default: every source of the train split).
+        init_from: fine-tune: start from this mask network's weights and size (`run.model` is
+            then not used), a fresh optimiser and step 0; its sources must be `sources`, in
+            order. Its level_db is measured again on `data`, as a fresh network's is.
     Returns:
         {"step", "loss", "valid_loss"} (the relative phase-sensitive error; 1 is the mixture's energy).
     Raises:
-        UserError: a missing split or source, fewer than 2 sources, and as `train`.
+        UserError: a missing split or source, fewer than 2 sources, an `init_from` that is not
+            a mask network of these sources at this rate, and as `train`.
     """
     run = run or MaskNetRun()
     data = dataset_roots(data)
@@ -129,9 +133,17 @@ def train_masknet(data: str | os.PathLike | Sequence[str | os.PathLike], out_pat
     train_ds = StemCrops(data, sources, "train", crop, run.sample_rate, c.epoch_items, c.seed)
     valid_ds = StemCrops(data, sources, "valid", crop, run.sample_rate, c.valid_batches * c.batch_size, c.seed + 100)
     seed_everything(c.seed)
-    model = MaskNet(sources, run.sample_rate, **dataclasses.asdict(run.model),
-                    level_db=median_mixture_db(data, sources, run.sample_rate))
+    level_db = median_mixture_db(data, sources, run.sample_rate)
+    domain = Domain.waveform(run.sample_rate)
+    if init_from is None:
+        model = MaskNet(sources, run.sample_rate, **dataclasses.asdict(run.model), level_db=level_db)
+    else:
+        model = initial_prior(init_from, domain, "masknet")
+        if list(model.sources) != sources:
+            raise UserError(f"{init_from}: a mask network of {', '.join(model.sources)}, not of {', '.join(sources)}")
+        model.level_db = level_db
     stored = {"data": ",".join(d.name for d in data), "sources": ",".join(sources),
               "crop_seconds": run.crop_seconds, "gain_db": run.gain_db}
-    return train(model, RemixLoss(run.gain_db), train_ds, valid_ds, c, out_path,
-                 Domain.waveform(run.sample_rate), device, data=stored)
+    if init_from is not None:
+        stored["init_from"] = os.path.basename(init_from)
+    return train(model, RemixLoss(run.gain_db), train_ds, valid_ds, c, out_path, domain, device, data=stored)

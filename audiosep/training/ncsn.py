@@ -10,10 +10,10 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import UserError
-from ..priors.base import Domain, Prior, load_prior
+from ..priors.base import Prior
 from ..priors.ncsn import NCSNConfig, build_ncsn, dsm_loss
 from .data import DataSpec
-from .loop import seed_everything, train
+from .loop import initial_prior, seed_everything, train
 
 
 @dataclasses.dataclass
@@ -92,15 +92,3 @@ def _fresh_ncsn(model_config: NCSNConfig, config: TrainConfig, train_ds) -> Prio
         samples = torch.stack([train_ds[i] for i in range(min(500, len(train_ds)))])
     seed_everything(config.seed)
     return build_ncsn(model_config, samples)
-
-
-def initial_prior(path: str | os.PathLike, domain: Domain, kind: str) -> Prior:
-    """The prior at `path` (weights, config) to fine-tune, in training mode.
-
-    Raises:
-        UserError: as `load_prior`, or a checkpoint of another kind or front end.
-    """
-    model = load_prior(path, expected_domain=domain)
-    if not model.kind.startswith(kind):
-        raise UserError(f"{path}: a {model.kind} checkpoint cannot start a {kind} training")
-    return model.train()
