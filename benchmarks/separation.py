@@ -111,7 +111,7 @@ from audiosep.io import resample, write_audio
 from audiosep.separation.methods import METHODS
 from audiosep.oracle import run_oracle
 from audiosep.separation.basis import BasisConfig
-from audiosep.priors.masknet import load_masknet
+from audiosep.priors.masknet import load_masknets
 from audiosep.separation.mel_basis import LEVEL_DB, MelBasis, baseline_powers, default_basis
 from audiosep.separation.nmf import NMFModel
 from audiosep.separation.separator import Method, Separator, level_gain
@@ -271,7 +271,7 @@ def build_methods(args: argparse.Namespace, sources: list[str], nmf: NMFModel) -
     more entry here."""
     methods: dict[str, SeparateFn] = {}
     variants = parse_variants(args.variant)
-    baselines = {"nmf": nmf, "masknet": load_masknet(args.masknet)}
+    baselines = {"nmf": nmf, "masknet": load_masknets(args.masknet)}
     for name, paths in {args.name: args.priors, **parse_basis(args.basis)}.items():
         if not args.no_mixture_init:
             methods[f"basis-{name}"] = basis_separator(paths, default_basis("mixture"), sources).separate
@@ -685,9 +685,10 @@ def main() -> None:
                         help="with --folds: the datasets the models trained on; a fold with a composer of their "
                              "train or valid tracks (index.json) is refused")
     parser.add_argument("--nmf", type=Path, default=bundled("nmf")[0], help="NMF model (default: the bundled one)")
-    parser.add_argument("--masknet", type=Path, default=bundled("masknet")[0],
+    parser.add_argument("--masknet", type=Path, nargs="+", default=bundled("masknet"), metavar="MASKNET",
                         help="mask network (train masknet) of the rows masknet (it alone, the default) and "
-                             "basis-NAME+masknet (the +nmf schedule started from its stems); default: the bundled one")
+                             "basis-NAME+masknet (the +nmf schedule started from its stems); several: the mean of "
+                             "their masks (a bag); default: the bundled one")
     parser.add_argument("--manifest", type=Path, metavar="JSON",
                         help="with --folds: write the mean scores of the masknet, nmf and basis-*+masknet rows "
                              "into this model set manifest (audiosep/pretrained/<set>.json)")

@@ -9,7 +9,7 @@ import torch
 from audiosep.config import TrainConfig
 from audiosep.errors import UserError
 from audiosep.priors.base import Domain, load_checkpoint
-from audiosep.priors.masknet import MaskNet, load_masknet, masknet_loss, separate_masknet
+from audiosep.priors.masknet import MaskNet, MaskNetBag, load_masknet, load_masknets, masknet_loss, separate_masknet
 from audiosep.separation.separator import Separator
 from audiosep.training.masknet import MaskNetConfig, MaskNetRun, StemCrops, train_masknet
 from audiosep.zoo import bundled
@@ -145,6 +145,25 @@ def test_cli_fine_tuning_refuses_a_size(trained, tmp_path, capsys):
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_a_bag_separates_with_the_mean_of_its_networks_masks(trained, tmp_path):
+    _, out, _ = trained
+    a, b = _tiny(seed=1), _tiny(seed=2)
+    magnitude = torch.rand(1, 65, 20)
+    bag = MaskNetBag([a, b])
+    expected = (a.masks(magnitude) + b.masks(magnitude)) / 2
+    torch.testing.assert_close(bag.masks(magnitude), expected)
+    torch.testing.assert_close(bag.masks(magnitude).sum(dim=1), torch.ones(1, 65, 20))
+    mix = torch.randn(2, 4000)
+    stems = bag(mix)
+    assert stems.shape == (2, 2, 4000)
+    torch.testing.assert_close(stems.sum(dim=0), mix, rtol=1e-4, atol=1e-4)  # the stems sum to the mixture
+    one = load_masknet(out)
+    torch.testing.assert_close(load_masknets([out, out])(mix), one(mix))  # a bag of one network is it
+    assert load_masknets([out]).__class__ is MaskNet
+    with pytest.raises(UserError, match="one sources, rate and STFT"):
+        MaskNetBag([a, MaskNet(("low", "high"), RATE, n_fft=256, hop_length=64, hidden=16, layers=1)])
+
+
 def test_load_masknet_refuses_other_kinds(tmp_path):
     from audiosep.priors.base import save_checkpoint
     from audiosep.priors.vqvae import LQVAE
@@ -162,8 +181,9 @@ def test_the_method_follows_the_file_and_basis_can_start_from_it(trained, tmp_pa
     assert separation_method([out]) == "masknet" and separation_method([out], "masknet") == "masknet"
     with pytest.raises(UserError, match=r"asked for but .*mask.pt is a mask network \(masknet\); nmf takes one NMF model"):
         separation_method([out], "nmf")
-    with pytest.raises(UserError, match="masknet takes one mask network checkpoint"):
-        separation_method([out, out])
+    assert separation_method([out, out]) == "masknet"  # a bag
+    with pytest.raises(UserError, match="masknet takes one mask network checkpoint, .* or several"):
+        separation_method([out, bundled("nmf")[0]])
     assert separation_method([]) == "masknet" == separation_method([], "masknet")  # the bundled one
     assert isinstance(load_baseline(out), MaskNet) and isinstance(load_baseline(bundled("nmf")[0]), NMFModel)
     lq = tmp_path / "lq.pt"

@@ -92,7 +92,39 @@ class MaskNet(Prior):
         return separate_masknet(mix, self)
 
 
-def separate_masknet(mix: Tensor, model: MaskNet) -> Tensor:
+class MaskNetBag(nn.Module):
+    """Several mask networks of the same sources, rate and STFT used as one: the mean of their
+    masks, which still sums to one over the sources. A bag of models (demucs bundles them):
+    networks trained apart err apart, so their mean errs less. It separates as a `MaskNet`
+    does (`separate_masknet`), with the first member's level_db."""
+
+    def __init__(self, members: Sequence[MaskNet]) -> None:
+        super().__init__()
+        if not members:
+            raise UserError("a bag of mask networks needs at least one network")
+        first = members[0]
+        for other in members[1:]:
+            if (other.sources, other.sample_rate, other.n_fft, other.hop_length) != (
+                    first.sources, first.sample_rate, first.n_fft, first.hop_length):
+                raise UserError("a bag of mask networks needs one sources, rate and STFT: "
+                                f"{', '.join(first.sources)} at {first.sample_rate} Hz, n_fft {first.n_fft}, "
+                                f"hop {first.hop_length}, against {', '.join(other.sources)} at "
+                                f"{other.sample_rate} Hz, n_fft {other.n_fft}, hop {other.hop_length}")
+        self.members = nn.ModuleList(members)
+        self.sources, self.sample_rate, self.level_db = first.sources, first.sample_rate, first.level_db
+        self.n_fft, self.stft_settings, self.domain = first.n_fft, first.stft_settings, first.domain
+        self.spectrum = first.spectrum
+
+    def masks(self, magnitude: Tensor) -> Tensor:
+        """The members' mean soft masks `(B, K, F, T)` from magnitudes `(B, F, T)`."""
+        return torch.stack([member.masks(magnitude) for member in self.members]).mean(dim=0)
+
+    def forward(self, mix: Tensor) -> Tensor:
+        """Stems `(K, C, N)` of a mixture `(C, N)`, as `MaskNet.forward`."""
+        return separate_masknet(mix, self)
+
+
+def separate_masknet(mix: Tensor, model: MaskNet | MaskNetBag) -> Tensor:
     """Separate a mixture `(C, N)` with `model`'s masks (computed once from the channel mean,
     applied to every channel): stems `(K, C, N)`, mix's dtype and device."""
     if mix.dim() != 2 or mix.shape[-1] == 0:
@@ -128,3 +160,13 @@ def load_masknet(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     if model.kind != "masknet":
         raise UserError(f"{path}: a {model.kind} checkpoint, not a mask network (train masknet)")
     return model.eval()
+
+
+def load_masknets(paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu") -> MaskNet | MaskNetBag:
+    """One mask network checkpoint (`load_masknet`), or several as a `MaskNetBag`.
+
+    Raises:
+        UserError: as `load_masknet`, or networks of other sources, rates or STFTs.
+    """
+    models = [load_masknet(path, device) for path in paths]
+    return models[0] if len(models) == 1 else MaskNetBag(models).eval()

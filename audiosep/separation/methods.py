@@ -106,9 +106,9 @@ class MethodSpec:
 
 
 def _build_masknet(paths, options, device, seed, defaults) -> Method:
-    from ..priors.masknet import load_masknet
+    from ..priors.masknet import load_masknets
 
-    return load_masknet(paths[0], device=device)
+    return load_masknets(paths, device=device)
 
 
 def _build_nmf(paths, options, device, seed, defaults) -> Method:
@@ -167,7 +167,8 @@ def _default_start(defaults: ModelSet, init: str | None) -> Path:
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("masknet", "the supervised mask network (train masknet)", ("masknet",),
-               "one mask network checkpoint, which masks every source: --model MASKNET.pt", NoOptions,
+               "one mask network checkpoint, which masks every source, or several (the mean of their masks: a bag): "
+               "--model MASKNET.pt [MORE.pt ...]", NoOptions,
                "mask network", _build_masknet),
     MethodSpec("basis", "annealed Langevin over one prior per source, started from a baseline's stems", None,
                "one prior checkpoint per source (--model A.pt B.pt ...)", BasisOptions, "BASIS", _build_basis),
@@ -241,7 +242,7 @@ def _refuse_unsuited_files(method: str, kinds: Sequence[tuple[Path, str]]) -> No
 def separation_method(paths: Sequence[str | os.PathLike], requested: str | None = None) -> MethodName:
     """The separation method for a set of model files, from their checkpoint kinds.
 
-    One mask network → "masknet"; one NMF model → "nmf"; one VAE → "vae-bss"; an LQ-VAE and
+    Mask networks only → "masknet" (several: a bag); one NMF model → "nmf"; one VAE → "vae-bss"; an LQ-VAE and
     two code priors → "latent"; two or more other priors → "basis". `requested` (if given)
     must agree with the files; no files → `requested`, by default the default set's method.
 
@@ -260,8 +261,8 @@ def separation_method(paths: Sequence[str | os.PathLike], requested: str | None 
     if requested is not None:
         _refuse_unsuited_files(requested, kinds)
     single = [name for _, kind in kinds for name in ("masknet", "vae-bss") if kind in METHODS[name].kinds]
-    if single:  # a model that holds every source comes alone
-        if len(kinds) > 1:
+    if single:  # a model that holds every source comes alone, or mask networks in a bag
+        if len(kinds) > 1 and single != ["masknet"] * len(kinds):
             raise UserError(f"{single[0]} takes {METHODS[single[0]].usage}")
         return single[0]
     nmf = [p for p, kind in kinds if kind == "nmf"]
