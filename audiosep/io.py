@@ -162,6 +162,27 @@ def check_outputs(kinds: Mapping[str | os.PathLike, str]) -> None:
         check_output_kind(path, kind)
 
 
+def check_not_an_input(output: str | os.PathLike, inputs: Sequence[str | os.PathLike | None]) -> None:
+    """UserError when `output` names one of the files the command reads (`None` inputs are
+    skipped): writing it would destroy that input."""
+    target = Path(output).resolve()
+    for path in inputs:
+        if path is not None and Path(path).resolve() == target:
+            raise UserError(f"{output}: is also an input of this command; name another output")
+
+
+def check_finite_audio(path: str | os.PathLike, block_frames: int = 1 << 20) -> None:
+    """UserError when the audio file at `path` holds NaN or infinite samples; read in blocks
+    of `block_frames`, so a check before any work costs no more memory than one block."""
+    _check_readable(Path(path))
+    try:
+        for block in sf.blocks(str(path), blocksize=block_frames, dtype="float32", always_2d=True):
+            if not np.isfinite(block).all():
+                raise UserError(f"{path}: contains NaN or infinite samples")
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise UserError(f"{path}: not a readable audio file ({first_line(err)})") from None
+
+
 def _unwritable(folder: Path) -> str | None:
     """Why `folder` cannot be used (or made) for writing, or None."""
     existing = next(p for p in (folder, *folder.parents, Path(".")) if p.exists())

@@ -73,8 +73,26 @@ def test_oracle_checks_everything_before_its_first_estimate(world, capsys):
     _refused(["oracle", "ds", "--method", "mix", "-o", "ds/train"], capsys, world, "a dataset track's folder")
     _refused(["oracle", "ds", "--method", "mix", "-o", "or", "--win", "1e-9"], capsys, world, "shorter than one sample")
     _refused(["oracle", "ds", "--method", "mix", "-o", "or.csv"], capsys, world, "-o is a folder")
+    good = (world / "ds/test/001/violin.wav").read_bytes()
     (world / "ds/test/001/violin.wav").write_bytes(b"RIFF junk")  # the second track's stem: found first
     _refused(["oracle", "ds", "--method", "mix", "-o", "or"], capsys, world, "not a readable audio file")
+    wav, _ = sf.read(world / "ds/test/t0/violin.wav", dtype="float32")
+    (world / "ds/test/001/violin.wav").write_bytes(good)
+    sf.write(world / "ds/test/001/violin.wav", np.where(np.arange(wav.size) == 5, np.nan, wav), SR, subtype="FLOAT")
+    _refused(["oracle", "ds", "--method", "irm1", "-o", "or"], capsys, world, "contains NaN or infinite samples")
+
+
+def test_a_nan_in_training_stems_is_named_not_taken_for_silence(world, capsys):
+    wav, _ = sf.read(world / "ds/train/t0/violin.wav", dtype="float32")
+    for track in ("t0", "001"):
+        sf.write(world / f"ds/train/{track}/violin.wav", np.full_like(wav, np.nan), SR, subtype="FLOAT")
+    _refused(["train", "masknet", "--data", "ds", "-o", "m.pt", "--steps", "1", "--hidden", "4", "--layers", "1",
+              "--batch-size", "1"], capsys, world, "contains NaN or infinite samples")
+
+
+def test_a_training_that_fails_before_its_first_step_leaves_no_log(world, capsys):
+    _refused(["train", "ncsn", "--data", "ds", "--source", "piano", "-o", "p.pt", "--steps", "1", "--nf", "8",
+              "--batch-size", "100000"], capsys, world, "fewer than batch_size")
 
 
 def test_reports_never_replace_a_user_file_and_check_all_their_files_first(world, capsys):
@@ -111,6 +129,16 @@ def test_the_listening_report_reads_tracks_as_names_and_plays_every_audio_format
     assert "references folder it names" in capsys.readouterr().err and "<audio" in (world / "page2.html").read_text()
 
 
+def test_the_listening_report_pictures_a_clip_shorter_than_one_frame(world, capsys):
+    for track in ("t0", "001"):
+        for name in ("piano", "violin", "mix"):
+            path = world / "ds/test" / track / f"{name}.wav"
+            sf.write(path, sf.read(path, dtype="float32")[0][:3], SR, subtype="FLOAT")
+    assert cli.main(["oracle", "ds", "--method", "irm1", "-o", "or"]) == 0
+    assert cli.main(["report", "or", "-o", "page.html"]) == 0
+    assert (world / "page.html").read_text().count("<audio") == 10
+
+
 def test_mel_checks_its_three_files_before_writing_one(world, capsys):
     (world / "out").mkdir()
     (world / "out/m.json").write_text('{"my": "settings"}')
@@ -137,6 +165,9 @@ def test_invert_checks_the_settings_and_the_phase_source_before_the_slow_work(wo
     _refused(["invert", "m.npy", "-o", "back.wav", "--method", "phase", "--mix", "tiny.wav"], capsys, world,
              "gives 2 frames, the mel spectrogram has 63")
     _refused(["invert", "m.npy", "-o", "back.wav", "--method", "phase"], capsys, world, "needs --mix")
+    shutil.copy(world / "ds/test/t0/mix.wav", world / "phase.wav")
+    _refused(["invert", "m.npy", "-o", "phase.wav", "--method", "phase", "--mix", "phase.wav"], capsys, world,
+             "is also an input of this command")
 
 
 def test_export_and_train_nmf_replace_a_model_only_with_overwrite(world, capsys):

@@ -280,6 +280,8 @@ def _read_frames(path: Path, start: int, stop: int) -> np.ndarray:
         data, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise UserError(f"{path}: not a readable audio file ({first_line(err)})") from None
+    if not np.isfinite(data).all():  # said here: a NaN crop would read as silence or poison a loss
+        raise UserError(f"{path}: contains NaN or infinite samples")
     return np.ascontiguousarray(data.T)
 
 

@@ -186,6 +186,8 @@ def _clip_cell(label: str, path: Path, frontend, seconds: float) -> str:
     wav = wav[:, : int(seconds * rate)]
     audio = base64.b64encode(_mp3_bytes(wav, rate)).decode("ascii")
     mono = convert_channels(resample(wav, rate, frontend.sample_rate), 1)  # the clip, read once
+    # a clip shorter than one STFT frame is pictured with silence after it (the framing needs n_fft samples)
+    mono = np.pad(mono, ((0, 0), (0, max(0, frontend.n_fft - mono.shape[1]))))
     unit = frontend.encode(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
     picture = base64.b64encode(mel_picture(unit, frontend, compact=True)).decode("ascii")
     return (f"<figure><figcaption>{html.escape(label)}</figcaption>"

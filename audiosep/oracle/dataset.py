@@ -10,7 +10,7 @@ import pandas as pd
 from ..data.stems import check_complete, is_track_folder, list_tracks, load_track
 from ..errors import UserError
 from ..eval.report import check_window, score_track, write_reports
-from ..io import audio_info, check_outputs, write_audio
+from ..io import audio_info, check_finite_audio, check_outputs, write_audio
 from ..progress import progress_bar
 from ..spectral.frontend import get_frontend
 from . import check_oracle, run_oracle
@@ -35,9 +35,10 @@ def oracle_dataset(
         (the long table of all tracks, the paths of the reports).
     Raises:
         UserError: (before any work) a track lacking a source the others have, or a single source
-            (the mixture would be that source); a stem that is not readable audio; a window
-            shorter than a sample; an output inside the split folder (its references would be
-            replaced) or an output stem path holding a file that is not audio.
+            (the mixture would be that source); a stem that is not readable audio or holds NaN or
+            infinite samples; a window shorter than a sample; an output inside the split folder
+            (its references would be replaced) or an output stem path holding a file that is not
+            audio.
     """
     check_oracle(name)
     output = Path(output)
@@ -64,7 +65,10 @@ def oracle_dataset(
 
 def _check_before_work(tracks: list, sources: list[str], output: Path, win_seconds: float) -> None:
     """Every check `oracle_dataset` can make before it writes the first estimate (see its Raises)."""
-    rates = {audio_info(path)[0] for track in tracks for paths in track.sources.values() for path in paths}
+    stems = [path for track in tracks for paths in track.sources.values() for path in paths]
+    for path in stems:  # a NaN in the last track must not stop the run after the first ones are written
+        check_finite_audio(path)
+    rates = {audio_info(path)[0] for path in stems}
     for rate in rates:
         check_window(win_seconds, rate)
     folders = {(t.mix.parent if t.mix is not None else next(iter(t.sources.values()))[0].parent).parent.resolve()

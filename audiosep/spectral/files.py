@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import AUDIO_SUFFIXES, atomic_output, check_outputs, read_audio, write_audio
+from ..io import AUDIO_SUFFIXES, atomic_output, check_not_an_input, check_outputs, read_audio, write_audio
 from .frontend import Frontend, get_frontend
 from .functional import hz_to_mel
 from .inversion import griffin_lim, mel_to_stft_magnitude, mixture_phase
@@ -171,13 +171,15 @@ def invert_mel_file(
     n_iter: int = 64, seed: int = 0,
 ) -> Path:
     """Mel file → audio at the front end's rate: NNLS to STFT magnitudes, then phase by
-    fast Griffin-Lim ("griffinlim") or from the STFT of `mix` ("phase")."""
+    fast Griffin-Lim ("griffinlim") or from the STFT of `mix` ("phase"). `output` may not be
+    `npy` or `mix` (it would destroy the input)."""
     if Path(output).suffix.lower() not in AUDIO_SUFFIXES:
         raise UserError(f"{output}: the audio output needs one of the suffixes {', '.join(AUDIO_SUFFIXES)}")
     if method not in ("phase", "griffinlim"):
         raise UserError(f"unknown inversion method {method!r}; choose griffinlim or phase")
     if method == "phase" and mix is None:
         raise UserError("--method phase needs --mix AUDIO (the file whose phase to use)")
+    check_not_an_input(output, [npy, mix])
     unit, frontend, meta = load_mel(npy)
     length = int(meta["samples"])
     if method == "phase":  # read and checked before the slow NNLS

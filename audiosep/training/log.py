@@ -6,7 +6,8 @@ empty where none ran); lr (the learning rate of that step); samples_per_s (train
 second since the previous row, all processes together); wall_s (training wall time since the run
 began, summed over resumes). A resumed run keeps the rows up to its checkpoint's step and
 appends (rows a killed run wrote after its last checkpoint are dropped, so the log and the
-checkpoint agree); a fresh run starts a new log. Rows are flushed as they are written, so the
+checkpoint agree); a fresh run starts a new log. The file is (re)written with a run's first
+row, so a run that fails before it leaves the log as it was (none for a fresh run). Rows are flushed as they are written, so the
 curve survives an interrupted run. `plot_logs` draws the curves (`audiosep plot`).
 """
 from __future__ import annotations
@@ -73,10 +74,7 @@ class TrainingLog:
         if start_step > 0 and self.path.is_file():
             rows = [row for row in read_log(self.path) if row["step"] <= start_step]
         self._wall = rows[-1]["wall_s"] if rows else 0.0
-        with atomic_output(self.path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(COLUMNS)
-            writer.writerows([_format(row) for row in rows])
+        self._kept: list[dict[str, float]] | None = rows  # written with the first row: a run that fails first leaves none
         self.items_per_step = items_per_step
         self._last_step, self._last_time = start_step, time.perf_counter()
         self._losses: list[float] = []
@@ -95,6 +93,12 @@ class TrainingLog:
                "valid_loss": valid_loss, "lr": lr,
                "samples_per_s": steps * self.items_per_step / elapsed if elapsed > 0 else math.nan,
                "wall_s": self._wall}
+        if self._kept is not None:
+            with atomic_output(self.path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(COLUMNS)
+                writer.writerows([_format(kept) for kept in self._kept])
+            self._kept = None
         with open(self.path, "a", newline="", encoding="utf-8") as f:
             csv.writer(f).writerow(_format(row))
         self._last_step, self._last_time, self._losses = step, now, []
