@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -367,10 +368,17 @@ def prior_class(kind: str, module: str | None = None, path: str | os.PathLike = 
         except ImportError:
             pass
     if kind not in _PRIORS:
-        raise UserError(
-            f"{path}: unknown prior kind {kind!r}; this audiosep knows: {', '.join(sorted(_PRIORS)) or 'none'}"
-        )
+        _import_every_prior_module()  # so the message names every kind, not only those imported so far
+        raise UserError(f"{path}: a model of kind {kind!r}, not one of the priors this audiosep knows "
+                        f"({', '.join(sorted(_PRIORS)) or 'none'})")
     return _PRIORS[kind]
+
+
+def _import_every_prior_module() -> None:
+    """Import each module of `audiosep.priors`, registering every kind it defines."""
+    package = importlib.import_module(__package__)
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{__package__}.{module.name}")
 
 
 def build_from_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike = "checkpoint") -> Prior:
