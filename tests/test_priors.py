@@ -201,7 +201,7 @@ def test_load_prior_garbage_file(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(UserError) as excinfo:
         load_prior(path)
-    _one_line_user_error(excinfo, "garbage.pt", "checkpoint")
+    _one_line_user_error(excinfo, "garbage.pt", "not a file torch.save writes")
 
 
 def test_load_prior_truncated_and_foreign_checkpoints(tmp_path):

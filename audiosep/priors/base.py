@@ -325,6 +325,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise UserError(f"{path}: is a folder, expected a checkpoint file (.pt)")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive; torch.load's own word on others misleads
+            raise UserError(f"{path}: not an audiosep checkpoint (not a file torch.save writes)")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch raises many types for foreign or truncated files
