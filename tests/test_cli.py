@@ -55,6 +55,10 @@ def test_mel_then_invert_roundtrip(dataset, tmp_path):
     assert unit.shape[:2] == (1, 160) and 0.0 <= unit.min() and unit.max() <= 1.0
     assert json.loads(npy.with_suffix(".json").read_text())["frontend"]["n_mels"] == 160
     assert npy.with_suffix(".png").stat().st_size > 1000
+    at_8k = tmp_path / "mix8k.wav"
+    sf.write(at_8k, sf.read(mix)[0][::2], 8000)
+    assert _run("mel", at_8k, "-o", tmp_path / "m8.npy", "--no-png") == 0
+    assert json.loads((tmp_path / "m8.json").read_text())["source_sample_rate"] == 8000  # the file's, not the front end's
     wav_out = tmp_path / "out" / "back.wav"
     assert _run("invert", npy, "-o", wav_out, "--method", "phase", "--mix", mix) == 0
     back, sr = sf.read(wav_out)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import AUDIO_SUFFIXES, atomic_output, check_not_an_input, check_outputs, read_audio, write_audio
+from ..io import AUDIO_SUFFIXES, atomic_output, audio_info, check_not_an_input, check_outputs, read_audio, write_audio
 from .frontend import Frontend, get_frontend
 from .functional import hz_to_mel
 from .inversion import griffin_lim, mel_to_stft_magnitude, mixture_phase
@@ -34,14 +34,14 @@ def save_mel(audio: str | Path, output: str | Path, preset: str = "default", pic
         outputs[output.with_suffix(".png")] = "a PNG picture"
     check_outputs(outputs)  # all three, before any work
     frontend = get_frontend(preset)
-    wav, sr_in = read_audio(audio, sample_rate=frontend.sample_rate)
+    wav, _ = read_audio(audio, sample_rate=frontend.sample_rate)
     least = min_samples(frontend)
     if wav.shape[1] < least:
         raise UserError(f"{audio}: {wav.shape[1] / frontend.sample_rate:.3f} s is too short for the {preset} front "
                         f"end: at least {least} samples at {frontend.sample_rate} Hz ({least / frontend.sample_rate:g} s)")
     unit = frontend.encode(torch.from_numpy(wav)).numpy().astype(np.float32)  # (C, n_mels, T)
     meta = {"frontend": frontend.to_dict(), "samples": wav.shape[1], "channels": wav.shape[0],
-            "source": str(audio), "source_sample_rate": sr_in}
+            "source": str(audio), "source_sample_rate": audio_info(audio)[0]}
     with atomic_output(output) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, unit)
