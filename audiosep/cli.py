@@ -30,6 +30,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     check_output_dir(args.output)
     counts = args.tracks
     if any(n is not None for n in (args.train, args.valid, args.test)):
+        if args.tracks is not None:
+            raise UserError("give --tracks (shared by --splits) or --train/--valid/--test, not both")
         counts = {s: n or 0 for s, n in (("train", args.train), ("valid", args.valid), ("test", args.test))}
     index = synthesize(
         args.preset, args.output, n_tracks=counts, excerpts_per_piece=args.excerpts_per_piece,

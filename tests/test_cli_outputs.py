@@ -231,6 +231,10 @@ def test_config_values_the_loop_or_the_model_would_fail_on_are_refused():
         MaskNetRun(crop_seconds=1e9)
 
 
+def test_synth_refuses_tracks_beside_split_counts(world, capsys):
+    _refused(["synth", "piano_violin", "-o", "syn", "--tracks", "3", "--train", "1"], capsys, world, "not both")
+
+
 def test_a_failed_synth_leaves_no_folder_it_made_and_says_why(world, capsys, monkeypatch):
     from audiosep.data import synth
 

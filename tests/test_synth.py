@@ -150,6 +150,8 @@ def test_bad_arguments_are_user_errors(tmp_path):
         synth.synthesize("piano_violin", tmp_path, splits=(0.5, 0.2, 0.2))
     with pytest.raises(UserError, match="unknown split"):
         synth.synthesize("piano_violin", tmp_path, n_tracks={"training": 3})
+    with pytest.raises(UserError, match="piano_violin only, not drums_bass"):
+        synth.synthesize("drums_bass", tmp_path, augmentation=Augmentation(top_voices=0.5))
     with pytest.raises(UserError, match="no usable corpus pieces"):
         synth.list_pieces("piano_violin", composers=["nobody"])
     assert synth._split_targets(10, (0.8, 0.1, 0.1)) == {"train": 8, "valid": 1, "test": 1}

@@ -689,6 +689,8 @@ def synthesize(
     """
     chosen = _get_preset(preset)
     augmentation = augmentation or Augmentation()
+    if augmentation.top_voices and preset != "piano_violin":
+        raise UserError(f"top_voices arranges a score's top parts for the violin: piano_violin only, not {preset}")
     fractions = _check_splits(splits)
     _check_numbers(duration, sample_rate, excerpts_per_piece, gain_db, timeout)
     fonts = _check_soundfonts(soundfonts)
