@@ -170,6 +170,18 @@ def test_invert_checks_the_settings_and_the_phase_source_before_the_slow_work(wo
              "is also an input of this command")
 
 
+def test_invert_and_plot_name_what_is_wrong_with_their_input(world, capsys):
+    assert cli.main(["mel", "ds/test/t0/mix.wav", "-o", "m.npy", "--no-png"]) == 0
+    (world / "m").mkdir()
+    _refused(["invert", "m", "-o", "back.wav"], capsys, world, "is a folder, expected a mel file")
+    (world / "m.npy").write_bytes(b"not numpy at all")
+    _refused(["invert", "m.npy", "-o", "back.wav"], capsys, world, "(not a NumPy .npy file)")
+    np.save(world / "m.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    _refused(["invert", "m.npy", "-o", "back.wav"], capsys, world, "(it holds Python objects, not numbers)")
+    (world / "empty.log.csv").write_text("step,loss,valid_loss,lr,samples_per_s,wall_s\n")
+    _refused(["plot", "empty.log.csv", "-o", "c.png"], capsys, world, "no row yet")
+
+
 def test_export_and_train_nmf_replace_a_model_only_with_overwrite(world, capsys):
     from audiosep.priors.base import Domain, save_checkpoint
     from audiosep.priors.masknet import MaskNet

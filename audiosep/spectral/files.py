@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import AUDIO_SUFFIXES, atomic_output, audio_info, check_not_an_input, check_outputs, read_audio, write_audio
+from ..io import (AUDIO_SUFFIXES, atomic_output, audio_info, check_not_an_input, check_outputs, first_line, read_audio,
+                  write_audio)
 from .frontend import Frontend, get_frontend
 from .functional import hz_to_mel
 from .inversion import griffin_lim, mel_to_stft_magnitude, mixture_phase
@@ -134,15 +135,22 @@ def min_samples(frontend: Frontend) -> int:
 def load_mel(npy: str | Path) -> tuple[np.ndarray, Frontend, dict]:
     """Read a mel file written by `save_mel`: ([0, 1] array (C, n_mels, T), front end, metadata)."""
     npy = Path(npy)
+    if npy.is_dir():
+        raise UserError(f"{npy}: is a folder, expected a mel file (.npy written by `audiosep mel`)")
     if not npy.is_file():
         raise UserError(f"{npy}: no such file")
     meta_path = _sidecar(npy)
     if not meta_path.is_file():
         raise UserError(f"{meta_path}: missing (the settings written beside the .npy by `audiosep mel`)")
+    with open(npy, "rb") as f:
+        is_npy = f.read(6) == b"\x93NUMPY"
     try:
+        if not is_npy:
+            raise ValueError("not a NumPy .npy file")
         unit = np.load(npy, allow_pickle=False)
     except (ValueError, OSError) as err:
-        raise UserError(f"{npy}: not a mel file written by `audiosep mel` ({type(err).__name__}: {err})") from None
+        why = "it holds Python objects, not numbers" if "pickle" in str(err) else first_line(err).split(". ")[0]
+        raise UserError(f"{npy}: not a mel file written by `audiosep mel` ({why})") from None
     try:
         meta = json.loads(meta_path.read_text())
         frontend = Frontend.from_dict(meta["frontend"])

@@ -118,9 +118,12 @@ def plot_logs(paths: list[str | os.PathLike], output: str | os.PathLike) -> None
     and their samples/s, written atomically to `output`.
 
     Raises:
-        UserError: as `read_log`.
+        UserError: as `read_log`, or a log with no row yet (nothing to draw).
     """
     logs = {Path(p): read_log(p) for p in paths}
+    empty = [str(path) for path, rows in logs.items() if not rows]
+    if empty:
+        raise UserError(f"{', '.join(empty)}: no row yet (a training writes one at each checkpoint); nothing to plot")
     import matplotlib
 
     matplotlib.use("Agg")
