@@ -171,14 +171,19 @@ def check_not_an_input(output: str | os.PathLike, inputs: Sequence[str | os.Path
             raise UserError(f"{output}: is also an input of this command; name another output")
 
 
+def refuse_non_finite(samples: np.ndarray, path: str | os.PathLike) -> None:
+    """UserError naming `path` when `samples` (read from it) hold NaN or infinite values."""
+    if not np.isfinite(samples).all():
+        raise UserError(f"{path}: contains NaN or infinite samples")
+
+
 def check_finite_audio(path: str | os.PathLike, block_frames: int = 1 << 20) -> None:
     """UserError when the audio file at `path` holds NaN or infinite samples; read in blocks
     of `block_frames`, so a check before any work costs no more memory than one block."""
     _check_readable(Path(path))
     try:
         for block in sf.blocks(str(path), blocksize=block_frames, dtype="float32", always_2d=True):
-            if not np.isfinite(block).all():
-                raise UserError(f"{path}: contains NaN or infinite samples")
+            refuse_non_finite(block, path)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise UserError(f"{path}: not a readable audio file ({first_line(err)})") from None
 
@@ -244,8 +249,7 @@ def read_audio(
     if data.shape[0] == 0:
         raise UserError(f"{path}: contains no audio samples")
     _warn_if_truncated(path)
-    if not np.isfinite(data).all():
-        raise UserError(f"{path}: contains NaN or infinite samples")
+    refuse_non_finite(data, path)
     wav = np.ascontiguousarray(data.T)
     if sample_rate is not None and sample_rate != sr:
         wav, sr = resample(wav, sr, sample_rate), sample_rate

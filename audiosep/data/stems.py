@@ -26,7 +26,7 @@ import yaml
 from torch import Tensor
 
 from ..errors import UserError
-from ..io import audio_info, convert_channels, first_line, resample
+from ..io import audio_info, convert_channels, first_line, refuse_non_finite, resample
 
 LAYOUTS = ("stems", "musdb", "slakh")
 _MIX_FILES = {"stems": ("mix.wav", "mix.flac"), "musdb": ("mixture.wav",), "slakh": ("mix.flac", "mix.wav")}
@@ -280,8 +280,7 @@ def _read_frames(path: Path, start: int, stop: int) -> np.ndarray:
         data, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise UserError(f"{path}: not a readable audio file ({first_line(err)})") from None
-    if not np.isfinite(data).all():  # said here: a NaN crop would read as silence or poison a loss
-        raise UserError(f"{path}: contains NaN or infinite samples")
+    refuse_non_finite(data, path)  # said here: a NaN crop would read as silence or poison a loss
     return np.ascontiguousarray(data.T)
 
 

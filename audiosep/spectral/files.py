@@ -143,10 +143,9 @@ def load_mel(npy: str | Path) -> tuple[np.ndarray, Frontend, dict]:
     if not meta_path.is_file():
         raise UserError(f"{meta_path}: missing (the settings written beside the .npy by `audiosep mel`)")
     with open(npy, "rb") as f:
-        is_npy = f.read(6) == b"\x93NUMPY"
+        if f.read(6) != b"\x93NUMPY":
+            raise UserError(f"{npy}: not a mel file written by `audiosep mel` (not a NumPy .npy file)")
     try:
-        if not is_npy:
-            raise ValueError("not a NumPy .npy file")
         unit = np.load(npy, allow_pickle=False)
     except (ValueError, OSError) as err:
         why = "it holds Python objects, not numbers" if "pickle" in str(err) else first_line(err).split(". ")[0]

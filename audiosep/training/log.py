@@ -7,8 +7,8 @@ second since the previous row, all processes together); wall_s (training wall ti
 began, summed over resumes). A resumed run keeps the rows up to its checkpoint's step and
 appends (rows a killed run wrote after its last checkpoint are dropped, so the log and the
 checkpoint agree); a fresh run starts a new log. The file is (re)written with a run's first
-row, so a run that fails before it leaves the log as it was (none for a fresh run). Rows are flushed as they are written, so the
-curve survives an interrupted run. `plot_logs` draws the curves (`audiosep plot`).
+row, so a run that fails before it leaves the log as it was (none for a fresh run). Rows are
+flushed as they are written, so the curve survives an interrupted run. `plot_logs` draws the curves (`audiosep plot`).
 """
 from __future__ import annotations
 
@@ -93,14 +93,13 @@ class TrainingLog:
                "valid_loss": valid_loss, "lr": lr,
                "samples_per_s": steps * self.items_per_step / elapsed if elapsed > 0 else math.nan,
                "wall_s": self._wall}
-        if self._kept is not None:
+        if self._kept is None:
+            with open(self.path, "a", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerow(_format(row))
+        else:  # the run's first row: the kept rows and it, replacing the file at once
             with atomic_output(self.path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                writer.writerow(COLUMNS)
-                writer.writerows([_format(kept) for kept in self._kept])
+                csv.writer(f).writerows([COLUMNS, *(_format(r) for r in (*self._kept, row))])
             self._kept = None
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerow(_format(row))
         self._last_step, self._last_time, self._losses = step, now, []
 
 
